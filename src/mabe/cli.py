@@ -1,0 +1,273 @@
+"""The ``mabe`` command line: argparse, one thin function per command.
+
+argparse (stdlib) rather than typer: no extra dependency, and ``torchrun -m mabe train`` works as is.
+Each ``cmd_*`` parses nothing itself; it calls into the stage module that does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, help="YAML config (configs/demo.yaml, configs/h100.yaml, ...)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.lr=1e-3 (repeatable)",
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from mabe import synth
+
+    synth.write_dataset(
+        args.out, preset=args.preset, seed=args.seed, n_train=args.videos, n_test=args.test_videos,
+        frames=args.frames, workers=args.workers,
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mabe import data
+
+    data.print_info(args.data, split=args.split)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from mabe import prepare
+    from mabe.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    prepare.prepare_dataset(
+        args.data, cfg.features, cache_root=args.cache or cfg.cache, splits=args.split,
+        workers=args.workers, skip_bad=args.skip_bad,
+    )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mabe import train
+
+    return train.main_from_args(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mabe import evaluate
+
+    evaluate.main_from_args(args)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mabe import evaluate
+
+    evaluate.predict_from_args(args)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from mabe import submit
+
+    submit.main_from_args(args)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from mabe import metric
+
+    metric.main_from_args(args)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mabe import checkpoint
+
+    checkpoint.export_from_args(args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mabe import bench
+
+    bench.main_from_args(args)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mabe import report
+
+    path = report.write_report(args.run)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from mabe import runs
+
+    return runs.logs(args.run, follow=args.follow, runs_root=args.runs)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mabe import runs
+
+    runs.print_status(args.runs)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from mabe import runs
+
+    return runs.stop(args.run, runs_root=args.runs, wait=not args.no_wait)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mabe import demo
+
+    return demo.run_demo(args)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``mabe`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="mabe",
+        description="Learn frame-level mouse social behaviour from MABe pose tracking, fast.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("demo", help="the main job: synthesise data, prepare, train, evaluate, submit, score")
+    p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
+    p.add_argument("--config", "-c", type=Path, default=None, help="training config (default configs/demo.yaml)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic dataset in the exact MABe layout")
+    p.add_argument("out", type=Path, help="output directory (created)")
+    p.add_argument("--preset", choices=["tiny", "demo", "real"], default="demo",
+                   help="size preset: tiny (tests), demo (CPU demo), real (the real labelled set's scale)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
+    p.add_argument("--videos", type=int, default=None, help="train videos (overrides the preset)")
+    p.add_argument("--test-videos", type=int, default=None, help="test videos (overrides the preset)")
+    p.add_argument("--frames", type=int, default=None, help="frames per video (overrides the preset)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("info", help="per-lab summary of a MABe-layout directory")
+    p.add_argument("data", type=Path, help="directory holding train.csv / test.csv")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("prepare", help="compute features for every video into the on-disk cache")
+    p.add_argument("data", type=Path, help="MABe-layout directory")
+    _add_config_args(p)
+    p.add_argument("--cache", type=Path, default=None, help="cache root (default: config's cache)")
+    p.add_argument("--split", action="append", choices=["train", "test"], default=None,
+                   help="split(s) to prepare (default: every split present)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="skip videos that fail validation, list them at the end")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a model (one process, or DDP under torchrun)")
+    _add_config_args(p)
+    p.add_argument("--data", type=Path, default=None, help="MABe-layout directory (overrides config's data)")
+    p.add_argument("--name", default=None, help="run name (default: timestamp)")
+    p.add_argument("--resume", default=None, metavar="RUN", help="continue a run (directory or name) from its last checkpoint")
+    p.add_argument("--detach", action="store_true", help="start in the background, print the run id and return")
+    p.add_argument("--nproc", type=int, default=None, help="shortcut: relaunch under torchrun with this many processes")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run or checkpoint on a dataset's validation videos")
+    p.add_argument("run", help="run directory, run name or checkpoint file")
+    p.add_argument("data", type=Path, nargs="?", default=None, help="MABe-layout directory (default: the run's)")
+    p.add_argument("--split", default="val", choices=["val", "train", "all"], help="which videos to score")
+    p.add_argument("--json", type=Path, default=None, help="also write the metrics here as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="per-frame probabilities for every labelled triple (ensembles several)")
+    p.add_argument("checkpoints", nargs="+", help="run directories, names, checkpoints or exported .mabe files")
+    p.add_argument("--data", type=Path, required=True, help="MABe-layout directory")
+    p.add_argument("--split", default="test", choices=["test", "train", "val"])
+    p.add_argument("--out", type=Path, required=True, help="output predictions file (.npz)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("submit", help="predictions -> a validated competition submission CSV")
+    p.add_argument("predictions", type=Path, help="file written by `mabe predict`")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument("--thresholds", type=Path, default=None, help="per-(lab, action) thresholds JSON (from --fit)")
+    p.add_argument("--fit", type=Path, default=None, metavar="VAL_PREDICTIONS",
+                   help="fit thresholds on these validation predictions (with labels) first")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
+    p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")
+    p.add_argument("submission", type=Path, help="submission CSV")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("export", help="one offline file with weights, config, classes and normalisation")
+    p.add_argument("run", help="run directory, name or checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="output file (.mabe or .pt)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="reference path vs fast path, same run, same device")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-sizes", default="384", help="comma-separated batch sizes to sweep")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
+    p.add_argument("--check-steps", type=int, default=10, help="steps for the same-result check")
+    p.add_argument("--small", action="store_true", help="a small model and batch (quick CPU run)")
+    p.add_argument("--features", action="store_true", help="also benchmark reading + feature preparation")
+    p.add_argument("--frames", type=int, default=None, help="frames for the feature benchmark")
+    p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="write report.html with figures for a run")
+    p.add_argument("run", help="run directory or name")
+    p.set_defaults(func=cmd_report)
+
+    for name, helptext in [("status", "list runs: state, epoch, best F1"), ("runs", "same as status")]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+        p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="print a run's log (--follow streams it)")
+    p.add_argument("run", help="run directory or name")
+    p.add_argument("--follow", "-f", action="store_true", help="keep streaming until the run ends")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("stop", help="stop a running run gracefully (it writes a checkpoint)")
+    p.add_argument("run", help="run directory or name")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+    p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the run to stop")
+    p.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mabe``; clear one-line errors for expected failures."""
+    from mabe.config import ConfigError
+    from mabe.errors import MabeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MabeError, ConfigError) as err:
+        print(f"mabe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mabe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,400 @@
+"""Typed configuration: the one home of every default.
+
+A YAML file overrides only what differs; ``load_config`` rejects unknown keys (listing the valid
+ones) and values of the wrong type or range, naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "FeatureConfig",
+    "TaskConfig",
+    "WindowConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "AugmentConfig",
+    "PostprocessConfig",
+    "load_config",
+    "config_to_dict",
+    "config_from_dict",
+    "feature_hash",
+    "REFERENCE_CLASSES",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+# The reference setup collapsed 37 actions into 4 classes (0 = none). Later classes win a frame.
+REFERENCE_CLASSES: dict[str, list[str]] = {
+    "investigation": [
+        "approach", "sniff", "sniffbody", "sniffface", "sniffgenital", "reciprocalsniff",
+        "follow", "allogroom", "shepherd",
+    ],
+    "mount": ["mount", "attemptmount", "intromit", "ejaculate", "dominancemount"],
+    "aggression": [
+        "attack", "chase", "chaseattack", "tussle", "dominance", "dominancegroom", "defend",
+        "submit", "avoid", "escape", "flinch", "disengage",
+    ],
+}
+
+
+@dataclass
+class FeatureConfig:
+    """How tracking becomes features; its hash keys the on-disk cache."""
+
+    slots: list[str] | None = None  # keypoint slot names; None = data.DEFAULT_SLOTS (18)
+    n_mice: int = 4  # mouse slots in the scene vector
+    max_gap: int = 10  # interpolate NaN gaps up to this many frames; longer gaps stay NaN
+    target_fps: float | None = None  # resample every video to this fps; None keeps each video's own
+    arena_centre: bool = True  # subtract the arena centre (video width/height / 2) before scaling
+    smooth_window: int = 1  # centred moving average (frames) on positions before differentiating
+    pair_features: bool = True  # also compute agent-centric pair features (needed by task.mode=pair)
+
+
+@dataclass
+class TaskConfig:
+    """What the model predicts."""
+
+    mode: Literal["pair", "scene"] = "pair"
+    # scene mode: class name -> actions; class 0 "none" is implicit; later classes win a frame
+    classes: dict[str, list[str]] = field(default_factory=lambda: dict(REFERENCE_CLASSES))
+    class_weights: list[float] | None = None  # scene: one per class incl. none; None = uniform
+    # pair mode: actions to learn; None = every action labelled anywhere in the training videos
+    actions: list[str] | None = None
+    pos_weight: Literal["none", "auto"] | float = "auto"  # pair: BCE positive weight per action
+    pos_weight_max: float = 20.0  # cap for pos_weight="auto" (neg/pos ratio, sqrt-damped)
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class WindowConfig:
+    """Windows drawn from the cache and the train/validation split."""
+
+    sequence_length: int = 100
+    frame_gap: int = 1  # stride between window starts in training
+    eval_stride: int | None = None  # stride at evaluation; None = sequence_length // 2
+    val_fraction: float = 0.2  # share of videos per lab held out for validation
+    split_seed: int = 42
+    rare_oversample: float = 0.0  # 0 = uniform; >0 over-draws windows holding rare actions
+    max_windows_per_epoch: int | None = None  # cap (random subset each epoch); None = all
+
+
+@dataclass
+class ModelConfig:
+    """Architecture; the name selects a registered model."""
+
+    name: str = "conv1d_bilstm"
+    conv_channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    kernel_size: int = 3
+    lstm_hidden: int = 256
+    lstm_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.3
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation."""
+
+    noise_std: float = 0.01  # Gaussian noise on normalised features
+    temporal_jitter: int = 2  # shift each window start by up to +-this many frames
+    mixup_alpha: float = 0.0  # 0 disables mixup
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, checkpoints and the speed knobs."""
+
+    epochs: int = 100
+    batch_size: int = 384
+    lr: float = 4e-4
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 3.0  # linear warmup, stepped per batch
+    scheduler: Literal["plateau", "none"] = "plateau"
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-5
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+    early_stopping_patience: int = 15  # epochs without a better validation F1; 0 disables
+    save_freq: int = 5  # write checkpoints/last.pt every this many epochs (and at the end)
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
+    num_workers: int = 2  # DataLoader workers for data_path=loader
+    storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    fused_adamw: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the conv stem and head (not the LSTM)
+    cuda_graphs: bool = False  # capture the whole step in a CUDA graph (static shapes)
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr by global batch / batch_size
+    max_nonfinite_steps: int = 20  # consecutive skipped non-finite steps before the run stops
+    steps_per_epoch: int | None = None  # None = one pass over the (possibly capped) windows
+    val_every: int = 1  # validate every this many epochs
+    deterministic: bool = False
+    tensorboard: bool = True
+
+
+@dataclass
+class PostprocessConfig:
+    """Frame probabilities -> intervals."""
+
+    smooth_window: int = 5  # centred moving average over frames (1 = none)
+    threshold: float = 0.5  # default threshold where none was fitted
+    min_length: int = 3  # drop intervals shorter than this many frames
+    max_gap: int = 2  # merge intervals separated by at most this many frames
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    data: str = "demo/data"  # MABe-layout directory
+    cache: str = "cache"  # feature cache root
+    runs: str = "runs"  # run directories root
+    name: str | None = None  # run name; None = timestamped
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+
+# ----------------------------------------------------------------------------- validation
+
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "features.n_mice": (1, 4),
+    "features.max_gap": (0, None),
+    "features.target_fps": (1e-6, None),
+    "features.smooth_window": (1, None),
+    "task.pos_weight_max": (1, None),
+    "task.label_smoothing": (0, 0.5),
+    "windows.sequence_length": (2, None),
+    "windows.frame_gap": (1, None),
+    "windows.eval_stride": (1, None),
+    "windows.val_fraction": (0, 0.9),
+    "windows.rare_oversample": (0, None),
+    "windows.max_windows_per_epoch": (1, None),
+    "model.kernel_size": (1, None),
+    "model.lstm_hidden": (1, None),
+    "model.lstm_layers": (1, None),
+    "model.dropout": (0, 0.99),
+    "augment.noise_std": (0, None),
+    "augment.temporal_jitter": (0, None),
+    "augment.mixup_alpha": (0, None),
+    "train.epochs": (1, None),
+    "train.batch_size": (1, None),
+    "train.lr": (1e-12, 10),
+    "train.weight_decay": (0, None),
+    "train.warmup_epochs": (0, None),
+    "train.plateau_patience": (0, None),
+    "train.plateau_factor": (1e-6, 1),
+    "train.min_lr": (0, None),
+    "train.grad_clip": (0, None),
+    "train.grad_accum": (1, None),
+    "train.early_stopping_patience": (0, None),
+    "train.save_freq": (1, None),
+    "train.num_workers": (0, None),
+    "train.max_nonfinite_steps": (1, None),
+    "train.steps_per_epoch": (1, None),
+    "train.val_every": (1, None),
+    "postprocess.smooth_window": (1, None),
+    "postprocess.threshold": (0, 1),
+    "postprocess.min_length": (1, None),
+    "postprocess.max_gap": (0, None),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(f"{where}: {key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise bad
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: {key} must be one of {list(args)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return {
+            _coerce(k, args[0], f"{key} key", where): _coerce(v, args[1], f"{key}.{k}", where)
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "4e-4" (no dot) as a string; accept what Python reads as a number
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise ConfigError(f"{where}: {key} has an unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix or 'the top level'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; "
+            f"valid keys here: {', '.join(names)}"
+        )
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        tp = hints[name]
+        key = prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, raw[name], key + ".", where)
+            continue
+        value = _coerce(raw[name], tp, key, where)
+        lo, hi = _RANGES.get(key, (None, None))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise ConfigError(f"{where}: {key}={value} is out of range [{lo}, {hi}]")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check(cfg: Config, where: str) -> None:
+    """Cross-field checks that one key alone cannot express."""
+    if not cfg.model.conv_channels:
+        raise ConfigError(f"{where}: model.conv_channels must list at least one channel count")
+    if cfg.task.class_weights is not None and len(cfg.task.class_weights) != len(cfg.task.classes) + 1:
+        raise ConfigError(
+            f"{where}: task.class_weights has {len(cfg.task.class_weights)} values, expected "
+            f"{len(cfg.task.classes) + 1} (none + {len(cfg.task.classes)} classes)"
+        )
+    if cfg.task.mode == "pair" and not cfg.features.pair_features:
+        raise ConfigError(f"{where}: task.mode=pair needs features.pair_features=true")
+    if isinstance(cfg.task.pos_weight, float) and cfg.task.pos_weight <= 0:
+        raise ConfigError(f"{where}: task.pos_weight must be > 0, got {cfg.task.pos_weight}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["train.lr=1e-3", "task.mode=scene"]`` -> nested dict; values parsed as YAML scalars."""
+    raw: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        _set_dotted(raw, key.strip(), yaml.safe_load(text))
+    return raw
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(raw: dict, where: str = "<dict>") -> Config:
+    """Nested dict -> validated Config."""
+    cfg = _build(Config, raw, "", where)
+    _check(cfg, where)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """YAML file (optional) + ``key=value`` overrides -> validated Config."""
+    raw: dict = {}
+    where = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    if overrides:
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        raw = _merge(raw, extra)
+        where += " (with overrides)"
+    return config_from_dict(raw, where)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Config (or any section) -> plain nested dict, YAML/JSON friendly."""
+    return dataclasses.asdict(cfg)
+
+
+def feature_hash(fc: FeatureConfig) -> str:
+    """Short stable hash of a FeatureConfig: the cache folder name."""
+    text = json.dumps(config_to_dict(fc), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]

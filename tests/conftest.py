@@ -1,0 +1,33 @@
+"""Shared fixtures: small synthetic datasets made by mabe's own generator, and the real labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mabe2025"
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny synthetic MABe-layout dataset (train + test), generated once per session."""
+    from mabe import synth
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    synth.write_dataset(out, preset="tiny", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real MABe 2025 metadata and annotations (no tracking); skip when absent."""
+    if not (REAL / "train.csv").is_file():
+        pytest.skip(f"real MABe labels not found at {REAL}")
+    return REAL
