@@ -1,0 +1,509 @@
+"""Pose tracking -> per-frame motion features: small pure numpy functions, vectorised over time.
+
+Shapes: ``T`` frames, ``M`` mouse slots, ``S`` keypoint slots, last axis ``(x, y)``. Positions are in
+pixels (``_px``) or centimetres (``_cm``), time derivatives in cm/s and cm/s^2. Missing values are NaN
+and stay NaN (NaN in, NaN out) except where a function says it fills them.
+
+Scene vector (``scene_features``), per frame, in this order (``scene_feature_names``):
+``n_mice * S * 2`` positions (mouse, slot, x/y), then ``n_mice * S`` speeds, then ``n_mice * S``
+accelerations; 4 x 18 -> 144 + 72 + 72 = 288.
+
+Pair vector (``pair_features``) for an ordered (agent, target), in the agent's frame of reference
+(origin at the agent's body centre, +x along its heading); see ``pair_feature_names``:
+
+==========================  =====  ==========================================================
+block                       size   meaning
+==========================  =====  ==========================================================
+agent.<slot>.x/y            2S     agent keypoints, agent-centric, cm
+target.<slot>.x/y           2S     target keypoints, agent-centric, cm
+dist.*                      5      nose-nose, nose-tail_base, nose-body, body-body,
+                                   tail_base-nose (agent part first), cm
+agent.speed, target.speed   2      body-centre speed, cm/s
+rel.speed                   1      d/dt of the body-body distance, cm/s (< 0: closing in)
+rel.heading_cos/sin         2      angle from the agent's heading to the target's
+bearing.cos/sin             2      direction of the target's body centre seen from the agent
+                                   ((0, 0) when the centres coincide, e.g. a self track)
+agent.body_length(_rate)    2      agent nose - tail_base distance (cm) and its d/dt (cm/s)
+agent.acc, target.acc       2      body-centre acceleration magnitude, cm/s^2
+agent.turn_rate             1      d/dt of the agent's heading angle, rad/s (+ = counter-clockwise)
+is_self                     1      1 for a self track (agent == target), else 0
+==========================  =====  ==========================================================
+
+P = 4 S + 18 (90 for the 18 default slots). A self track keeps the same layout: its target block
+duplicates the agent's, its distances are 0, its bearing is (0, 0) and ``is_self`` is 1.
+
+Named parts fall back when a video does not track them (MARS tracks 7 parts, some labs 4):
+the "nose" is the first present of nose, head, headpiece, the ears' mean, neck; the "tail_base" is
+tail_base, the hips' mean, spine_2; the body centre is body_center, else the mean of the torso parts,
+else the mean of every non-tail part. Fallbacks apply frame by frame.
+
+Acceleration is the magnitude of the second derivative of position (|d^2 x / dt^2|, computed as the
+central difference of the central-difference velocity), not the derivative of speed: it is
+rotation-invariant and non-zero when a mouse turns at constant speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from mabe.config import FeatureConfig
+
+__all__ = [
+    "to_cm",
+    "interpolate_gaps",
+    "moving_average",
+    "time_derivative",
+    "velocity",
+    "speed",
+    "acceleration",
+    "resample",
+    "resample_positions",
+    "nearest_frames",
+    "clean_positions",
+    "pad_mice",
+    "scene_from_cm",
+    "scene_features",
+    "scene_feature_names",
+    "mouse_kinematics",
+    "pair_features",
+    "all_pair_features",
+    "pair_feature_names",
+    "n_pair_features",
+]
+
+_EPS = 1e-6
+_CHUNK_ELEMENTS = 1 << 22  # interpolate_gaps works on (T, k) column blocks of about this size
+
+DIST_NAMES: tuple[str, ...] = (
+    "dist.nose_nose", "dist.nose_tailbase", "dist.nose_body", "dist.body_body", "dist.tailbase_nose",
+)
+SCALAR_NAMES: tuple[str, ...] = DIST_NAMES + (
+    "agent.speed", "target.speed", "rel.speed", "rel.heading_cos", "rel.heading_sin",
+    "bearing.cos", "bearing.sin", "agent.body_length", "agent.body_length_rate",
+    "agent.acc", "target.acc", "agent.turn_rate", "is_self",
+)
+
+_TORSO = ("spine_1", "spine_2", "lateral_left", "lateral_right", "hip_left", "hip_right", "neck", "tail_base")
+_TAIL = ("tail_middle_1", "tail_middle_2", "tail_midpoint", "tail_tip")
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def _float(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
+
+
+def to_cm(xy_px: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """(T, M, S, 2) px -> (T, M, S, 2) cm, minus the arena centre (px, (2,)) first when given."""
+    xy = _float(xy_px)
+    if pix_per_cm <= 0 or not np.isfinite(pix_per_cm):
+        raise ValueError(f"pix_per_cm must be a positive number, got {pix_per_cm}")
+    scale = xy.dtype.type(1.0 / pix_per_cm)
+    if centre_px is None:
+        return xy * scale
+    out = np.empty(xy.shape, dtype=xy.dtype)
+    for k in range(2):  # one long strided loop per coordinate, not a broadcast over a size-2 axis
+        np.subtract(xy[..., k], xy.dtype.type(centre_px[k]), out=out[..., k])
+    out *= scale
+    return out
+
+
+def _gap_runs(nan: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, C) NaN mask -> interior NaN runs of <= max_gap frames: first row, length, column (each (R,))."""
+    T = nan.shape[0]
+    first = nan.copy()
+    first[1:] &= ~nan[:-1]
+    last = nan.copy()
+    last[:-1] &= ~nan[1:]
+    col, r0 = np.nonzero(first.T)  # column-major: runs of a column in time order
+    _, r1 = np.nonzero(last.T)
+    length = r1 - r0 + 1
+    keep = (r0 > 0) & (r1 < T - 1) & (length <= max_gap)
+    return r0[keep], length[keep], col[keep]
+
+
+def interpolate_gaps(x: np.ndarray, max_gap: int) -> np.ndarray:
+    """(T, ...) -> same: linear fill of interior NaN runs of <= max_gap frames, per channel; edges stay NaN."""
+    x = _float(x)
+    out = np.array(x, copy=True, order="C")
+    T = out.shape[0]
+    if max_gap <= 0 or T < 3 or out.size == 0:
+        return out
+    flat = out.reshape(T, -1)
+    nan = np.isnan(flat)
+    if not nan.any():
+        return out
+    r0, length, col = _gap_runs(nan, max_gap)
+    if r0.size == 0:
+        return out
+    run = np.repeat(np.arange(r0.size), length)  # run of each frame to fill
+    step = np.arange(run.size) - np.repeat(np.cumsum(length) - length, length)  # 0.. within its run
+    lo, hi = flat[r0 - 1, col], flat[r0 + length, col]  # the present frames around each run
+    w = ((step + 1) / (length[run] + 1)).astype(flat.dtype)
+    flat[r0[run] + step, col[run]] = lo[run] + w * (hi[run] - lo[run])
+    return out
+
+
+def moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """(T, ...) -> same: centred moving mean over ``window`` frames of the non-NaN values; NaN stays NaN."""
+    x = _float(x)
+    if window <= 1 or x.shape[0] == 0:
+        return x.copy()
+    T = x.shape[0]
+    flat = x.reshape(T, -1)
+    valid = ~np.isnan(flat)
+    zero = np.zeros((1, flat.shape[1]))
+    csum = np.concatenate([zero, np.cumsum(np.where(valid, flat, 0), axis=0, dtype=np.float64)])
+    ccnt = np.concatenate([zero, np.cumsum(valid, axis=0, dtype=np.float64)])
+    left = window // 2
+    right = window - 1 - left
+    idx = np.arange(T)
+    lo = np.clip(idx - left, 0, T)
+    hi = np.clip(idx + right + 1, 0, T)
+    cnt = ccnt[hi] - ccnt[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (csum[hi] - csum[lo]) / cnt
+    mean[~valid] = np.nan
+    return mean.astype(x.dtype).reshape(x.shape)
+
+
+def _central(steps: np.ndarray, T: int, scale: float = 1.0) -> np.ndarray:
+    """Forward steps (T-1, ...) -> (T, ...) centred, times ``scale``: the mean of the two neighbouring
+    steps, or the one present next to a NaN; NaN where both are (e.g. the value itself is missing)."""
+    out = np.empty((T,) + steps.shape[1:], dtype=steps.dtype)
+    if T < 2:
+        out.fill(np.nan)
+        return out
+    k = steps.dtype.type(scale)
+    np.multiply(steps[:1], k, out=out[:1])
+    np.multiply(steps[-1:], k, out=out[-1:])
+    if T > 2:
+        mid = out[1:-1]
+        np.add(steps[:-1], steps[1:], out=mid)
+        mid *= steps.dtype.type(0.5 * scale)
+        flat = mid.reshape(-1)
+        bad = np.flatnonzero(np.isnan(flat))
+        if bad.size:  # one neighbour missing: one-sided difference
+            bwd = steps[:-1].reshape(-1)[bad]
+            fwd = steps[1:].reshape(-1)[bad]
+            flat[bad] = np.where(np.isnan(fwd), bwd, fwd) * k
+    return out
+
+
+def time_derivative(x: np.ndarray, fps: float) -> np.ndarray:
+    """(T, ...) -> (T, ...) per second: np.gradient(x, 1/fps, axis=0), one-sided next to a NaN neighbour; NaN in, NaN out."""
+    x = _float(x)
+    return _central(np.diff(x, axis=0), x.shape[0], fps)
+
+
+def _norm(v: np.ndarray) -> np.ndarray:
+    """(..., 2) -> (...): Euclidean norm (no overflow guard needed at cm scales)."""
+    x, y = v[..., 0], v[..., 1]
+    out = x * x
+    out += y * y
+    return np.sqrt(out, out=out)
+
+
+def velocity(xy_cm: np.ndarray, fps: float) -> np.ndarray:
+    """(T, ..., 2) cm -> (T, ..., 2) cm/s, central differences."""
+    return time_derivative(xy_cm, fps)
+
+
+def speed(xy_cm: np.ndarray, fps: float) -> np.ndarray:
+    """(T, M, S, 2) cm -> (T, M, S) cm/s: the norm of the velocity."""
+    return _norm(velocity(xy_cm, fps))
+
+
+def acceleration(xy_cm: np.ndarray, fps: float) -> np.ndarray:
+    """(T, M, S, 2) cm -> (T, M, S) cm/s^2: the norm of the second derivative (of the velocity)."""
+    return _norm(time_derivative(velocity(xy_cm, fps), fps))
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def resample_positions(n_frames: int, fps: float, target_fps: float) -> np.ndarray:
+    """(T',) float64: the source frame position of each output row when resampling fps -> target_fps."""
+    if n_frames <= 0:
+        return np.zeros(0)
+    ratio = fps / target_fps  # source frames per output row
+    n_out = int(np.floor((n_frames - 1) / ratio + 1e-9)) + 1
+    return np.arange(n_out) * ratio
+
+
+def nearest_frames(n_frames: int, fps: float, target_fps: float) -> np.ndarray:
+    """(T',) int64: the nearest source frame of each resampled row (labels, mapping predictions back)."""
+    pos = resample_positions(n_frames, fps, target_fps)
+    return np.clip(np.floor(pos + 0.5), 0, max(n_frames - 1, 0)).astype(np.int64)
+
+
+def resample(x: np.ndarray, fps: float, target_fps: float) -> np.ndarray:
+    """(T, ...) at fps -> (T', ...) at target_fps, linear in time; a NaN neighbour: the nearer value if present."""
+    x = _float(x)
+    T = x.shape[0]
+    if T == 0 or fps == target_fps:
+        return x.copy()
+    pos = resample_positions(T, fps, target_fps)
+    i0 = np.minimum(np.floor(pos).astype(np.int64), T - 1)
+    i1 = np.minimum(i0 + 1, T - 1)
+    w = (pos - i0).astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1))
+    a, b = x[i0], x[i1]
+    out = a + w * (b - a)
+    use_a = (w < 0.5) | ((w == 0.5) & ~np.isnan(a))  # a tie takes whichever is present
+    return np.where(np.isnan(out), np.where(use_a, a, b), out)
+
+
+# ----------------------------------------------------------------------------- scene
+
+
+def _live(xy: np.ndarray) -> np.ndarray:
+    """(T, M, S, 2) -> bool (M, S): keypoint channels with at least one present value (absent mice and
+    untracked parts are all-NaN: skipping them halves the work for the usual 2-mouse video)."""
+    T = xy.shape[0]
+    return (~np.isnan(xy.reshape(T, -1)).all(axis=0)).reshape(xy.shape[1:]).any(axis=-1)
+
+
+def clean_positions(
+    xy_px: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.ndarray | None, max_gap: int
+) -> np.ndarray:
+    """(T, M, S, 2) px -> (T, M, S, 2) cm, arena-centred, NaN gaps <= max_gap frames interpolated."""
+    xy = _float(xy_px)
+    live = _live(xy)
+    if live.all():
+        return interpolate_gaps(to_cm(xy, pix_per_cm, centre_px), max_gap)
+    out = np.full(xy.shape, np.nan, dtype=xy.dtype)
+    out[:, live] = interpolate_gaps(to_cm(xy[:, live], pix_per_cm, centre_px), max_gap)
+    return out
+
+
+def scene_from_cm(xy_cm: np.ndarray, fps: float, smooth_window: int = 1) -> np.ndarray:
+    """(T, M, S, 2) cm -> float32 (T, M*S*2 + M*S + M*S): positions, speeds (cm/s), accelerations (cm/s^2)."""
+    xy = _float(xy_cm)
+    T = xy.shape[0]
+    C = int(np.prod(xy.shape[1:-1]))
+    out = np.full((T, 4 * C), np.nan, dtype=np.float32)
+    out[:, : 2 * C] = xy.reshape(T, 2 * C)
+    idx = np.flatnonzero(_live(xy).reshape(-1))
+    flat = xy.reshape(T, C, 2)
+    sub = flat if idx.size == C else flat[:, idx]
+    if smooth_window > 1:
+        sub = moving_average(sub, smooth_window)
+    vel = velocity(sub, fps)
+    acc = time_derivative(vel, fps)
+    if idx.size == C:
+        out[:, 2 * C : 3 * C] = _norm(vel)
+        out[:, 3 * C :] = _norm(acc)
+    else:
+        out[:, 2 * C + idx] = _norm(vel)
+        out[:, 3 * C + idx] = _norm(acc)
+    return out
+
+
+def pad_mice(xy: np.ndarray, n_mice: int) -> np.ndarray:
+    """(T, M, S, 2) -> (T, n_mice, S, 2): the first n_mice slots, NaN-padded."""
+    have = xy.shape[1]
+    if have >= n_mice:
+        return xy[:, :n_mice]
+    pad = np.full((xy.shape[0], n_mice - have) + xy.shape[2:], np.nan, dtype=xy.dtype)
+    return np.concatenate([xy, pad], axis=1)
+
+
+def scene_features(
+    xy_px: np.ndarray,
+    fps: float,
+    pix_per_cm: float,
+    centre_px: Sequence[float] | np.ndarray | None,
+    cfg: FeatureConfig,
+) -> np.ndarray:
+    """(T, M, S, 2) px -> float32 (T, n*S*2 + n*S + n*S), n = cfg.n_mice: the scene vector (288 for 4 x 18)."""
+    xy = pad_mice(_float(xy_px), cfg.n_mice)
+    cm = clean_positions(xy, pix_per_cm, centre_px if cfg.arena_centre else None, cfg.max_gap)
+    return scene_from_cm(cm, fps, cfg.smooth_window)
+
+
+def scene_feature_names(slots: Sequence[str], n_mice: int = 4) -> list[str]:
+    """Column names of the scene vector, e.g. ``mouse1.nose.x``, ``mouse1.nose.speed``, ``mouse1.nose.acc``."""
+    mice = [f"mouse{m + 1}" for m in range(n_mice)]
+    pos = [f"{m}.{s}.{c}" for m in mice for s in slots for c in "xy"]
+    spd = [f"{m}.{s}.speed" for m in mice for s in slots]
+    acc = [f"{m}.{s}.acc" for m in mice for s in slots]
+    return pos + spd + acc
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def _nanmean_parts(xy: np.ndarray, idx: list[int]) -> np.ndarray:
+    """(T, M, S, 2), slot indices -> (T, M, 2): mean of the present ones (a point is present if x and y are)."""
+    if not idx:
+        return np.full(xy.shape[:2] + (2,), np.nan, dtype=xy.dtype)
+    pts = xy[:, :, idx]  # (T, M, k, 2)
+    ok = ~np.isnan(pts).any(axis=-1, keepdims=True)
+    n = ok.sum(axis=2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.where(ok, pts, 0).sum(axis=2) / n).astype(xy.dtype)
+
+
+def _first_present(cands: list[np.ndarray]) -> np.ndarray:
+    """Candidate points (T, M, 2) in priority order -> per frame and mouse, the first present one."""
+    out = cands[0].copy()
+    for c in cands[1:]:
+        miss = np.isnan(out).any(axis=-1, keepdims=True)
+        if not miss.any():
+            break
+        out = np.where(miss, c, out)
+    return out
+
+
+def _landmarks(xy: np.ndarray, slots: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T, M, S, 2) cm -> body centre, "nose" (front) and "tail_base" (back) points, each (T, M, 2), with fallbacks."""
+    pos = {s: i for i, s in enumerate(slots)}
+
+    def parts(*names: str) -> list[int]:
+        return [pos[n] for n in names if n in pos]
+
+    def mean(*names: str) -> np.ndarray:
+        return _nanmean_parts(xy, parts(*names))
+
+    centre = _first_present([
+        mean("body_center"),
+        mean(*_TORSO),
+        _nanmean_parts(xy, [i for s, i in pos.items() if s not in _TAIL]),
+    ])
+    front = _first_present([mean("nose"), mean("head"), mean("headpiece"), mean("ear_left", "ear_right"), mean("neck")])
+    back = _first_present([mean("tail_base"), mean("hip_left", "hip_right"), mean("spine_2")])
+    return centre, front, back
+
+
+def _unit_heading(centre: np.ndarray, front: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """(T, M, 2) points -> (T, M, 2) unit heading: front - back, else front - centre, else centre - back."""
+    out = np.full_like(centre, np.nan)
+    for v in (front - back, front - centre, centre - back):
+        norm = _norm(v)[..., None]
+        good = (norm > _EPS) & np.isnan(out[..., :1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(good, v / norm, out)
+    return out
+
+
+def mouse_kinematics(
+    xy_cm: np.ndarray, fps: float, slots: Sequence[str], smooth_window: int = 1
+) -> dict[str, np.ndarray]:
+    """(T, M, S, 2) cm -> per-mouse arrays: centre/front/back/heading (T, M, 2); speed, acc, body_length,
+    body_length_rate, turn_rate (T, M) in cm, cm/s, cm/s^2, rad/s. Derivatives use the smoothed positions."""
+    xy = _float(xy_cm)
+    if len(slots) != xy.shape[2]:
+        raise ValueError(f"{len(slots)} slot names for {xy.shape[2]} keypoint slots")
+    centre, front, back = _landmarks(xy, slots)
+    heading = _unit_heading(centre, front, back)
+    if smooth_window > 1:
+        s_centre, s_front, s_back = _landmarks(moving_average(xy, smooth_window), slots)
+        s_heading = _unit_heading(s_centre, s_front, s_back)
+    else:
+        s_centre, s_front, s_back, s_heading = centre, front, back, heading
+    vel = time_derivative(s_centre, fps)
+    acc = time_derivative(vel, fps)
+    body_length = _norm(front - back)
+    s_length = _norm(s_front - s_back)
+    h0, h1 = s_heading[:-1], s_heading[1:]
+    turn = np.arctan2(h0[..., 0] * h1[..., 1] - h0[..., 1] * h1[..., 0], (h0 * h1).sum(-1))
+    turn *= turn.dtype.type(fps)
+    return {
+        "centre": centre,
+        "front": front,
+        "back": back,
+        "heading": heading,
+        "speed": _norm(vel),
+        "acc": _norm(acc),
+        "body_length": body_length,
+        "body_length_rate": time_derivative(s_length, fps),
+        "turn_rate": _central(turn, xy.shape[0]),
+    }
+
+
+def _rotate(p: np.ndarray, origin: np.ndarray, heading: np.ndarray) -> np.ndarray:
+    """(T, ..., 2) points, (T, 2) origin and unit heading -> points in that frame (x along the heading)."""
+    shape = (p.shape[0],) + (1,) * (p.ndim - 2)
+    c = heading[:, 0].reshape(shape)
+    s = heading[:, 1].reshape(shape)
+    d = p - origin.reshape(shape + (2,))
+    return np.stack([d[..., 0] * c + d[..., 1] * s, d[..., 1] * c - d[..., 0] * s], axis=-1)
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _norm(a - b)
+
+
+def pair_features(
+    xy_cm: np.ndarray,
+    fps: float,
+    agent: int,
+    target: int,
+    slots: Sequence[str],
+    smooth_window: int = 1,
+    kin: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(T, M, S, 2) cm, 0-based mouse indices -> float32 (T, 4S + 18) agent-centric pair features (cm, cm/s).
+
+    ``kin`` (from ``mouse_kinematics``) skips recomputing the per-mouse quantities for every pair.
+    """
+    xy = _float(xy_cm)
+    if kin is None:
+        kin = mouse_kinematics(xy, fps, slots, smooth_window)
+    T = xy.shape[0]
+    a, t = agent, target
+    origin, heading = kin["centre"][:, a], kin["heading"][:, a]
+    fa, ba, ca = kin["front"][:, a], kin["back"][:, a], origin
+    ft, bt, ct = kin["front"][:, t], kin["back"][:, t], kin["centre"][:, t]
+    body = _dist(ca, ct)
+    ht = kin["heading"][:, t]
+    rel_cos = (heading * ht).sum(-1)
+    rel_sin = heading[:, 0] * ht[:, 1] - heading[:, 1] * ht[:, 0]
+    seen = _rotate(ct, origin, heading)  # (T, 2) target centre in the agent's frame
+    norm = np.maximum(_norm(seen), _EPS)
+    scalars = [
+        _dist(fa, ft), _dist(fa, bt), _dist(fa, ct), body, _dist(ba, ft),
+        kin["speed"][:, a], kin["speed"][:, t], time_derivative(body, fps),
+        rel_cos, rel_sin, seen[:, 0] / norm, seen[:, 1] / norm,
+        kin["body_length"][:, a], kin["body_length_rate"][:, a],
+        kin["acc"][:, a], kin["acc"][:, t], kin["turn_rate"][:, a],
+        np.full(T, float(a == t)),
+    ]
+    return np.concatenate(
+        [
+            _rotate(xy[:, a], origin, heading).reshape(T, -1),
+            _rotate(xy[:, t], origin, heading).reshape(T, -1),
+            np.stack(scalars, axis=1),
+        ],
+        axis=1,
+    ).astype(np.float32, copy=False)
+
+
+def all_pair_features(
+    xy_cm: np.ndarray,
+    fps: float,
+    pairs: Sequence[tuple[int, int]],
+    slots: Sequence[str],
+    smooth_window: int = 1,
+) -> np.ndarray:
+    """(T, M, S, 2) cm, 0-based (agent, target) pairs -> float32 (n_pairs, T, 4S + 18)."""
+    kin = mouse_kinematics(xy_cm, fps, slots, smooth_window)
+    out = np.empty((len(pairs), xy_cm.shape[0], n_pair_features(len(slots))), dtype=np.float32)
+    for i, (a, t) in enumerate(pairs):
+        out[i] = pair_features(xy_cm, fps, a, t, slots, kin=kin)
+    return out
+
+
+def n_pair_features(n_slots: int) -> int:
+    """P, the pair vector length for S keypoint slots: 4 S + 18."""
+    return 4 * n_slots + len(SCALAR_NAMES)
+
+
+def pair_feature_names(slots: Sequence[str]) -> list[str]:
+    """Column names of the pair vector (P = 4 S + 18), in order."""
+    coords = [f"{who}.{s}.{c}" for who in ("agent", "target") for s in slots for c in "xy"]
+    return coords + list(SCALAR_NAMES)

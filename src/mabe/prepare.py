@@ -1,0 +1,609 @@
+"""MABe data directory + FeatureConfig -> the on-disk feature cache (layout: docs/design.md, "Cache").
+
+``CACHE/<feature_hash>/`` holds ``config.json`` (the FeatureConfig), ``index.parquet`` (one row per
+track, i.e. per ordered pair of present mice) and one folder per video ``videos/<lab>/<video_id>/``:
+
+- ``scene.npy``  float32 (T, n_mice*S*4): positions, speeds, accelerations (288 for 4 x 18)
+- ``pair.npy``   float32 (n_pairs, T, P): agent-centric pair features (absent if pair_features=False)
+- ``labels.npy`` uint8 (n_pairs, T, 37): 1 where the pair does that action on that row (0 for test)
+- ``labeled.npy`` bool (n_pairs, 37): the pair's triples listed in ``behaviors_labeled``
+- ``frames.npy`` int64 (T,): the nearest original video_frame of each row (only when resampled;
+  otherwise row == video_frame)
+- ``meta.json``: lab, video, split, fps (of the cache rows), video_fps, n_frames (cache rows),
+  n_video_frames, pairs [[agent, target], ...] (1-based mouse ids, target == agent for self),
+  pix_per_cm, has_labels, resampled
+
+A video is written to a hidden temporary folder and renamed into place, so a folder with a
+``meta.json`` is always complete; a second run skips complete videos (resume after a kill).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mabe import features as F
+from mabe.config import FeatureConfig, config_to_dict, feature_hash
+from mabe.errors import MabeDataError, MabeError
+
+__all__ = [
+    "prepare_dataset",
+    "prepare_video",
+    "cache_dir_for",
+    "open_cache",
+    "load_video",
+    "video_dir",
+    "bench_prepare",
+    "INDEX_COLUMNS",
+]
+
+INDEX_COLUMNS: tuple[str, ...] = (
+    "lab_id", "video_id", "split", "n_frames", "fps", "agent_id", "target_id", "pair_index", "path",
+    "video_fps", "has_labels",
+)
+_TMP_PREFIX = ".tmp-"
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def cache_dir_for(cache_root: str | Path, fcfg: FeatureConfig) -> Path:
+    """The cache folder of one feature configuration: ``cache_root/<feature_hash(fcfg)>``."""
+    return Path(cache_root) / feature_hash(fcfg)
+
+
+def video_dir(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
+    """``cache_dir/videos/<lab>/<video_id>``."""
+    return Path(cache_dir) / "videos" / str(lab) / str(video_id)
+
+
+def _slots(fcfg: FeatureConfig) -> list[str]:
+    from mabe import data
+
+    return list(fcfg.slots) if fcfg.slots is not None else list(data.DEFAULT_SLOTS)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------- one video
+
+
+def _check_file(path: Any, what: str) -> Path:
+    if path is None or (isinstance(path, float) and np.isnan(path)):
+        raise MabeDataError("<metadata>", what, f"a {what} path", "none")
+    p = Path(path)
+    if not p.is_file():
+        raise MabeDataError(p, None, f"an existing {what} file", "no such file")
+    return p
+
+
+def _labels_for(
+    task: dict, pairs: list[tuple[int, int]], n_frames: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-frame labels (n_pairs, T, 37) uint8, labelled mask (n_pairs, 37) bool and has_labels."""
+    from mabe import data
+
+    n_act = len(data.ACTIONS)
+    labels = np.zeros((len(pairs), n_frames, n_act), dtype=np.uint8)
+    labeled = np.zeros((len(pairs), n_act), dtype=bool)
+    where = f"{task['lab_id']}/{task['video_id']}"
+    has_labels = task["split"] != "test" and bool(task.get("has_annotation"))
+    if task["split"] != "test" and not has_labels:
+        if task["labeled"]:
+            warnings.warn(
+                f"{where}: behaviors_labeled lists {len(task['labeled'])} triples but there is no "
+                "annotation file; its labelled mask is left empty (nothing is known)",
+                stacklevel=2,
+            )
+        return labels, labeled, False
+
+    row = {p: i for i, p in enumerate(pairs)}
+    missing: dict[tuple[int, int], int] = {}
+    for agent, target, action in task["labeled"]:
+        i = row.get((int(agent), int(target)))
+        if i is None:
+            missing[(int(agent), int(target))] = missing.get((int(agent), int(target)), 0) + 1
+            continue
+        if action not in data.ACTION_INDEX:
+            raise MabeDataError("<metadata>", "behaviors_labeled", f"one of the {n_act} actions", action)
+        labeled[i, data.ACTION_INDEX[action]] = True
+    if missing:
+        warnings.warn(
+            f"{where}: behaviors_labeled names mice absent from the tracking: "
+            + ", ".join(f"({a},{t}) x{n}" for (a, t), n in sorted(missing.items())),
+            stacklevel=2,
+        )
+    if not has_labels:
+        return labels, labeled, False
+
+    ann = data.read_annotation(_check_file(task["annotation_path"], "annotation"))
+    if len(ann):
+        agent = ann["agent_id"].to_numpy().astype(np.int64)
+        target = ann["target_id"].to_numpy().astype(np.int64)
+        keep = np.array([(a, t) in row for a, t in zip(agent.tolist(), target.tolist())], dtype=bool)
+        if not keep.all():
+            gone = pd.Series([f"({a},{t})" for a, t in zip(agent[~keep], target[~keep])]).value_counts()
+            warnings.warn(
+                f"{where}: {int((~keep).sum())} annotation interval(s) name mice absent from the tracking "
+                f"and are dropped: {', '.join(f'{k} x{v}' for k, v in gone.items())}",
+                stacklevel=2,
+            )
+            ann = ann[keep]
+    if len(ann) and pairs:
+        labels = np.ascontiguousarray(data.intervals_to_frames(ann, n_frames, pairs, data.ACTIONS), dtype=np.uint8)
+        # a labelled frame outside behaviors_labeled is a metadata quirk, not a label to drop: keep it
+    return labels, labeled, True
+
+
+def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Read one video and compute everything the cache stores; pure apart from reading its files."""
+    from mabe import data
+
+    slots = _slots(fcfg)
+    trk = data.read_tracking(_check_file(task["tracking_path"], "tracking"), slots, data.MAX_MICE)
+    xy = np.asarray(trk.xy)
+    T = xy.shape[0]
+    fps = float(task["fps"])
+    ppc = float(task["pix_per_cm"])
+    if not np.isfinite(fps) or fps <= 0:
+        raise MabeDataError("<metadata>", "frames_per_second", "a positive number", task["fps"])
+    if not np.isfinite(ppc) or ppc <= 0:
+        raise MabeDataError("<metadata>", "pix_per_cm_approx", "a positive number", task["pix_per_cm"])
+    centre = None
+    if fcfg.arena_centre:
+        centre = (float(task["width"]) / 2.0, float(task["height"]) / 2.0)
+        if not np.all(np.isfinite(centre)):
+            raise MabeDataError("<metadata>", "video_width_pix/video_height_pix", "numbers", centre)
+
+    mice = np.flatnonzero(np.asarray(trk.mice)).tolist()  # 0-based mouse slots present
+    pairs0 = [(a, t) for a in mice for t in mice]
+    pairs = [(a + 1, t + 1) for a, t in pairs0]  # mouse ids as in the annotation files
+
+    cm = F.clean_positions(xy, ppc, centre, fcfg.max_gap)
+    arrays: dict[str, np.ndarray] = {
+        "scene": F.scene_from_cm(F.pad_mice(cm, fcfg.n_mice), fps, fcfg.smooth_window),
+    }
+    if fcfg.pair_features:
+        arrays["pair"] = F.all_pair_features(cm, fps, pairs0, slots, fcfg.smooth_window)
+    del cm
+    labels, labeled, has_labels = _labels_for(task, pairs, T)
+    arrays["labels"] = labels
+    arrays["labeled"] = labeled
+
+    out_fps = fps
+    resampled = fcfg.target_fps is not None and abs(float(fcfg.target_fps) - fps) > 1e-9
+    if resampled:
+        out_fps = float(fcfg.target_fps)
+        frames = F.nearest_frames(T, fps, out_fps)
+        arrays["scene"] = F.resample(arrays["scene"], fps, out_fps).astype(np.float32, copy=False)
+        if "pair" in arrays:
+            moved = F.resample(np.moveaxis(arrays["pair"], 1, 0), fps, out_fps)
+            arrays["pair"] = np.ascontiguousarray(np.moveaxis(moved, 0, 1), dtype=np.float32)
+        arrays["labels"] = np.ascontiguousarray(labels[:, frames])
+        arrays["frames"] = frames
+    n_rows = arrays["scene"].shape[0]
+    meta = {
+        "lab": str(task["lab_id"]),
+        "video": task["video_id"],
+        "split": task["split"],
+        "fps": out_fps,
+        "video_fps": fps,
+        "n_frames": int(n_rows),
+        "n_video_frames": int(T),
+        "pairs": [[a, t] for a, t in pairs],
+        "pix_per_cm": ppc,
+        "has_labels": has_labels,
+        "resampled": bool(resampled),
+        "n_scene_features": int(arrays["scene"].shape[1]),
+        "n_pair_features": int(arrays["pair"].shape[2]) if "pair" in arrays else 0,
+    }
+    return arrays, meta
+
+
+def _write_video(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write into a hidden temporary sibling folder, then rename it onto ``out`` (atomic)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{_TMP_PREFIX}{out.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f"{_TMP_PREFIX}{out.name}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        for name, arr in arrays.items():
+            np.save(tmp / f"{name}.npy", arr)
+        _write_json(tmp / "meta.json", meta)
+        if out.exists():  # an incomplete folder (no meta.json) from something else: replace it
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
+    """Compute and write one video's cache folder; returns a result dict (``status`` ok or bad).
+
+    ``task`` keys: lab_id, video_id, split, fps, pix_per_cm, width, height, labeled,
+    tracking_path, annotation_path, has_annotation. Bad input data (MabeDataError, an unreadable
+    file) is reported in the result instead of raised; warnings are collected in ``warnings``.
+    """
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {
+        "lab_id": task["lab_id"], "video_id": task["video_id"], "split": task["split"],
+        "file": str(task.get("tracking_path")), "warnings": [], "status": "ok",
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            arrays, meta = _compute_video(task, fcfg)
+            _write_video(Path(out), arrays, meta)
+            result.update(n_frames=meta["n_frames"], n_video_frames=meta["n_video_frames"])
+        except MabeDataError as err:
+            result.update(status="bad", file=err.file, field=err.field, expected=err.expected,
+                          got=None if err.got is None else str(err.got), reason=str(err))
+        except (OSError, _arrow_error()) as err:
+            result.update(status="bad", field=None, expected="a readable file",
+                          got=f"{type(err).__name__}: {err}", reason=f"{result['file']}: {type(err).__name__}: {err}")
+    result["warnings"] = [(str(w.message), w.category) for w in caught]
+    result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def _arrow_error() -> type[BaseException]:
+    try:
+        import pyarrow as pa
+
+        return pa.lib.ArrowException
+    except Exception:  # pragma: no cover - pyarrow is a dependency
+        return MabeDataError
+
+
+def _worker(args: tuple[dict, dict, str]) -> dict:
+    task, fdict, out = args
+    return prepare_video(task, FeatureConfig(**fdict), out)
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
+    if splits:
+        return list(dict.fromkeys(splits))
+    found = [s for s in ("train", "test") if (root / f"{s}.csv").is_file()]
+    if not found:
+        raise MabeDataError(root, None, "train.csv and/or test.csv", "neither")
+    return found
+
+
+def _tasks(root: Path, splits: list[str]) -> list[dict]:
+    from mabe import data
+
+    tasks = []
+    for split in splits:
+        meta = data.load_metadata(root, split, check_files=False)
+        for row in meta.to_dict("records"):
+            labeled = [(int(a), int(t), str(act)) for a, t, act in (row.get("labeled") or [])]
+            tasks.append({
+                "lab_id": str(row["lab_id"]), "video_id": _plain(row["video_id"]), "split": split,
+                "fps": float(row["frames_per_second"]), "pix_per_cm": float(row["pix_per_cm_approx"]),
+                "width": float(row["video_width_pix"]), "height": float(row["video_height_pix"]),
+                "labeled": labeled, "tracking_path": _path_or_none(row.get("tracking_path")),
+                "annotation_path": _path_or_none(row.get("annotation_path")),
+                "has_annotation": bool(row.get("has_annotation", False)) and split != "test",
+            })
+    return tasks
+
+
+def _plain(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _path_or_none(v: Any) -> str | None:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return None
+    return str(v)
+
+
+def _file_size(path: str | None) -> int:
+    try:
+        return os.path.getsize(path) if path else 0
+    except OSError:
+        return 0
+
+
+def _build_index(cache_dir: Path) -> pd.DataFrame:
+    """One row per track of every complete video folder in the cache."""
+    rows = []
+    for meta_path in sorted((cache_dir / "videos").glob("*/*/meta.json")):
+        if meta_path.parent.name.startswith(_TMP_PREFIX):
+            continue
+        meta = json.loads(meta_path.read_text())
+        rel = meta_path.parent.relative_to(cache_dir).as_posix()
+        for i, (agent, target) in enumerate(meta["pairs"]):
+            rows.append((meta["lab"], meta["video"], meta["split"], meta["n_frames"], meta["fps"],
+                         agent, target, i, rel, meta.get("video_fps", meta["fps"]), meta.get("has_labels", False)))
+    df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    df = df.astype({
+        "lab_id": str, "split": str, "n_frames": np.int64, "fps": np.float64, "agent_id": np.int8,
+        "target_id": np.int8, "pair_index": np.int32, "path": str, "video_fps": np.float64, "has_labels": bool,
+    })
+    if len(df) and all(isinstance(v, (int, np.integer)) for v in df["video_id"]):
+        df["video_id"] = df["video_id"].astype(np.int64)
+    return df.sort_values(["lab_id", "video_id", "pair_index"], kind="stable").reset_index(drop=True)
+
+
+def prepare_dataset(
+    data_root: str | Path,
+    fcfg: FeatureConfig,
+    cache_root: str | Path = "cache",
+    splits: Sequence[str] | None = None,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Compute every video's features into ``cache_root/<feature_hash(fcfg)>/``; returns that folder.
+
+    Complete videos already there are skipped. ``workers`` processes (default: all cores; 1 = in
+    this process). Without ``skip_bad`` the first bad video stops the run with its MabeDataError;
+    with it, bad videos are skipped, listed at the end and written to ``skipped.json``.
+    """
+    root = Path(data_root)
+    split_list = _splits_present(root, splits)
+    cache_dir = cache_dir_for(cache_root, fcfg)
+    (cache_dir / "videos").mkdir(parents=True, exist_ok=True)
+    _write_json(cache_dir / "config.json", config_to_dict(fcfg))
+
+    tasks = _tasks(root, split_list)
+    todo, done = [], 0
+    for task in tasks:
+        out = video_dir(cache_dir, task["lab_id"], task["video_id"])
+        if (out / "meta.json").is_file():
+            done += 1
+        else:
+            todo.append((task, out))
+    todo.sort(key=lambda item: -_file_size(item[0]["tracking_path"]))  # big videos first: balanced pool
+    print(f"prepare: {len(tasks)} videos ({', '.join(split_list)}) -> {cache_dir}; "
+          f"{done} already prepared, {len(todo)} to do")
+
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    fdict = asdict(fcfg)
+    skipped: list[dict] = []
+    frames = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="video", desc="prepare", disable=not progress or not todo,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def handle(res: dict) -> None:
+        nonlocal frames
+        where = f"{res['lab_id']}/{res['video_id']}"
+        for msg, category in res["warnings"]:
+            warnings.warn(msg if where in msg else f"{where}: {msg}", category, stacklevel=3)
+        bar.update(1)
+        if res["status"] == "ok":
+            frames += res["n_video_frames"]
+            return
+        if not skip_bad:
+            raise MabeDataError(res["file"], res.get("field"), res["expected"], res.get("got"))
+        skipped.append({k: res.get(k) for k in ("lab_id", "video_id", "split", "file", "reason")})
+        bar.write(f"prepare: skipped {where}: {res['reason']}")
+
+    try:
+        if n_workers == 1:
+            for task, out in todo:
+                handle(prepare_video(task, fcfg, out))
+        else:
+            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+                pending = {pool.submit(_worker, (task, fdict, str(out))) for task, out in todo}
+                try:
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            handle(fut.result())
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+
+    elapsed = time.perf_counter() - t0
+    index = _build_index(cache_dir)
+    index.to_parquet(cache_dir / "index.parquet.tmp", index=False)
+    os.replace(cache_dir / "index.parquet.tmp", cache_dir / "index.parquet")
+    _write_json(cache_dir / "skipped.json", skipped)
+    if todo:
+        rate = frames / elapsed if elapsed > 0 else float("inf")
+        print(f"prepare: {len(todo) - len(skipped)} videos, {frames:,} frames in {elapsed:.1f} s "
+              f"({rate:,.0f} frames/s, {n_workers} worker{'s' if n_workers > 1 else ''})")
+    if skipped:
+        print(f"prepare: skipped {len(skipped)} bad video(s) (listed in {cache_dir / 'skipped.json'}):")
+        for s in skipped:
+            print(f"  {s['lab_id']}/{s['video_id']}: {s['reason']}")
+    print(f"prepare: index {cache_dir / 'index.parquet'}: {index['video_id'].nunique() if len(index) else 0} "
+          f"videos, {len(index)} tracks")
+    return cache_dir
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def open_cache(cache_dir: str | Path) -> tuple[FeatureConfig, pd.DataFrame]:
+    """A prepared cache folder -> (its FeatureConfig, its index DataFrame: one row per track)."""
+    cache_dir = Path(cache_dir)
+    cfg_path, index_path = cache_dir / "config.json", cache_dir / "index.parquet"
+    if not cfg_path.is_file() or not index_path.is_file():
+        raise MabeError(f"{cache_dir}: not a prepared feature cache (no config.json / index.parquet); "
+                        "run `mabe prepare` first")
+    fcfg = FeatureConfig(**json.loads(cfg_path.read_text()))
+    return fcfg, pd.read_parquet(index_path)
+
+
+def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True) -> dict[str, Any]:
+    """One cached video -> dict: scene, [pair], labels, labeled, frames (arrays; memory-mapped) and meta."""
+    folder = video_dir(cache_dir, lab, video_id)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise MabeError(f"{folder}: no complete cached video there; run `mabe prepare`")
+    mode = "r" if mmap else None
+    out: dict[str, Any] = {"meta": json.loads(meta_path.read_text())}
+    for name in ("scene", "pair", "labels", "labeled", "frames"):
+        path = folder / f"{name}.npy"
+        if path.is_file():
+            out[name] = np.load(path, mmap_mode=mode)
+    if "frames" not in out:
+        out["frames"] = np.arange(out["meta"]["n_frames"], dtype=np.int64)
+    return out
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def synthetic_tracking(
+    n_frames: int, n_mice: int = 2, seed: int = 0, drop: float = 0.03, size_px: float = 600.0
+) -> pd.DataFrame:
+    """A long-format tracking table (video_frame, mouse_id, bodypart, x, y) of random-walking mice.
+
+    ``drop`` of the rows are removed (missing detections). For benchmarks and tests only.
+    """
+    from mabe import data
+
+    rng = np.random.default_rng(seed)
+    parts = [p for p in data.DEFAULT_SLOTS if p in data.BODYPARTS]
+    body = np.cumsum(rng.normal(0, 2.0, (n_frames, n_mice, 1, 2)), axis=0) + size_px / 2
+    offsets = rng.normal(0, 15.0, (1, n_mice, len(parts), 2))
+    xy = (body + offsets + rng.normal(0, 0.5, (n_frames, n_mice, len(parts), 2))).astype(np.float32)
+    f, m, p = np.meshgrid(np.arange(n_frames), np.arange(n_mice), np.arange(len(parts)), indexing="ij")
+    df = pd.DataFrame({
+        "video_frame": f.ravel().astype(np.int64),
+        "mouse_id": (m.ravel() + 1).astype(np.int64),
+        "bodypart": pd.Series(np.asarray(parts, dtype=object)[p.ravel()], dtype="string"),
+        "x": xy[..., 0].ravel(),
+        "y": xy[..., 1].ravel(),
+    })
+    keep = rng.random(len(df)) >= drop
+    return df[keep].reset_index(drop=True)
+
+
+def _pandas_baseline(path: Path, fps: float, ppc: float, centre: tuple[float, float], max_gap: int,
+                     slots: Sequence[str], n_mice: int = 4) -> np.ndarray:
+    """The straightforward way: read_parquet -> pivot_table -> per-column pandas/np.gradient -> (T, 288)."""
+    df = pd.read_parquet(path)
+    wide = df.pivot_table(index="video_frame", columns=["mouse_id", "bodypart"], values=["x", "y"])
+    wide = wide.reindex(range(int(df["video_frame"].max()) + 1))
+    pos, spd, acc = [], [], []
+    for m in range(1, n_mice + 1):
+        for s in slots:
+            if ("x", m, s) in wide.columns:
+                x = (wide[("x", m, s)] - centre[0]) / ppc
+                y = (wide[("y", m, s)] - centre[1]) / ppc
+                x = x.interpolate(limit=max_gap, limit_area="inside")
+                y = y.interpolate(limit=max_gap, limit_area="inside")
+            else:
+                x = y = pd.Series(np.nan, index=wide.index)
+            vx = np.gradient(x.to_numpy(), 1.0 / fps)
+            vy = np.gradient(y.to_numpy(), 1.0 / fps)
+            ax = np.gradient(vx, 1.0 / fps)
+            ay = np.gradient(vy, 1.0 / fps)
+            pos += [x.to_numpy(), y.to_numpy()]
+            spd.append(np.sqrt(vx**2 + vy**2))
+            acc.append(np.sqrt(ax**2 + ay**2))
+    return np.stack(pos + spd + acc, axis=1).astype(np.float32)
+
+
+def bench_prepare(
+    n_frames: int = 54_000, n_mice: int = 2, repeats: int = 3, seed: int = 0, workdir: str | Path | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Reading + scene features: mabe (read_tracking + scene_features) vs a pandas pivot baseline.
+
+    Same synthetic tracking file for both; best of ``repeats``. Returns frames/s of each, their
+    ratio, the pair-feature throughput and the largest difference where both results are finite.
+    """
+    import tempfile
+
+    from mabe import data
+
+    fcfg = FeatureConfig()
+    slots = _slots(fcfg)
+    fps, ppc, centre = 30.0, 2.0, (300.0, 300.0)
+    tmp_ctx = tempfile.TemporaryDirectory() if workdir is None else None
+    folder = Path(tmp_ctx.name if tmp_ctx else workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_tracking.parquet"
+    synthetic_tracking(n_frames, n_mice, seed).to_parquet(path, index=False)
+
+    def best(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), out
+
+    def fast() -> np.ndarray:
+        trk = data.read_tracking(path, slots, data.MAX_MICE)
+        return F.scene_features(trk.xy, fps, ppc, centre, fcfg)
+
+    try:
+        t_fast, ours = best(fast)
+        t_base, theirs = best(lambda: _pandas_baseline(path, fps, ppc, centre, fcfg.max_gap, slots, fcfg.n_mice))
+        trk = data.read_tracking(path, slots, data.MAX_MICE)
+        cm = F.clean_positions(trk.xy, ppc, centre, fcfg.max_gap)
+        mice = np.flatnonzero(trk.mice).tolist()
+        pairs = [(a, t) for a in mice for t in mice]
+        t_pair, _ = best(lambda: F.all_pair_features(cm, fps, pairs, slots))
+    finally:
+        if tmp_ctx:
+            tmp_ctx.cleanup()
+    both = np.isfinite(ours) & np.isfinite(theirs)
+    n_pos = fcfg.n_mice * len(slots) * 2
+    res = {
+        "n_frames": n_frames,
+        "n_mice": n_mice,
+        "mabe_s": t_fast,
+        "baseline_s": t_base,
+        "mabe_frames_per_s": n_frames / t_fast,
+        "baseline_frames_per_s": n_frames / t_base,
+        "speedup": t_base / t_fast,
+        "pair_s": t_pair,
+        "pair_frames_per_s": n_frames / t_pair,
+        "n_pairs": len(pairs),
+        "max_abs_diff_positions": float(np.abs(ours - theirs)[:, :n_pos][both[:, :n_pos]].max(initial=0.0)),
+        "max_abs_diff_motion": float(np.abs(ours - theirs)[:, n_pos:][both[:, n_pos:]].max(initial=0.0)),
+    }
+    if verbose:
+        print(f"features bench: {n_frames:,} frames, {n_mice} mice, best of {repeats}")
+        print(f"  pandas pivot baseline  {res['baseline_s']:7.3f} s  {res['baseline_frames_per_s']:>12,.0f} frames/s")
+        print(f"  mabe read + scene      {res['mabe_s']:7.3f} s  {res['mabe_frames_per_s']:>12,.0f} frames/s"
+              f"  ({res['speedup']:.1f}x)")
+        print(f"  mabe pair features     {res['pair_s']:7.3f} s  {res['pair_frames_per_s']:>12,.0f} frames/s"
+              f"  ({len(pairs)} pairs)")
+        print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
+              f"speeds/accelerations {res['max_abs_diff_motion']:.2e}")
+    return res

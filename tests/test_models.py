@@ -1,0 +1,57 @@
+"""models/: the registry, and every registered model's forward/backward (parametrised over list_models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mabe import models
+from mabe.config import ModelConfig
+from mabe.errors import MabeError
+
+torch.set_num_threads(1)
+
+SMALL = ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2, dropout=0.1)
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = models.create(name, in_features=10, n_outputs=3, cfg=SMALL)
+    x = torch.randn(4, 24, 10)
+    out = model(x)
+    assert out.shape == (4, 24, 3)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    model.eval()
+    assert model(torch.randn(1, 7, 10)).shape == (1, 7, 3)  # any window length at inference
+
+
+def test_reference_size_parameter_count():
+    model = models.create("conv1d_bilstm", 288, 4, ModelConfig())
+    assert sum(p.numel() for p in model.parameters()) == 2_811_204
+    assert len(model.state_dict()) == 39  # no duplicated keys from the compile hooks
+
+
+def test_lstm_runs_in_fp32_under_autocast():
+    model = models.create("conv1d_bilstm", 10, 3, SMALL).eval()
+    seen = {}
+    model.lstm.register_forward_hook(lambda m, inp, out: seen.update(dtype=inp[0].dtype, out=out[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 12, 10))
+    assert seen == {"dtype": torch.float32, "out": torch.float32}
+    assert out.dtype == torch.bfloat16  # the head ran under autocast
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(MabeError, match="conv1d_bilstm"):
+        models.create("transformer9000", 10, 3, SMALL)
+
+
+def test_register_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("conv1d_bilstm")(lambda f, c, cfg: torch.nn.Linear(f, c))
+    assert models.is_model("conv1d_bilstm") and not models.is_model("nope")

@@ -1,0 +1,232 @@
+"""train.py: schedule, losses, one step, and whole runs on a tiny cache (files, resume, stop, NaN)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from test_windows import make_fake_cache
+
+from mabe import checkpoint as ckpt
+from mabe import models, predictions
+from mabe import train as T
+from mabe.config import Config, TrainConfig, load_config
+from mabe.errors import TrainingError
+from mabe.windows import TrackSet
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_warmup_is_a_pure_function_of_the_step():
+    assert [T.warmup_lr(s, 4e-4, 4) for s in range(6)] == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4, 4e-4, 4e-4])
+    assert T.warmup_lr(0, 4e-4, 0) == 4e-4
+
+
+def test_schedule_warmup_then_plateau():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([p], lr=1.0)
+    tc = TrainConfig(lr=4e-4, plateau_patience=1, plateau_factor=0.5, min_lr=1.5e-4)
+    sched = T.LRSchedule(opt, 4e-4, warmup_steps=6, cfg=tc)  # 3 steps per epoch, 2 warmup epochs
+    lrs = []
+    for step in range(6):
+        sched.before_step(step)
+        lrs.append(sched.lr)
+        if step % 3 == 2:
+            sched.after_epoch(0.1, step + 1 if step == 5 else step)  # epoch 1 ends inside warmup
+    assert lrs == pytest.approx([4e-4 * k / 6 for k in range(1, 7)])
+    assert sched.lr == pytest.approx(4e-4)  # the plateau ignored the warmup epoch
+    sched.after_epoch(0.1, 6)  # no improvement: patience 1 used up
+    assert sched.lr == pytest.approx(4e-4)
+    sched.after_epoch(0.1, 9)
+    assert sched.lr == pytest.approx(2e-4)
+    sched.after_epoch(0.1, 12)
+    sched.after_epoch(0.1, 15)
+    assert sched.lr == pytest.approx(1.5e-4)  # min_lr
+    state = sched.state_dict()
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched2 = T.LRSchedule(opt2, 4e-4, 6, tc)
+    sched2.load_state_dict(state)
+    assert sched2.lr == sched.lr and sched2.plateau.num_bad_epochs == sched.plateau.num_bad_epochs
+
+
+def test_masked_loss_ignores_unlabelled_triples():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 3, requires_grad=True)
+    y = (torch.rand(2, 5, 3) < 0.5).to(torch.uint8)
+    mask = torch.rand(2, 5, 3) < 0.5
+    pw = torch.tensor([1.0, 3.0, 5.0])
+    loss = T.pair_loss(logits, y, mask, pw)
+    (g1,) = torch.autograd.grad(loss, logits)
+    y2 = torch.where(mask, y, 1 - y)  # flip every unlabelled cell
+    loss2 = T.pair_loss(logits, y2, mask, pw)
+    (g2,) = torch.autograd.grad(loss2, logits)
+    assert loss.item() == loss2.item() and torch.equal(g1, g2)
+    assert (g1[~mask] == 0).all() and (g1[mask] != 0).any()
+    y3 = torch.where(mask, 1 - y, y)  # flipping labelled cells does change it
+    assert T.pair_loss(logits, y3, mask, pw).item() != loss.item()
+
+
+def test_scene_loss_ignores_padding_and_weights_classes():
+    logits = torch.randn(1, 4, 3)
+    y = torch.tensor([[0, 2, -100, -100]])
+    w = torch.tensor([1.0, 5.0, 8.0])
+    ref = torch.nn.functional.cross_entropy(logits[0, :2], y[0, :2], weight=w)
+    assert T.scene_loss(logits, y, w).item() == pytest.approx(ref.item())
+
+
+def test_auto_pos_weight_counts_labelled_cells():
+    ys = [np.array([[1, 0]] * 2 + [[0, 0]] * 8), np.array([[1, 1]] * 10)]
+    ts = TrackSet.from_tracks("pair", ["a", "b"], [np.zeros((10, 1))] * 2, ys, np.array([[1, 1], [0, 1]], bool))
+    pw = T.auto_pos_weight(ts, cap=20.0)
+    assert pw[0] == pytest.approx(np.sqrt(8 / 2))  # track 1 does not label a
+    assert pw[1] == pytest.approx(np.sqrt(10 / 10))
+    ts.Y[:] = 0
+    assert T.auto_pos_weight(ts, cap=20.0).tolist() == [20.0, 20.0]
+
+
+def test_no_weight_decay_on_norms_and_biases():
+    model = models.create("conv1d_bilstm", 6, 2, Config().model)
+    decay, no_decay = T.param_groups(model, 1e-4)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} >= {"conv.1.weight", "conv.1.bias", "head.bias"}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
+
+
+def test_one_step_reduces_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = Config().model
+    cfg.conv_channels, cfg.lstm_hidden, cfg.dropout = [16], 16, 0.0
+    model = models.create("conv1d_bilstm", 6, 3, cfg)
+    x = torch.randn(8, 20, 6)
+    y = (x[..., :3] > 0).to(torch.uint8)
+    mask = torch.ones_like(y, dtype=torch.bool)
+    opt = torch.optim.AdamW(T.param_groups(model, 1e-4), lr=3e-3)
+    before = T.pair_loss(model(x), y, mask).item()
+    for _ in range(3):
+        loss = T.pair_loss(model(x), y, mask)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert T.pair_loss(model(x), y, mask).item() < before
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+def _cfg(tmp_path, **train) -> Config:
+    overrides = {
+        "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
+        "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
+        "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
+        "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
+        "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
+                  "tensorboard": False, "plateau_patience": 0, "min_lr": 1e-4, **train},
+    }
+    return load_config(None, overrides)
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return make_fake_cache(tmp_path / "cache")
+
+
+def _rows(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        del r["epoch_time_s"], r["windows_per_s"]
+    return rows
+
+
+def test_run_writes_its_files_and_resume_equals_uninterrupted(tmp_path, cache):
+    straight = T.train(_cfg(tmp_path), tmp_path / "runs" / "straight")
+    run = tmp_path / "runs" / "straight"
+    assert straight["state"] == "finished" and straight["best_epoch"] >= 1
+    for f in ("config.yaml", "log.txt", "metrics.csv", "status.json", "checkpoints/last.pt",
+              "checkpoints/best.pt", "eval/val_metrics.json", "eval/val_predictions.npz"):
+        assert (run / f).is_file(), f
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == 4 and status["best_f1"] == straight["best_f1"]
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3", "4"] and rows[0]["phase"] == "warmup"
+    assert all(r["val_f1"] for r in rows) and rows[0]["val_score"] == ""  # no annotations on disk
+    assert "Epoch 1/4 (warmup) lr=" in (run / "log.txt").read_text()
+    preds = predictions.load(run / "eval" / "val_predictions.npz")
+    assert preds.labels is not None and list(preds.actions) == ["attack", "rear", "sniff"]
+    metrics = json.loads((run / "eval" / "val_metrics.json").read_text())
+    assert metrics["f1_macro"] == pytest.approx(straight["best_f1"], abs=1e-9)
+
+    first = T.train(_cfg(tmp_path, epochs=2), tmp_path / "runs" / "resumed")
+    assert first["state"] == "finished"
+    args = argparse.Namespace(config=None, overrides=["train.epochs=4"], data=None, name=None,
+                              resume=str(tmp_path / "runs" / "resumed"), detach=False, nproc=None)
+    assert T.main_from_args(args) == 0
+    assert _rows(tmp_path / "runs" / "resumed") == rows
+    a = ckpt.load(run / "checkpoints" / "last.pt")[ckpt.MODEL_KEY]
+    b = ckpt.load(tmp_path / "runs" / "resumed" / "checkpoints" / "last.pt")[ckpt.MODEL_KEY]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, cache, monkeypatch):
+    cfg = _cfg(tmp_path, epochs=2, grad_accum=2)
+    T.train(cfg, tmp_path / "runs" / "ref")
+    calls = {"n": 0}
+    real = T.augment
+
+    def augment_then_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-epoch 1, inside an accumulation group
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "augment", augment_then_signal)
+    run = tmp_path / "runs" / "stopped"
+    out = T.train(cfg, run)
+    assert out["state"] == "stopped"
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state[ckpt.EPOCH_KEY] == 0 and state[ckpt.BATCH_KEY] == 6  # finished the step (micro 5 and 6)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.setattr(T, "augment", real)
+    T.train(cfg, run, resume=True)
+    assert _rows(run) == _rows(tmp_path / "runs" / "ref")
+
+
+def test_scene_mode_runs(tmp_path, cache):
+    cfg = _cfg(tmp_path, epochs=1)
+    cfg.task.mode = "scene"
+    cfg.task.class_weights = [1.0, 5.0, 8.0, 8.0]
+    out = T.train(cfg, tmp_path / "runs" / "scene")
+    metrics = json.loads((tmp_path / "runs" / "scene" / "eval" / "val_metrics.json").read_text())
+    assert out["state"] == "finished" and len(metrics["confusion"]) == 4
+
+
+def test_loader_path_matches_resident_path(tmp_path, cache):
+    a = T.train(_cfg(tmp_path, epochs=1), tmp_path / "runs" / "resident")
+    b = T.train(_cfg(tmp_path, epochs=1, data_path="loader", num_workers=0), tmp_path / "runs" / "loader")
+    assert a["best_f1"] == b["best_f1"]
+    assert _rows(tmp_path / "runs" / "resident") == _rows(tmp_path / "runs" / "loader")
+
+
+def test_non_finite_streak_stops_with_a_training_error(tmp_path, cache, monkeypatch):
+    real = models.create
+
+    def nan_model(*a, **k):
+        m = real(*a, **k)
+        m.register_forward_hook(lambda mod, inp, out: out * float("nan"))
+        return m
+
+    monkeypatch.setattr(T.models, "create", nan_model)
+    with pytest.raises(TrainingError, match="non-finite"):
+        T.train(_cfg(tmp_path, max_nonfinite_steps=3), tmp_path / "runs" / "nan")
+    assert json.loads((tmp_path / "runs" / "nan" / "status.json").read_text())["state"] == "failed"

@@ -1,0 +1,267 @@
+"""windows.py: split, TrackSet loading, normalisation, window index, gather (numpy == torch), sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mabe.config import FeatureConfig, TaskConfig
+from mabe.data import ACTION_INDEX, ACTIONS
+from mabe.windows import (
+    IGNORE_INDEX,
+    TrackSet,
+    WindowDataset,
+    epoch_plan,
+    gather,
+    load_trackset,
+    norm_stats,
+    normalize_,
+    resolve_actions,
+    scene_labels,
+    split_videos,
+    window_index,
+    window_weights,
+)
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- a tiny on-disk cache
+
+
+def make_fake_cache(
+    cache_root: Path, fcfg: FeatureConfig | None = None, labs: tuple[int, ...] = (3, 3), frames: tuple[int, int] = (150, 260),
+    n_pair: int = 6, n_scene: int = 10, seed: int = 0,
+) -> Path:
+    """Write a cache in the design.md layout without data files (videos of 2 mice, 4 ordered pairs).
+
+    Learnable labels: a pair "sniffs" where its smoothed feature 0 is high, a mouse "rears" (self)
+    where its feature 1 is high; "attack" is labelled on the social pairs but never happens.
+    """
+    from mabe import prepare
+
+    fcfg = fcfg or FeatureConfig()
+    cache_dir = prepare.cache_dir_for(cache_root, fcfg)
+    rng = np.random.default_rng(seed)
+    rows = []
+    pairs = [(1, 1), (1, 2), (2, 1), (2, 2)]
+    kernel = np.ones(9) / 9
+    for li, n_videos in enumerate(labs):
+        lab = f"Lab{li}"
+        for v in range(n_videos):
+            vid = 1000 * (li + 1) + v
+            T = int(rng.integers(*frames))
+            raw = rng.normal(size=(4, T + 8, n_pair))
+            pair = np.stack([np.stack([np.convolve(raw[p, :, f], kernel, "valid") for f in range(n_pair)], 1)
+                             for p in range(4)]).astype(np.float32) * 3  # (4, T, P)
+            pair[0, 3, 2] = np.nan
+            labels = np.zeros((4, T, len(ACTIONS)), np.uint8)
+            labeled = np.zeros((4, len(ACTIONS)), bool)
+            for p, (a, t) in enumerate(pairs):
+                if a == t:
+                    labels[p, :, ACTION_INDEX["rear"]] = pair[p, :, 1] > 1.0
+                    labeled[p, ACTION_INDEX["rear"]] = True
+                else:
+                    labels[p, :, ACTION_INDEX["sniff"]] = pair[p, :, 0] > 1.0
+                    labeled[p, [ACTION_INDEX["sniff"], ACTION_INDEX["attack"]]] = True
+            scene = rng.normal(size=(T, n_scene)).astype(np.float32)
+            folder = prepare.video_dir(cache_dir, lab, vid)
+            folder.mkdir(parents=True)
+            for name, arr in (("scene", scene), ("pair", pair), ("labels", labels), ("labeled", labeled)):
+                np.save(folder / f"{name}.npy", arr)
+            meta = {"lab": lab, "video": vid, "split": "train", "fps": 30.0, "video_fps": 30.0, "n_frames": T,
+                    "n_video_frames": T, "pairs": [list(p) for p in pairs], "has_labels": True}
+            (folder / "meta.json").write_text(json.dumps(meta))
+            for i, (a, t) in enumerate(pairs):
+                rows.append((lab, vid, "train", T, 30.0, a, t, i, str(folder.relative_to(cache_dir)), 30.0, True))
+    index = pd.DataFrame(rows, columns=["lab_id", "video_id", "split", "n_frames", "fps", "agent_id", "target_id",
+                                        "pair_index", "path", "video_fps", "has_labels"])
+    index = index.astype({"agent_id": np.int8, "target_id": np.int8, "pair_index": np.int32, "video_id": np.int64})
+    index.to_parquet(cache_dir / "index.parquet", index=False)
+    (cache_dir / "config.json").write_text(json.dumps(fcfg.__dict__))
+    return cache_dir
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return make_fake_cache(tmp_path / "cache")
+
+
+def small_trackset(rng: np.random.Generator, lengths=(5, 12, 30), F: int = 3, C: int = 2) -> TrackSet:
+    xs = [rng.normal(size=(L, F)).astype(np.float32) for L in lengths]
+    ys = [(rng.random((L, C)) < 0.3).astype(np.uint8) for L in lengths]
+    mask = rng.random((len(lengths), C)) < 0.7
+    return TrackSet.from_tracks("pair", [f"a{i}" for i in range(C)], xs, ys, mask)
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def test_split_by_video_stratified_and_seeded():
+    df = pd.DataFrame({
+        "lab_id": ["A"] * 10 + ["B"] * 2 + ["C"] * 1 + ["D"] * 5,
+        "video_id": np.arange(18),
+    })
+    df = pd.concat([df, df])  # several tracks per video
+    train, val = split_videos(df, 0.2, seed=1)
+    assert not set(train) & set(val)
+    assert set(train) | set(val) == set(range(18))
+    lab_of = dict(zip(df.video_id, df.lab_id))
+    val_labs = [lab_of[v] for v in val]
+    assert val_labs.count("A") == 2 and val_labs.count("B") == 1 and val_labs.count("D") == 1
+    assert "C" not in val_labs  # one video: stays in training
+    t2, v2 = split_videos(df, 0.2, seed=1)
+    assert np.array_equal(val, v2) and np.array_equal(train, t2)
+    _, v3 = split_videos(df, 0.2, seed=2)
+    assert not np.array_equal(val, v3)
+    _, none = split_videos(df, 0.0, seed=1)
+    assert len(none) == 0
+
+
+# ----------------------------------------------------------------------------- labels and loading
+
+
+def test_scene_labels_later_class_wins():
+    classes = {"inv": ["sniff"], "mount": ["mount"], "agg": ["attack"]}
+    labels = np.zeros((2, 5, len(ACTIONS)), np.uint8)
+    labels[0, 1, ACTION_INDEX["sniff"]] = 1
+    labels[1, 2, ACTION_INDEX["sniff"]] = 1
+    labels[0, 2, ACTION_INDEX["attack"]] = 1  # attack beats sniff on frame 2
+    labels[1, 3, ACTION_INDEX["mount"]] = 1
+    labels[0, 3, ACTION_INDEX["sniff"]] = 1  # mount beats sniff on frame 3
+    assert scene_labels(labels, classes).tolist() == [0, 1, 3, 2, 0]
+
+
+def test_load_trackset_pair_and_scene(cache_dir):
+    task = TaskConfig(mode="pair")
+    videos = [1000, 1001]
+    actions = resolve_actions(cache_dir, task, videos)
+    assert actions == ["attack", "rear", "sniff"]  # ACTIONS order, everything labelled
+    ts = load_trackset(cache_dir, task, videos, actions)
+    assert ts.n_tracks == 8 and ts.names == actions
+    assert ts.X.dtype == np.float32 and ts.Y.dtype == np.uint8 and ts.Y.shape == (len(ts.X), 3)
+    assert ts.label_mask[0].tolist() == [False, True, False]  # (1, 1) self: rear only
+    assert ts.label_mask[1].tolist() == [True, False, True]  # (1, 2): attack, sniff
+    assert ts.agent_id.tolist()[:4] == [1, 1, 2, 2] and ts.target_id.tolist()[:4] == [1, 2, 1, 2]
+    pair = np.load(cache_dir / "videos/Lab0/1001/pair.npy")
+    lo, hi = ts.offsets[5], ts.offsets[6]
+    np.testing.assert_array_equal(ts.X[lo:hi], pair[1])
+
+    scene = load_trackset(cache_dir, TaskConfig(mode="scene"), videos)
+    assert scene.n_tracks == 2 and scene.names[0] == "none" and scene.Y.dtype == np.int64
+    sniff = np.load(cache_dir / "videos/Lab0/1000/labels.npy")[:, :, ACTION_INDEX["sniff"]].any(0)
+    assert np.array_equal(scene.Y[: scene.offsets[1]], sniff.astype(np.int64))  # rear is in no class
+
+
+def test_normalisation_uses_nan_stats_and_zero_fills():
+    X = np.array([[1.0, np.nan], [3.0, 2.0], [np.nan, 4.0], [5.0, 6.0]], np.float32)
+    stats = norm_stats(X)
+    np.testing.assert_allclose(stats["mean"], [3.0, 4.0])
+    np.testing.assert_allclose(stats["std"], [np.std([1, 3, 5]), np.std([2, 4, 6])], rtol=1e-6)
+    ts = TrackSet.from_tracks("pair", ["a"], [X], [np.zeros((4, 1))])
+    normalize_(ts, stats)
+    assert np.isfinite(ts.X).all()
+    assert ts.X[0, 1] == 0 and ts.X[2, 0] == 0
+    np.testing.assert_allclose(ts.X[1, 0], 0.0)
+    np.testing.assert_allclose(ts.X[3, 0], 2 / np.std([1, 3, 5]), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- windows and gather
+
+
+def test_window_index_covers_every_frame():
+    lengths = np.array([5, 12, 30, 16])
+    w = window_index(lengths, 8, 3)
+    for t, L in enumerate(lengths):
+        starts = w[w[:, 0] == t, 1]
+        assert starts[0] == 0 and starts[-1] == max(L - 8, 0)
+        assert (np.diff(starts) <= 3).all() and (np.diff(starts) > 0).all()
+        covered = np.zeros(L, bool)
+        for s in starts:
+            covered[s : s + 8] = True
+        assert covered.all()
+    assert window_index(lengths, 8, 3, cover_end=False)[:, 1].max() <= 22
+
+
+def test_gather_matches_manual_slicing_with_padding(rng):
+    ts = small_trackset(rng)
+    W = 8
+    windows = np.array([[0, 0], [1, 4], [2, 22], [2, 25], [1, 0]])  # track 0 (5 frames) and [2, 25] pad
+    b = gather(ts.arrays(), windows, W)
+    for i, (t, s) in enumerate(windows):
+        lo, hi = ts.offsets[t], ts.offsets[t + 1]
+        n = min(W, hi - lo - s)
+        np.testing.assert_array_equal(b["x"][i, :n], ts.X[lo + s : lo + s + n])
+        np.testing.assert_array_equal(b["y"][i, :n], ts.Y[lo + s : lo + s + n])
+        assert (b["x"][i, n:] == 0).all() and (b["y"][i, n:] == 0).all()
+        assert b["valid"][i].tolist() == [True] * n + [False] * (W - n)
+        assert (b["mask"][i, :n] == ts.label_mask[t]).all() and not b["mask"][i, n:].any()
+    bt = gather(ts.tensors(), torch.from_numpy(windows), W)
+    for k in b:
+        np.testing.assert_array_equal(b[k], bt[k].numpy())
+
+
+def test_gather_scene_marks_padding_ignored(rng):
+    xs = [rng.normal(size=(L, 2)).astype(np.float32) for L in (4, 10)]
+    ys = [rng.integers(0, 3, L) for L in (4, 10)]
+    ts = TrackSet.from_tracks("scene", ["none", "a", "b"], xs, ys)
+    b = gather(ts.arrays(), np.array([[0, 0], [1, 2]]), 6, mode="scene")
+    assert b["y"].shape == (2, 6) and "mask" not in b
+    assert (b["y"][0, 4:] == IGNORE_INDEX).all() and (b["y"][0, :4] == ys[0]).all()
+    assert (b["y"][1] == ys[1][2:8]).all()
+
+
+def test_jitter_stays_inside_the_track(rng):
+    ts = small_trackset(rng, lengths=(5, 12, 30, 9))
+    W = 8
+    windows = window_index(ts.lengths, W, 1)
+    for shift_size in (2, 40):
+        shift = rng.integers(-shift_size, shift_size + 1, len(windows))
+        for arrays, wv, sv in ((ts.arrays(), windows, shift),
+                               (ts.tensors(), torch.from_numpy(windows), torch.from_numpy(shift))):
+            b = gather(arrays, wv, W, sv)
+            x = np.asarray(b["x"])
+            for i, (t, s) in enumerate(windows):
+                L = ts.lengths[t]
+                start = int(np.clip(s + shift[i], 0, max(L - W, 0)))
+                n = min(W, L - start)
+                lo = ts.offsets[t]
+                np.testing.assert_array_equal(x[i, :n], ts.X[lo + start : lo + start + n])
+
+
+def test_window_dataset_gives_the_same_batch(rng):
+    ts = small_trackset(rng)
+    windows = window_index(ts.lengths, 8, 2)
+    shift = rng.integers(-2, 3, len(windows))
+    ds = WindowDataset(ts, 8)
+    ds.set_plan(windows, shift)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    ref = gather(ts.arrays(), windows, 8, shift)
+    for k in ref:
+        np.testing.assert_array_equal(batch[k].numpy(), ref[k])
+
+
+def test_epoch_plan_is_pure_and_oversampling_favours_rare(rng):
+    o1, s1 = epoch_plan(50, 120, epoch=3, seed=7, jitter=2)
+    o2, s2 = epoch_plan(50, 120, epoch=3, seed=7, jitter=2)
+    assert np.array_equal(o1, o2) and np.array_equal(s1, s2)
+    assert not np.array_equal(o1, epoch_plan(50, 120, epoch=4, seed=7, jitter=2)[0])
+    assert sorted(o1[:50]) == list(range(50))  # uniform: whole permutations
+    assert s1.min() >= -2 and s1.max() <= 2
+
+    L = 200
+    y = np.zeros((L, 2), np.uint8)
+    y[:, 0] = (np.arange(L) // 10) % 2  # common
+    y[150:155, 1] = 1  # rare
+    ts = TrackSet.from_tracks("pair", ["common", "rare"], [rng.normal(size=(L, 2))], [y])
+    windows = window_index(ts.lengths, 10, 5)
+    assert window_weights(ts, windows, 10, 0.0) is None
+    p = window_weights(ts, windows, 10, 1.0)
+    assert p.sum() == pytest.approx(1.0)
+    rare = (windows[:, 1] > 140) & (windows[:, 1] < 155)
+    assert p[rare].min() > 2 * p[~rare].max()
