@@ -59,19 +59,24 @@ def pandas_dense(path: Path, n_mice: int = data.MAX_MICE, slots=data.DEFAULT_SLO
     return np.ascontiguousarray(arr.transpose(0, 2, 3, 1))  # (T, M, S, 2)
 
 
-def best_of(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
+def timed(fn, repeat: int, warmup: int) -> tuple[list[float], float, object]:
+    """Wall seconds of each timed call, CPU seconds (user + sys) of the best one, the last result."""
+    for _ in range(warmup):  # the first big allocations in a fresh process pay first-touch page faults
+        fn()
+    walls, cpus, out = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        out = None  # free the previous result before the next call, as a loop over videos would
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus[int(np.argmin(walls))], out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=300_000, help="frames in the synthetic video")
-    p.add_argument("--repeat", type=int, default=3, help="timed repeats of read_tracking (best is reported)")
+    p.add_argument("--repeat", type=int, default=5, help="timed repeats of read_tracking after one untimed call")
     p.add_argument("--baseline-repeat", type=int, default=1, help="timed repeats of the pandas baseline")
     args = p.parse_args()
 
@@ -80,12 +85,19 @@ def main() -> None:
         rows = write_tracking(path, args.frames)
         size = path.stat().st_size / 2**20
         print(f"file: {rows:,} rows ({args.frames:,} frames x 2 mice x {len(PARTS)} parts, 5% dropped), {size:.0f} MiB")
-        fast_s, tr = best_of(lambda: data.read_tracking(path), args.repeat)
-        base_s, ref = best_of(lambda: pandas_dense(path), args.baseline_repeat)
+        cold_t0 = time.perf_counter()
+        data.read_tracking(path)
+        cold = time.perf_counter() - cold_t0
+        walls, cpu, tr = timed(lambda: data.read_tracking(path), args.repeat, warmup=0)
+        base_walls, base_cpu, ref = timed(lambda: pandas_dense(path), args.baseline_repeat, warmup=0)
         same = np.array_equal(np.isnan(tr.xy), np.isnan(ref)) and np.allclose(tr.xy, ref, equal_nan=True, atol=1e-3)
-        print(f"read_tracking   {fast_s:7.3f} s  {rows / fast_s / 1e6:7.2f} M rows/s  (best of {args.repeat})")
-        print(f"pandas pivot    {base_s:7.3f} s  {rows / base_s / 1e6:7.2f} M rows/s  (best of {args.baseline_repeat})")
-        print(f"speed-up        {base_s / fast_s:7.1f} x   same array: {same}   xy {tr.xy.shape} {tr.xy.dtype}")
+        fast_s, base_s = min(walls), min(base_walls)
+        print(f"read_tracking   best {fast_s:6.3f} s  {rows / fast_s / 1e6:6.2f} M rows/s   median "
+              f"{np.median(walls):6.3f} s  {rows / np.median(walls) / 1e6:6.2f} M rows/s   cpu {cpu:5.2f} s   "
+              f"(first call {cold:.3f} s = {rows / cold / 1e6:.2f} M rows/s; {args.repeat} timed)")
+        print(f"pandas pivot    best {base_s:6.3f} s  {rows / base_s / 1e6:6.2f} M rows/s   "
+              f"cpu {base_cpu:5.2f} s   ({args.baseline_repeat} timed)")
+        print(f"speed-up        {base_s / fast_s:6.1f} x (best vs best)   same array: {same}   xy {tr.xy.shape} {tr.xy.dtype}")
         if not same:
             raise SystemExit("read_tracking and the pandas baseline disagree")
 

@@ -415,6 +415,13 @@ def test_read_annotation_dtypes(tmp_path, frame_type):
     assert ann.attrs["path"].endswith("a.parquet")
 
 
+def test_read_annotation_empty_file(tmp_path):
+    cols = {k: pa.array(v)[:0] for k, v in annotation_columns().items()}
+    ann = data.read_annotation(write_parquet(tmp_path / "a.parquet", cols))
+    assert len(ann) == 0 and list(ann.columns) == list(data.ANNOTATION_COLUMNS)
+    assert data.intervals_to_frames(ann, 5, [(1, 2)]).sum() == 0
+
+
 def test_read_annotation_keeps_empty_intervals(tmp_path):
     cols = annotation_columns(stop_frame=pa.array([0, 9, 12], pa.int32()))
     with pytest.warns(MabeDataWarning, match="1 empty interval"):

@@ -322,3 +322,31 @@ def test_pair_fallbacks_for_sparse_trackers(rng):
     assert np.isnan(g[5:8, 4 * S]).all() and np.isfinite(g[12:, :]).all()
     with pytest.raises(ValueError):
         F.pair_features(xy, 30.0, 0, 1, SLOTS[:5])
+
+
+def test_degenerate_inputs_do_not_crash():
+    cfg = FeatureConfig()
+    empty = np.full((30, 4, S, 2), np.nan, dtype=np.float32)  # nothing tracked at all
+    sc = F.scene_features(empty, 30.0, 2.0, (1.0, 1.0), cfg)
+    assert sc.shape == (30, 288) and np.isnan(sc).all()
+    assert np.isnan(F.clean_positions(empty, 2.0, None, 5)).all()
+    for T in (1, 2):
+        xy = np.ones((T, 4, S, 2), dtype=np.float32)
+        assert F.scene_features(xy, 30.0, 2.0, None, cfg).shape == (T, 288)
+        assert F.all_pair_features(F.clean_positions(xy, 2.0, None, 5), 30.0, [(0, 1)], SLOTS).shape == (1, T, 90)
+    assert F.all_pair_features(empty, 30.0, [], SLOTS).shape == (0, 30, 90)
+    assert F.all_pair_features(empty, 30.0, [(0, 1)], SLOTS).shape == (1, 30, 90)
+
+
+def test_sparse_slots_scene_matches_dense_computation(rng):
+    # live-channel compaction must give exactly what computing every channel gives
+    xy = _scene_px(200, rng)
+    xy[:, :, [1, 2, 5, 9, 10, 17]] = np.nan  # parts this "lab" does not track
+    xy[rng.random((200, 4, S)) < 0.1] = np.nan
+    sc = F.scene_features(xy, 30.0, 2.0, (5.0, 7.0), FeatureConfig(max_gap=3))
+    cm = F.interpolate_gaps(F.to_cm(xy, 2.0, (5.0, 7.0)), 3)
+    dense = np.concatenate(
+        [cm.reshape(200, -1), F.speed(cm, 30.0).reshape(200, -1), F.acceleration(cm, 30.0).reshape(200, -1)], axis=1)
+    np.testing.assert_allclose(sc, dense, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.isnan(sc), np.isnan(dense))
+    np.testing.assert_array_equal(F.clean_positions(xy, 2.0, (5.0, 7.0), 3), cm)

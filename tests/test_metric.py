@@ -351,12 +351,12 @@ def _random_case(rng: np.random.Generator, clash_ok: bool):
         return s, s + int(rng.integers(0, 15)) if rng.random() > 0.1 else s
 
     sol_rows = []
-    for vid, (lab, mice, triples) in videos.items():
+    for vid, (lab, _mice, triples) in videos.items():
         for _ in range(int(rng.integers(1, 8))):
             a, t, act = triples[int(rng.integers(len(triples)))].split(",")
             sol_rows.append((lab, vid, a, t, act, *rand_interval()))
     sub_rows = []
-    for vid, (lab, mice, triples) in videos.items():
+    for vid, (_lab, mice, triples) in videos.items():
         # per pair, a sequence of disjoint segments with one action each (+ duplicates of a segment)
         pairs = sorted({tuple(tr.split(",")[:2]) for tr in triples})
         for a, t in pairs:

@@ -279,3 +279,11 @@ def test_per_lab_from_predictions_follows_the_metric():
     per_action = report.per_action_from_predictions(preds).set_index("name")
     assert per_action.loc["a", "support"] == 6 and per_action.loc["a", "precision"] == pytest.approx(1.0)
     assert per_action.loc["a", "recall"] == pytest.approx(4 / 6)
+
+
+def test_cli_report(tmp_path, capsys):
+    from mabe import cli
+
+    run_dir = make_fake_run(tmp_path, name="clirun", predictions=False)
+    assert cli.main(["report", str(run_dir)]) == 0
+    assert str(run_dir / "report.html") in capsys.readouterr().out

@@ -287,3 +287,19 @@ def test_stop_and_logs_on_missing_pieces(tmp_path, capsys):
     assert "not running" in out and f"pid {dead.pid} is gone" in out
     assert runs.logs("gone", runs_root=root) == 1  # no log.txt yet
     assert "no log.txt" in capsys.readouterr().err
+
+
+def test_cli_status_logs_stop(tmp_path, fake_trainer, capsys):
+    from mabe import cli
+
+    root = tmp_path / "runs"
+    run_dir = root / "viacli"
+    runs.detach([], run_dir, command=[sys.executable, str(fake_trainer), str(run_dir), "100000", "finish"])
+    _wait_for(lambda: "Epoch 1/" in (run_dir / "log.txt").read_text())
+    assert cli.main(["status", "--runs", str(root)]) == 0
+    assert "viacli" in capsys.readouterr().out
+    assert cli.main(["stop", "viacli", "--runs", str(root)]) == 0
+    assert cli.main(["logs", "viacli", "--runs", str(root), "--follow"]) == 0
+    assert "caught SIGTERM" in capsys.readouterr().out
+    assert cli.main(["logs", "nope", "--runs", str(root)]) == 2
+    assert "available runs: viacli" in capsys.readouterr().err

@@ -154,12 +154,12 @@ def _check_numbers(df: pd.DataFrame, csv: Path) -> pd.DataFrame:
     for col in POSITIVE_COLUMNS + NUMERIC_COLUMNS:
         num = pd.to_numeric(df[col], errors="coerce")
         bad = num.isna() & df[col].notna()
-        if bad.any():
-            raise MabeDataError(csv, col, "numbers", _some(f"video_id {v}: {x!r}" for v, x in zip(df.loc[bad, "video_id"], df.loc[bad, col])))
-        if col in POSITIVE_COLUMNS:
+        if col in POSITIVE_COLUMNS and not bad.any():
             bad = ~(np.isfinite(num) & (num > 0))
-            if bad.any():
-                raise MabeDataError(csv, col, "a finite number > 0", _some(f"video_id {v}: {x}" for v, x in zip(df.loc[bad, "video_id"], num[bad])))
+        if bad.any():
+            expected = "a finite number > 0" if col in POSITIVE_COLUMNS else "numbers"
+            found = (f"video_id {v}: {x!r}" for v, x in zip(df.loc[bad, "video_id"], df.loc[bad, col]))
+            raise MabeDataError(csv, col, expected, _some(found))
         df[col] = num
     return df
 
@@ -175,6 +175,11 @@ def _n_mice(df: pd.DataFrame, labeled: pd.Series) -> np.ndarray:
     return np.maximum(n, top)
 
 
+def _relative_paths(df: pd.DataFrame) -> list[str]:
+    """'<lab_id>/<video_id>.parquet' per row: where both tracking and annotation files live below their folder."""
+    return (df["lab_id"].astype(str) + "/" + df["video_id"].astype(str) + ".parquet").tolist()
+
+
 def _files_under(folder: Path) -> set[str]:
     """'<lab>/<video>.parquet' relative paths below ``folder`` (one directory walk, not a stat per row)."""
     return {f"{p.parent.name}/{p.name}" for p in folder.glob("*/*.parquet")}
@@ -182,7 +187,7 @@ def _files_under(folder: Path) -> set[str]:
 
 def _check_files(df: pd.DataFrame, root: Path, split: str, csv: Path, check: bool) -> pd.DataFrame:
     """Add has_tracking / has_annotation; with ``check``, raise on missing tracking and warn on quirks."""
-    rel = (df["lab_id"].astype(str) + "/" + df["video_id"].astype(str) + ".parquet").tolist()
+    rel = _relative_paths(df)
     kinds = [("tracking", f"{split}_tracking")] + ([("annotation", "train_annotation")] if split == "train" else [])
     for kind, sub in kinds:
         folder = root / sub
@@ -228,7 +233,7 @@ def load_metadata(root: str | Path, split: str = "train", check_files: bool = Tr
     df["body_parts"] = [_parse_body_parts(t, w) for t, w in zip(df["body_parts_tracked"], where)]
     df["labeled"] = [parse_behaviors(t, w) for t, w in zip(df["behaviors_labeled"], where)]
     df["n_mice"] = _n_mice(df, df["labeled"])
-    rel = df["lab_id"].astype(str) + "/" + df["video_id"].astype(str) + ".parquet"
+    rel = _relative_paths(df)
     df["tracking_path"] = [str(root / f"{split}_tracking" / r) for r in rel]
     df["annotation_path"] = [str(root / "train_annotation" / r) if split == "train" else None for r in rel]
     return _check_files(df, root, split, csv, check_files)
@@ -253,8 +258,8 @@ class Tracking:
         return int(self.xy.shape[0])
 
 
-def _open_parquet(path: Path, columns: tuple[str, ...], kind: str) -> pq.ParquetFile:
-    """Open a parquet (missing / empty / truncated -> MabeDataError) and check its columns exist."""
+def _open_parquet(path: Path, columns: tuple[str, ...], kind: str, allow_empty: bool = False) -> pq.ParquetFile:
+    """Open a parquet (missing / truncated / empty unless allowed -> MabeDataError) and check its columns exist."""
     if not path.is_file():
         raise MabeDataError(path, None, f"an existing {kind} parquet", "no such file")
     try:
@@ -264,7 +269,7 @@ def _open_parquet(path: Path, columns: tuple[str, ...], kind: str) -> pq.Parquet
     missing = [c for c in columns if c not in pf.schema_arrow.names]
     if missing:
         raise MabeDataError(path, ", ".join(missing), f"columns {list(columns)}", f"missing {missing}")
-    if pf.metadata.num_rows == 0:
+    if pf.metadata.num_rows == 0 and not allow_empty:
         raise MabeDataError(path, None, f"at least one {kind} row", "an empty table")
     return pf
 
@@ -299,63 +304,96 @@ def _no_nulls(path: Path, table: pa.Table, cols: tuple[str, ...]) -> None:
             raise MabeDataError(path, col, "no missing values", f"{n} null(s)")
 
 
+BATCH_ROWS = 1 << 20  # rows per zero-copy slice: temporaries stay ~8 MB however large the file
+
+
+@dataclass
+class _Batch:
+    """One zero-copy slice of a validated tracking table, as numpy views."""
+
+    frame: np.ndarray  # int (n,)
+    mouse: np.ndarray  # int (n,), 1-based
+    part: np.ndarray  # int (n,): index into _Rows.names
+    x: np.ndarray  # float (n,) px
+    y: np.ndarray  # float (n,) px
+
+    def cell(self, n_mice: int) -> np.ndarray:
+        """Flat (frame, mouse) index: video_frame * n_mice + mouse_id - 1, int64 (n,)."""
+        cell = np.multiply(self.frame, n_mice, dtype=np.int64)
+        cell += self.mouse
+        cell -= 1
+        return cell
+
+
 @dataclass
 class _Rows:
-    """Validated tracking rows as flat numpy arrays (one entry per parquet row)."""
+    """A validated tracking table: its batches plus what the whole table says."""
 
-    cell: np.ndarray  # int64 (N,): video_frame * n_mice + mouse_id - 1, the row's (frame, mouse) cell
-    part: np.ndarray  # int32 (N,): index into names
-    x: np.ndarray  # float (N,) px
-    y: np.ndarray  # float (N,) px
-    names: list[str]  # body-part names of the file (its dictionary)
+    batches: list[_Batch]
+    names: list[str]  # body-part names of the file (its dictionary, unified over row groups)
     n_frames: int  # max(video_frame) + 1
     mice: np.ndarray  # bool (n_mice,): mouse id m + 1 has rows
+    seen: np.ndarray  # bool (len(names),): that name has rows
 
 
-def _dictionary_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    """Dictionary column with one dictionary shared by all chunks -> int32 codes (N,), names."""
-    names = [str(n) for n in col.chunk(0).dictionary.to_pylist()]
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
-    return codes.astype(np.int32, copy=False), names
+def _batches(table: pa.Table) -> list[_Batch]:
+    """Table -> numpy views per slice of <= BATCH_ROWS rows (no concatenation copy of the columns)."""
+    out = []
+    for rb in table.to_batches(max_chunksize=BATCH_ROWS):
+        col = dict(zip(rb.schema.names, rb.columns))
+        out.append(_Batch(
+            col["video_frame"].to_numpy(), col["mouse_id"].to_numpy(), col["bodypart"].indices.to_numpy(),
+            col["x"].to_numpy(zero_copy_only=False), col["y"].to_numpy(zero_copy_only=False),  # null -> NaN
+        ))
+    return out
 
 
-def _check_unique(path: Path, cell: np.ndarray, part: np.ndarray, names: list[str], n_cells: int, n_mice: int) -> None:
+def _check_unique(path: Path, batches: list[_Batch], names: list[str], n_frames: int, n_mice: int) -> None:
     """One row per (frame, mouse, body part): mark each row's grid cell; fewer marks than rows = duplicates."""
     D = len(names)
-    key = cell * D
-    key += part
-    seen = np.zeros(n_cells * D, dtype=bool)
-    seen[key] = True
-    if np.count_nonzero(seen) == len(key):
+    seen = np.zeros(n_frames * n_mice * D, dtype=bool)
+    for b in batches:
+        key = b.cell(n_mice) * D
+        key += b.part
+        seen[key] = True
+    if np.count_nonzero(seen) == sum(len(b.part) for b in batches):
         return
-    uniq, counts = np.unique(key, return_counts=True)  # error path only: the slow exact count
+    # error path only: the exact count and the first duplicate
+    key = np.concatenate([b.cell(n_mice) * D + b.part for b in batches])
+    uniq, counts = np.unique(key, return_counts=True)
     f, rest = divmod(int(uniq[counts > 1][0]), n_mice * D)
     m, p = divmod(rest, D)
     raise MabeDataError(path, "video_frame, mouse_id, bodypart", "one row per (frame, mouse, body part)",
                         f"{int((counts - 1).sum())} duplicate row(s), first at frame {f}, mouse {m + 1}, {names[p]!r}")
 
 
+def _min_max(col: pa.ChunkedArray) -> tuple[int, int]:
+    mm = pc.min_max(col)
+    return int(mm["min"].as_py()), int(mm["max"].as_py())
+
+
 def _table_rows(path: Path, table: pa.Table, n_mice: int) -> _Rows:
-    """Validated table -> flat arrays; checks ranges, names and duplicate (frame, mouse, bodypart) rows."""
-    frame = table.column("video_frame").to_numpy()
-    mouse = table.column("mouse_id").to_numpy()
-    lo, hi = int(frame.min()), int(frame.max())
+    """Validated table -> _Rows; checks ranges, names and duplicate (frame, mouse, bodypart) rows."""
+    lo, hi = _min_max(table.column("video_frame"))
     if lo < 0 or hi >= MAX_FRAMES:
         raise MabeDataError(path, "video_frame", f"frames in 0..{MAX_FRAMES - 1}", f"min {lo}, max {hi}")
     n_frames = hi + 1
-    lo, hi = int(mouse.min()), int(mouse.max())
+    lo, hi = _min_max(table.column("mouse_id"))
     if lo < 1 or hi > n_mice:
         raise MabeDataError(path, "mouse_id", f"mouse ids in 1..{n_mice}", f"min {lo}, max {hi}")
-    part, names = _dictionary_codes(table.column("bodypart"))
+    col = table.column("bodypart")
+    names = [str(n) for n in col.chunk(0).dictionary.to_pylist()]
     unknown = [n for n in names if n not in BODYPART_SYNONYMS]
     if unknown:
         raise MabeDataError(path, "bodypart", "names from data.BODYPARTS", f"unknown {unknown}")
-    cell = np.multiply(frame, n_mice, dtype=np.int64)  # in-place steps: each 10 M-row temporary costs page faults
-    cell += mouse
-    cell -= 1
-    _check_unique(path, cell, part, names, n_frames * n_mice, n_mice)
-    mice = np.bincount(mouse, minlength=n_mice + 1)[1:] > 0
-    return _Rows(cell, part, table.column("x").to_numpy(), table.column("y").to_numpy(), names, n_frames, mice)
+    batches = _batches(table)
+    _check_unique(path, batches, names, n_frames, n_mice)
+    mice = np.zeros(n_mice + 1, dtype=bool)
+    seen = np.zeros(len(names), dtype=bool)
+    for b in batches:
+        mice |= np.bincount(b.mouse, minlength=n_mice + 1) > 0
+        seen |= np.bincount(b.part, minlength=len(names)) > 0
+    return _Rows(batches, names, n_frames, mice[1:], seen)
 
 
 def _read_rows(path: str | Path, n_mice: int) -> tuple[pa.Table, _Rows]:
@@ -380,15 +418,13 @@ def read_tracking_table(path: str | Path, n_mice: int = MAX_MICE) -> pa.Table:
     return _read_rows(path, n_mice)[0]
 
 
-def _point_xy(rows: _Rows, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Row x, y with a point missing as a whole: if either coordinate is NaN or inf, both become NaN."""
-    ok = np.isfinite(rows.x) & np.isfinite(rows.y)
+def _point_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Row x, y with a point missing as a whole (either coordinate NaN or inf -> both NaN); count of infs."""
+    ok = np.isfinite(x) & np.isfinite(y)
     if ok.all():  # the common case: no extra pass
-        return rows.x, rows.y
-    n_inf = int(np.count_nonzero(np.isinf(rows.x) | np.isinf(rows.y)))
-    if n_inf:
-        _warn(f"{path}: {n_inf} row(s) with infinite x/y read as missing (NaN)")
-    return np.where(ok, rows.x, np.nan), np.where(ok, rows.y, np.nan)
+        return x, y, 0
+    n_inf = int(np.count_nonzero(np.isinf(x) | np.isinf(y)))
+    return np.where(ok, x, np.nan), np.where(ok, y, np.nan), n_inf
 
 
 def read_tracking(
@@ -401,7 +437,6 @@ def read_tracking(
     if any(s not in known for s in slots) or len(set(slots)) != len(slots):
         raise ValueError(f"slots must be distinct names from {sorted(known)}, got {list(slots)}")
     _, rows = _read_rows(path, n_mice)
-    x, y = _point_xy(rows, path)
     T, S = max(rows.n_frames, n_frames or 0), len(slots)
     col = {s: i for i, s in enumerate(slots)}
     head = col.get("headpiece")
@@ -409,38 +444,47 @@ def read_tracking(
     is_head = np.array([s == "headpiece" for s in syn], dtype=bool)  # (D,) code -> headpiece marker
     # Column each code is written to. Rows not copied straight (headpiece markers, parts outside `slots`)
     # land in a scratch column: the headpiece slot itself (overwritten by the mean below) or an extra one.
-    target = np.array([col.get(s, -1) if s != "headpiece" else -1 for s in syn], dtype=np.int32)
+    target = np.array([col.get(s, -1) if s != "headpiece" else -1 for s in syn], dtype=np.int64)
     scratch = head if head is not None else S
     width = S + 1 if head is None and (target < 0).any() else S
     target[target < 0] = scratch
     grid = np.full((T, n_mice, width, 2), np.nan, dtype=np.float32)
     flat = grid.reshape(-1, 2)
-    idx = rows.cell * width
-    idx += target[rows.part]
-    flat[idx, 0] = x  # fancy-index scatter: one vector op per coordinate, no row loop
-    flat[idx, 1] = y
+    n_inf, markers = 0, []
+    for b in rows.batches:  # a loop over ~1 M-row slices; inside, whole-array ops only
+        x, y, k = _point_xy(b.x, b.y)
+        n_inf += k
+        cell = b.cell(n_mice)
+        idx = cell * width
+        idx += target[b.part]
+        flat[idx, 0] = x  # fancy-index scatter: row -> (frame, mouse, slot)
+        flat[idx, 1] = y
+        if head is not None and is_head.any():
+            i = np.flatnonzero(is_head[b.part])
+            markers.append((cell.take(i), x.take(i), y.take(i)))
+    if n_inf:
+        _warn(f"{path}: {n_inf} row(s) with infinite x/y read as missing (NaN)")
     xy = grid if width == S else np.ascontiguousarray(grid[:, :, :S])
-    if head is not None and is_head.any():
-        xy[:, :, head] = _headpiece_mean(rows.cell, is_head[rows.part], x, y, T * n_mice).reshape(T, n_mice, 2)
+    if markers:
+        cell, x, y = (np.concatenate(m) for m in zip(*markers))
+        xy[:, :, head] = _headpiece_mean(cell, x, y, T * n_mice).reshape(T, n_mice, 2)
     elif head is not None:
-        xy[:, :, head] = np.nan  # scratch writes from parts outside `slots`, no marker to average
+        xy[:, :, head] = np.nan  # only scratch writes from parts outside `slots`: no marker to average
     present = ~np.isnan(xy[..., 0])
-    seen = np.bincount(rows.part, minlength=len(rows.names)) > 0
-    return Tracking(xy, present, rows.mice, sorted(n for n, s in zip(rows.names, seen) if s), slots, str(path))
+    body_parts = sorted(n for n, s in zip(rows.names, rows.seen) if s)
+    return Tracking(xy, present, rows.mice, body_parts, slots, str(path))
 
 
-def _headpiece_mean(cell: np.ndarray, sel: np.ndarray, x: np.ndarray, y: np.ndarray, n_cells: int) -> np.ndarray:
+def _headpiece_mean(cell: np.ndarray, x: np.ndarray, y: np.ndarray, n_cells: int) -> np.ndarray:
     """Mean (x, y) of the headpiece markers seen per (frame, mouse) cell -> (n_cells, 2), NaN where none."""
-    i = np.flatnonzero(sel)
-    c, hx, hy = cell.take(i), x.take(i), y.take(i)
-    ok = ~np.isnan(hx)  # x is NaN exactly where y is (_point_xy)
+    ok = ~np.isnan(x)  # x is NaN exactly where y is (_point_xy)
     if not ok.all():
-        c, hx, hy = c[ok], hx[ok], hy[ok]
-    count = np.bincount(c, minlength=n_cells)
+        cell, x, y = cell[ok], x[ok], y[ok]
+    count = np.bincount(cell, minlength=n_cells)
     out = np.empty((n_cells, 2), dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 -> NaN: no marker in that cell
-        np.divide(np.bincount(c, weights=hx, minlength=n_cells), count, out=out[:, 0])
-        np.divide(np.bincount(c, weights=hy, minlength=n_cells), count, out=out[:, 1])
+        np.divide(np.bincount(cell, weights=x, minlength=n_cells), count, out=out[:, 0])
+        np.divide(np.bincount(cell, weights=y, minlength=n_cells), count, out=out[:, 1])
     return out
 
 
@@ -450,7 +494,7 @@ def _headpiece_mean(cell: np.ndarray, sel: np.ndarray, x: np.ndarray, y: np.ndar
 def read_annotation(path: str | Path) -> pd.DataFrame:
     """Annotation parquet -> validated DataFrame agent_id int8, target_id int8, action str, start/stop_frame int32."""
     path = Path(path)
-    pf = _open_parquet(path, ANNOTATION_COLUMNS, "annotation")
+    pf = _open_parquet(path, ANNOTATION_COLUMNS, "annotation", allow_empty=True)  # a video with no behaviour
     for col in ("agent_id", "target_id", "start_frame", "stop_frame"):
         _check_type(path, pf.schema_arrow, col, pa.types.is_integer, "integers")
     _check_type(path, pf.schema_arrow, "action", _is_text, "action names (string)")
@@ -460,7 +504,8 @@ def read_annotation(path: str | Path) -> pd.DataFrame:
     for col in ("agent_id", "target_id"):
         bad = np.flatnonzero((cols[col] < 1) | (cols[col] > MAX_MICE))
         if len(bad):
-            raise MabeDataError(path, col, f"mouse ids in 1..{MAX_MICE}", f"{cols[col][bad[0]]} at row {bad[0]} ({len(bad)} rows)")
+            found = f"{cols[col][bad[0]]} at row {bad[0]} ({len(bad)} rows)"
+            raise MabeDataError(path, col, f"mouse ids in 1..{MAX_MICE}", found)
     action = table.column("action").cast(pa.string())
     unknown = sorted(set(pc.unique(action).to_pylist()) - set(ACTIONS))
     if unknown:
@@ -474,7 +519,7 @@ def read_annotation(path: str | Path) -> pd.DataFrame:
         i = bad[0]
         raise MabeDataError(path, "start_frame, stop_frame", "start_frame <= stop_frame",
                             f"row {i}: start_frame {start[i]} > stop_frame {stop[i]} ({len(bad)} rows)")
-    if stop.max() > np.iinfo(np.int32).max:
+    if len(stop) and stop.max() > np.iinfo(np.int32).max:
         raise MabeDataError(path, "stop_frame", "frames that fit int32", int(stop.max()))
     n_empty = int(np.count_nonzero(start == stop))
     if n_empty:
@@ -501,7 +546,8 @@ def intervals_to_frames(
     for i, (a, t) in enumerate(pairs):
         lut[a, t] = i
     agent, target = ann["agent_id"].to_numpy(np.int64), ann["target_id"].to_numpy(np.int64)
-    p = lut[agent, target]
+    valid = (agent >= 1) & (agent <= MAX_MICE) & (target >= 1) & (target <= MAX_MICE)
+    p = np.where(valid, lut[np.clip(agent, 0, MAX_MICE), np.clip(target, 0, MAX_MICE)], -1)
     a = ann["action"].map({name: i for i, name in enumerate(actions)}).fillna(-1).to_numpy(np.int64)
     start = np.clip(ann["start_frame"].to_numpy(np.int64), 0, n_frames)
     stop_raw = ann["stop_frame"].to_numpy(np.int64)

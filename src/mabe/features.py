@@ -115,14 +115,14 @@ def to_cm(xy_px: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.
 def _gap_runs(nan: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(T, C) NaN mask -> interior NaN runs of <= max_gap frames: first row, length, column (each (R,))."""
     T = nan.shape[0]
-    first = nan.copy()
-    first[1:] &= ~nan[:-1]
-    last = nan.copy()
-    last[:-1] &= ~nan[1:]
-    col, r0 = np.nonzero(first.T)  # column-major: runs of a column in time order
-    _, r1 = np.nonzero(last.T)
-    length = r1 - r0 + 1
-    keep = (r0 > 0) & (r1 < T - 1) & (length <= max_gap)
+    # Column-major, so one column's frames are adjacent; a run that crosses into the next column is an
+    # edge run at both ends and fails the interior test below.
+    seq = np.ascontiguousarray(nan.T).reshape(-1).view(np.int8)
+    d = np.diff(seq, prepend=np.int8(0), append=np.int8(0))
+    start = np.flatnonzero(d == 1)
+    length = np.flatnonzero(d == -1) - start
+    col, r0 = np.divmod(start, T)
+    keep = (r0 > 0) & (r0 + length < T) & (length <= max_gap)
     return r0[keep], length[keep], col[keep]
 
 
@@ -267,40 +267,78 @@ def _live(xy: np.ndarray) -> np.ndarray:
     return (~np.isnan(xy.reshape(T, -1)).all(axis=0)).reshape(xy.shape[1:]).any(axis=-1)
 
 
+def _take_columns(src: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(T, N) -> (T, len(where)): column j is src[:, where[j]], or NaN where where[j] < 0.
+
+    Copies runs of consecutive columns as slices (a handful per mouse), far faster than a fancy take.
+    """
+    T, n = src.shape[0], where.size
+    out = np.empty((T, n), dtype=src.dtype)
+    if n == 0:
+        return out
+    cont = ((where[1:] == where[:-1] + 1) & (where[:-1] >= 0)) | ((where[1:] < 0) & (where[:-1] < 0))
+    starts = np.concatenate([[0], np.flatnonzero(~cont) + 1])
+    for s, e in zip(starts.tolist(), np.append(starts[1:], n).tolist()):
+        w = int(where[s])
+        out[:, s:e] = np.nan if w < 0 else src[:, w : w + e - s]
+    return out
+
+
+def _xy_columns(idx: np.ndarray) -> np.ndarray:
+    """Channel indices (K,) -> their interleaved (x, y) column indices (2K,)."""
+    return np.stack([2 * idx, 2 * idx + 1], axis=1).reshape(-1)
+
+
+def _gather(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(T, M, S, 2) -> (T, K, 2) live channels, their flat channel indices (K,), C = M * S."""
+    T, C = xy.shape[0], int(np.prod(xy.shape[1:-1]))
+    idx = np.flatnonzero(_live(xy).reshape(-1))
+    flat = xy.reshape(T, 2 * C)
+    sub = flat if idx.size == C else _take_columns(flat, _xy_columns(idx))
+    return sub.reshape(T, idx.size, 2), idx, C
+
+
 def clean_positions(
     xy_px: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.ndarray | None, max_gap: int
 ) -> np.ndarray:
     """(T, M, S, 2) px -> (T, M, S, 2) cm, arena-centred, NaN gaps <= max_gap frames interpolated."""
     xy = _float(xy_px)
-    live = _live(xy)
-    if live.all():
-        return interpolate_gaps(to_cm(xy, pix_per_cm, centre_px), max_gap)
-    out = np.full(xy.shape, np.nan, dtype=xy.dtype)
-    out[:, live] = interpolate_gaps(to_cm(xy[:, live], pix_per_cm, centre_px), max_gap)
-    return out
+    sub, idx, C = _gather(xy)
+    sub = interpolate_gaps(to_cm(sub, pix_per_cm, centre_px), max_gap)
+    T, K = sub.shape[:2]
+    if K == C:
+        return sub.reshape(xy.shape)
+    where = np.full(2 * C, -1, dtype=np.int64)
+    where[_xy_columns(idx)] = np.arange(2 * K)
+    return _take_columns(sub.reshape(T, 2 * K), where).reshape(xy.shape)
+
+
+def _scene_compact(sub: np.ndarray, idx: np.ndarray, C: int, fps: float, smooth_window: int) -> np.ndarray:
+    """(T, K, 2) cm of the live channels ``idx`` among C -> float32 (T, 4C) scene vector."""
+    T, K = sub.shape[:2]
+    moving = moving_average(sub, smooth_window) if smooth_window > 1 else sub
+    vel = velocity(moving, fps)
+    if K == C:
+        out = np.empty((T, 4 * C), dtype=np.float32)
+        out[:, : 2 * C] = sub.reshape(T, 2 * C)
+        out[:, 2 * C : 3 * C] = _norm(vel)
+        out[:, 3 * C :] = _norm(time_derivative(vel, fps))
+        return out
+    parts = np.empty((T, 4 * K), dtype=np.float32)  # positions, speeds, accelerations of the live channels
+    parts[:, : 2 * K] = sub.reshape(T, 2 * K)
+    parts[:, 2 * K : 3 * K] = _norm(vel)
+    parts[:, 3 * K :] = _norm(time_derivative(vel, fps))
+    where = np.full(4 * C, -1, dtype=np.int64)
+    k = np.arange(K)
+    where[_xy_columns(idx)] = np.arange(2 * K)
+    where[2 * C + idx], where[3 * C + idx] = 2 * K + k, 3 * K + k
+    return _take_columns(parts, where)
 
 
 def scene_from_cm(xy_cm: np.ndarray, fps: float, smooth_window: int = 1) -> np.ndarray:
     """(T, M, S, 2) cm -> float32 (T, M*S*2 + M*S + M*S): positions, speeds (cm/s), accelerations (cm/s^2)."""
-    xy = _float(xy_cm)
-    T = xy.shape[0]
-    C = int(np.prod(xy.shape[1:-1]))
-    out = np.full((T, 4 * C), np.nan, dtype=np.float32)
-    out[:, : 2 * C] = xy.reshape(T, 2 * C)
-    idx = np.flatnonzero(_live(xy).reshape(-1))
-    flat = xy.reshape(T, C, 2)
-    sub = flat if idx.size == C else flat[:, idx]
-    if smooth_window > 1:
-        sub = moving_average(sub, smooth_window)
-    vel = velocity(sub, fps)
-    acc = time_derivative(vel, fps)
-    if idx.size == C:
-        out[:, 2 * C : 3 * C] = _norm(vel)
-        out[:, 3 * C :] = _norm(acc)
-    else:
-        out[:, 2 * C + idx] = _norm(vel)
-        out[:, 3 * C + idx] = _norm(acc)
-    return out
+    sub, idx, C = _gather(_float(xy_cm))
+    return _scene_compact(sub, idx, C, fps, smooth_window)
 
 
 def pad_mice(xy: np.ndarray, n_mice: int) -> np.ndarray:
@@ -320,9 +358,9 @@ def scene_features(
     cfg: FeatureConfig,
 ) -> np.ndarray:
     """(T, M, S, 2) px -> float32 (T, n*S*2 + n*S + n*S), n = cfg.n_mice: the scene vector (288 for 4 x 18)."""
-    xy = pad_mice(_float(xy_px), cfg.n_mice)
-    cm = clean_positions(xy, pix_per_cm, centre_px if cfg.arena_centre else None, cfg.max_gap)
-    return scene_from_cm(cm, fps, cfg.smooth_window)
+    sub, idx, C = _gather(pad_mice(_float(xy_px), cfg.n_mice))
+    sub = interpolate_gaps(to_cm(sub, pix_per_cm, centre_px if cfg.arena_centre else None), cfg.max_gap)
+    return _scene_compact(sub, idx, C, fps, cfg.smooth_window)
 
 
 def scene_feature_names(slots: Sequence[str], n_mice: int = 4) -> list[str]:
@@ -339,8 +377,8 @@ def scene_feature_names(slots: Sequence[str], n_mice: int = 4) -> list[str]:
 
 def _nanmean_parts(xy: np.ndarray, idx: list[int]) -> np.ndarray:
     """(T, M, S, 2), slot indices -> (T, M, 2): mean of the present ones (a point is present if x and y are)."""
-    if not idx:
-        return np.full(xy.shape[:2] + (2,), np.nan, dtype=xy.dtype)
+    if len(idx) == 1:
+        return xy[:, :, idx[0]]
     pts = xy[:, :, idx]  # (T, M, k, 2)
     ok = ~np.isnan(pts).any(axis=-1, keepdims=True)
     n = ok.sum(axis=2)
@@ -348,14 +386,18 @@ def _nanmean_parts(xy: np.ndarray, idx: list[int]) -> np.ndarray:
         return (np.where(ok, pts, 0).sum(axis=2) / n).astype(xy.dtype)
 
 
-def _first_present(cands: list[np.ndarray]) -> np.ndarray:
-    """Candidate points (T, M, 2) in priority order -> per frame and mouse, the first present one."""
-    out = cands[0].copy()
-    for c in cands[1:]:
-        miss = np.isnan(out).any(axis=-1, keepdims=True)
+def _first_present(xy: np.ndarray, candidates: list[list[int]]) -> np.ndarray:
+    """Candidate slot groups in priority order -> (T, M, 2): per frame and mouse, the mean of the first
+    group with a present point; later groups are only computed where earlier ones leave gaps."""
+    out = np.full(xy.shape[:2] + (2,), np.nan, dtype=xy.dtype)
+    for idx in candidates:
+        if not idx:
+            continue
+        miss = np.isnan(out).any(axis=-1)
         if not miss.any():
             break
-        out = np.where(miss, c, out)
+        c = _nanmean_parts(xy, idx)
+        out[miss] = c[miss]
     return out
 
 
@@ -366,27 +408,27 @@ def _landmarks(xy: np.ndarray, slots: Sequence[str]) -> tuple[np.ndarray, np.nda
     def parts(*names: str) -> list[int]:
         return [pos[n] for n in names if n in pos]
 
-    def mean(*names: str) -> np.ndarray:
-        return _nanmean_parts(xy, parts(*names))
-
-    centre = _first_present([
-        mean("body_center"),
-        mean(*_TORSO),
-        _nanmean_parts(xy, [i for s, i in pos.items() if s not in _TAIL]),
+    centre = _first_present(xy, [
+        parts("body_center"), parts(*_TORSO), [i for s, i in pos.items() if s not in _TAIL],
     ])
-    front = _first_present([mean("nose"), mean("head"), mean("headpiece"), mean("ear_left", "ear_right"), mean("neck")])
-    back = _first_present([mean("tail_base"), mean("hip_left", "hip_right"), mean("spine_2")])
+    front = _first_present(xy, [
+        parts("nose"), parts("head"), parts("headpiece"), parts("ear_left", "ear_right"), parts("neck"),
+    ])
+    back = _first_present(xy, [parts("tail_base"), parts("hip_left", "hip_right"), parts("spine_2")])
     return centre, front, back
 
 
 def _unit_heading(centre: np.ndarray, front: np.ndarray, back: np.ndarray) -> np.ndarray:
     """(T, M, 2) points -> (T, M, 2) unit heading: front - back, else front - centre, else centre - back."""
     out = np.full_like(centre, np.nan)
-    for v in (front - back, front - centre, centre - back):
+    for a, b in ((front, back), (front, centre), (centre, back)):
+        miss = np.isnan(out[..., 0])
+        if not miss.any():
+            break
+        v = a[miss] - b[miss]
         norm = _norm(v)[..., None]
-        good = (norm > _EPS) & np.isnan(out[..., :1])
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(good, v / norm, out)
+            out[miss] = np.where(norm > _EPS, v / norm, np.nan)
     return out
 
 
@@ -430,8 +472,12 @@ def _rotate(p: np.ndarray, origin: np.ndarray, heading: np.ndarray) -> np.ndarra
     shape = (p.shape[0],) + (1,) * (p.ndim - 2)
     c = heading[:, 0].reshape(shape)
     s = heading[:, 1].reshape(shape)
-    d = p - origin.reshape(shape + (2,))
-    return np.stack([d[..., 0] * c + d[..., 1] * s, d[..., 1] * c - d[..., 0] * s], axis=-1)
+    dx = p[..., 0] - origin[:, 0].reshape(shape)
+    dy = p[..., 1] - origin[:, 1].reshape(shape)
+    out = np.empty(p.shape, dtype=np.result_type(p, heading))
+    out[..., 0] = dx * c + dy * s
+    out[..., 1] = dy * c - dx * s
+    return out
 
 
 def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -445,42 +491,9 @@ def pair_features(
     target: int,
     slots: Sequence[str],
     smooth_window: int = 1,
-    kin: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """(T, M, S, 2) cm, 0-based mouse indices -> float32 (T, 4S + 18) agent-centric pair features (cm, cm/s).
-
-    ``kin`` (from ``mouse_kinematics``) skips recomputing the per-mouse quantities for every pair.
-    """
-    xy = _float(xy_cm)
-    if kin is None:
-        kin = mouse_kinematics(xy, fps, slots, smooth_window)
-    T = xy.shape[0]
-    a, t = agent, target
-    origin, heading = kin["centre"][:, a], kin["heading"][:, a]
-    fa, ba, ca = kin["front"][:, a], kin["back"][:, a], origin
-    ft, bt, ct = kin["front"][:, t], kin["back"][:, t], kin["centre"][:, t]
-    body = _dist(ca, ct)
-    ht = kin["heading"][:, t]
-    rel_cos = (heading * ht).sum(-1)
-    rel_sin = heading[:, 0] * ht[:, 1] - heading[:, 1] * ht[:, 0]
-    seen = _rotate(ct, origin, heading)  # (T, 2) target centre in the agent's frame
-    norm = np.maximum(_norm(seen), _EPS)
-    scalars = [
-        _dist(fa, ft), _dist(fa, bt), _dist(fa, ct), body, _dist(ba, ft),
-        kin["speed"][:, a], kin["speed"][:, t], time_derivative(body, fps),
-        rel_cos, rel_sin, seen[:, 0] / norm, seen[:, 1] / norm,
-        kin["body_length"][:, a], kin["body_length_rate"][:, a],
-        kin["acc"][:, a], kin["acc"][:, t], kin["turn_rate"][:, a],
-        np.full(T, float(a == t)),
-    ]
-    return np.concatenate(
-        [
-            _rotate(xy[:, a], origin, heading).reshape(T, -1),
-            _rotate(xy[:, t], origin, heading).reshape(T, -1),
-            np.stack(scalars, axis=1),
-        ],
-        axis=1,
-    ).astype(np.float32, copy=False)
+    """(T, M, S, 2) cm, 0-based mouse indices -> float32 (T, 4S + 18) agent-centric pair features (cm, cm/s)."""
+    return all_pair_features(xy_cm, fps, [(agent, target)], slots, smooth_window)[0]
 
 
 def all_pair_features(
@@ -490,11 +503,50 @@ def all_pair_features(
     slots: Sequence[str],
     smooth_window: int = 1,
 ) -> np.ndarray:
-    """(T, M, S, 2) cm, 0-based (agent, target) pairs -> float32 (n_pairs, T, 4S + 18)."""
-    kin = mouse_kinematics(xy_cm, fps, slots, smooth_window)
-    out = np.empty((len(pairs), xy_cm.shape[0], n_pair_features(len(slots))), dtype=np.float32)
-    for i, (a, t) in enumerate(pairs):
-        out[i] = pair_features(xy_cm, fps, a, t, slots, kin=kin)
+    """(T, M, S, 2) cm, 0-based (agent, target) pairs -> float32 (n_pairs, T, 4S + 18); per-mouse
+    quantities are computed once, only for the mice the pairs name."""
+    xy = _float(xy_cm)
+    T, S = xy.shape[0], len(slots)
+    if S != xy.shape[2]:
+        raise ValueError(f"{len(slots)} slot names for {xy.shape[2]} keypoint slots")
+    out = np.empty((len(pairs), T, n_pair_features(S)), dtype=np.float32)
+    if not len(pairs):
+        return out
+    used = sorted({int(m) for p in pairs for m in p})
+    col = {m: i for i, m in enumerate(used)}
+    sub = np.take(xy, used, axis=1)  # (T, U, S, 2): only the mice the pairs need
+    kin = mouse_kinematics(sub, fps, slots, smooth_window)
+    centre, front, back, heading = kin["centre"], kin["front"], kin["back"], kin["heading"]
+    rotated: dict[int, np.ndarray] = {}  # mouse -> its parts in the current agent's frame
+    current = -1
+    k = 4 * S
+    for i, (agent, target) in enumerate(pairs):
+        a, t = col[int(agent)], col[int(target)]
+        if a != current:
+            rotated.clear()
+            current = a
+        for m in (a, t):
+            if m not in rotated:
+                rotated[m] = _rotate(sub[:, m], centre[:, a], heading[:, a]).reshape(T, 2 * S)
+        o = out[i]
+        o[:, : 2 * S] = rotated[a]
+        o[:, 2 * S : k] = rotated[t]
+        body = _dist(centre[:, a], centre[:, t])
+        ha, ht = heading[:, a], heading[:, t]
+        seen = _rotate(centre[:, t], centre[:, a], ha)  # (T, 2) target centre in the agent's frame
+        norm = np.maximum(_norm(seen), _EPS)
+        columns = (
+            _dist(front[:, a], front[:, t]), _dist(front[:, a], back[:, t]), _dist(front[:, a], centre[:, t]),
+            body, _dist(back[:, a], front[:, t]),
+            kin["speed"][:, a], kin["speed"][:, t], time_derivative(body, fps),
+            ha[:, 0] * ht[:, 0] + ha[:, 1] * ht[:, 1], ha[:, 0] * ht[:, 1] - ha[:, 1] * ht[:, 0],
+            seen[:, 0] / norm, seen[:, 1] / norm,
+            kin["body_length"][:, a], kin["body_length_rate"][:, a],
+            kin["acc"][:, a], kin["acc"][:, t], kin["turn_rate"][:, a],
+            float(a == t),
+        )
+        for j, value in enumerate(columns):
+            o[:, k + j] = value
     return out
 
 

@@ -263,7 +263,7 @@ def _prepare(df: pd.DataFrame, columns: Iterable[str], what: str, err: type[Mabe
 
 def score(solution: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
     """The competition score of ``submission`` against ``solution`` (see the module docstring)."""
-    _prepare(solution, [c for c in SOLUTION_COLUMNS], "solution", InvalidSolution)
+    _prepare(solution, SOLUTION_COLUMNS, "solution", InvalidSolution)
     _prepare(submission, _INTERVAL_COLUMNS, "submission", InvalidSubmission)
     if len(solution) == 0:
         raise InvalidSolution("solution has no rows (no labelled intervals)")
@@ -308,7 +308,7 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
     else:
         p_agent = p_target = p_action = np.array([], dtype=object)
         p_rows = np.array([], dtype=np.int64)
-    p_lab = np.array([video_lab[v] for v in p_video], dtype=object) if len(p_video) else np.array([], dtype=object)
+    p_lab = pd.Series(p_video, dtype=object).map(video_lab).to_numpy(dtype=object)
 
     # ---- keys: (video, agent, target, action) over both sides
     ns = len(s_video)
@@ -451,7 +451,7 @@ def _labeled_nonempty(value) -> bool:
         return False
 
 
-def load_solution(path: str | Path, split: str = "train") -> pd.DataFrame:
+def load_solution(path: str | Path, split: str = "train", labs: Iterable[str] | None = None) -> pd.DataFrame:
     """The solution frame from a MABe data directory or from a CSV in the solution format.
 
     Directory: ``<split>.csv`` + ``<split>_annotation/<lab>/<video>.parquet``. Every video with a
@@ -463,10 +463,13 @@ def load_solution(path: str | Path, split: str = "train") -> pd.DataFrame:
 
     CSV: must hold every column of :data:`SOLUTION_COLUMNS`; a missing one raises
     :class:`MabeDataError` naming the file and the column.
+
+    ``labs``: keep only these labs (others are not even read).
     """
     path = Path(path)
+    labs = None if labs is None else {str(x) for x in labs}
     if path.is_dir():
-        return _load_solution_dir(path, split)
+        return _load_solution_dir(path, split, labs)
     if not path.is_file():
         raise MabeDataError(path, None, "a data directory or a solution CSV", "no such file or directory")
     try:
@@ -477,11 +480,13 @@ def load_solution(path: str | Path, split: str = "train") -> pd.DataFrame:
         if col not in df.columns:
             raise MabeDataError(path, col, f"a solution CSV with the columns {', '.join(SOLUTION_COLUMNS)}",
                                 "the column is missing")
+    if labs is not None:
+        df = df[df["lab_id"].astype(str).isin(labs)].reset_index(drop=True)
     df["behaviors_labeled"] = pd.Categorical(df["behaviors_labeled"])
     return df[list(SOLUTION_COLUMNS)]
 
 
-def _load_solution_dir(root: Path, split: str) -> pd.DataFrame:
+def _load_solution_dir(root: Path, split: str, labs: set[str] | None) -> pd.DataFrame:
     csv = root / f"{split}.csv"
     ann_root = root / f"{split}_annotation"
     if not csv.is_file():
@@ -490,6 +495,8 @@ def _load_solution_dir(root: Path, split: str) -> pd.DataFrame:
     for col in ("lab_id", "video_id", "behaviors_labeled"):
         if col not in meta.columns:
             raise MabeDataError(csv, col, "this column", "it is missing")
+    if labs is not None:
+        meta = meta[meta["lab_id"].astype(str).isin(labs)]
     labeled = meta[meta["behaviors_labeled"].map(_labeled_nonempty)]
     parts: list[pd.DataFrame] = []
     missing: list[str] = []
@@ -510,7 +517,8 @@ def _load_solution_dir(root: Path, split: str) -> pd.DataFrame:
             f"(e.g. {missing[0]})",
             stacklevel=3,
         )
-    orphans = [p for p in sorted(ann_root.glob("*/*.parquet")) if p.resolve() not in seen] if ann_root.is_dir() else []
+    files = sorted(ann_root.glob("*/*.parquet")) if ann_root.is_dir() else []
+    orphans = [p for p in files if p.resolve() not in seen and (labs is None or p.parent.name in labs)]
     if orphans:
         warnings.warn(
             f"{len(orphans)} annotation file(s) have no labelled row in {csv.name} and are skipped "

@@ -20,6 +20,7 @@ A video is written to a hidden temporary folder and renamed into place, so a fol
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -418,7 +419,10 @@ def prepare_dataset(
             for task, out in todo:
                 handle(prepare_video(task, fcfg, out))
         else:
-            with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            # forkserver (else spawn): never fork a parent whose pyarrow / BLAS threads may hold locks
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
                 pending = {pool.submit(_worker, (task, fdict, str(out))) for task, out in todo}
                 try:
                     while pending:
@@ -502,7 +506,7 @@ def synthetic_tracking(
     df = pd.DataFrame({
         "video_frame": f.ravel().astype(np.int64),
         "mouse_id": (m.ravel() + 1).astype(np.int64),
-        "bodypart": pd.Series(np.asarray(parts, dtype=object)[p.ravel()], dtype="string"),
+        "bodypart": np.asarray(parts, dtype=object)[p.ravel()],  # written as parquet utf8, like the real files
         "x": xy[..., 0].ravel(),
         "y": xy[..., 1].ravel(),
     })
@@ -595,7 +599,8 @@ def bench_prepare(
         "pair_frames_per_s": n_frames / t_pair,
         "n_pairs": len(pairs),
         "max_abs_diff_positions": float(np.abs(ours - theirs)[:, :n_pos][both[:, :n_pos]].max(initial=0.0)),
-        "max_abs_diff_motion": float(np.abs(ours - theirs)[:, n_pos:][both[:, n_pos:]].max(initial=0.0)),
+        "max_rel_diff_motion": float((np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1.0))[:, n_pos:][
+            both[:, n_pos:]].max(initial=0.0)),
     }
     if verbose:
         print(f"features bench: {n_frames:,} frames, {n_mice} mice, best of {repeats}")
@@ -605,5 +610,5 @@ def bench_prepare(
         print(f"  mabe pair features     {res['pair_s']:7.3f} s  {res['pair_frames_per_s']:>12,.0f} frames/s"
               f"  ({len(pairs)} pairs)")
         print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
-              f"speeds/accelerations {res['max_abs_diff_motion']:.2e}")
+              f"speeds/accelerations {res['max_rel_diff_motion']:.2e} (relative)")
     return res

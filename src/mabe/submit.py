@@ -71,14 +71,15 @@ def _allowed_triples(metadata) -> dict[str, set[str]]:
     has_parsed = "labeled" in metadata.columns
     for i, video in enumerate(metadata["video_id"].to_numpy()):
         triples: set[str] = set()
-        if has_parsed and isinstance(metadata["labeled"].iloc[i], (list, tuple)):
+        raw = metadata["behaviors_labeled"].iloc[i] if has_json else None
+        if isinstance(raw, str) and raw.strip():
+            # the literal strings, as the scorer matches them (a mangled entry such as
+            # "mouse1','mouse2','attack'" of two real labs allows nothing)
+            triples.update(str(x) for x in json.loads(raw))
+        elif has_parsed and isinstance(metadata["labeled"].iloc[i], (list, tuple)):
             for agent, target, action in metadata["labeled"].iloc[i]:
                 tgt = "self" if int(target) == int(agent) else f"mouse{int(target)}"
                 triples.add(f"mouse{int(agent)},{tgt},{action}")
-        elif has_json:
-            raw = metadata["behaviors_labeled"].iloc[i]
-            if isinstance(raw, str) and raw.strip():
-                triples.update(str(x) for x in json.loads(raw))
         out[str(video)] = triples
     return out
 
@@ -87,8 +88,9 @@ def validate_submission(sub: pd.DataFrame, metadata=None) -> None:
     """Raise :class:`InvalidSubmission` (naming the row, video and field) unless ``sub`` is a valid
     submission: exact columns, integer frames and ids, known id formats and actions, start <= stop,
     one action per (video, agent, target) and frame, sorted, row ids 0..n-1; with ``metadata`` (a
-    DataFrame or csv path with video_id and behaviors_labeled, or load_metadata's ``labeled``):
-    known videos only and only triples listed in the video's behaviors_labeled."""
+    DataFrame or csv path with video_id and behaviors_labeled, or load_metadata's parsed ``labeled``
+    where no behaviors_labeled text is there): known videos only and only triples listed in the
+    video's behaviors_labeled, matched literally like the scorer does."""
     cols = list(sub.columns)
     if cols != list(SUBMISSION_COLUMNS):
         missing = [c for c in SUBMISSION_COLUMNS if c not in cols]

@@ -295,6 +295,7 @@ class Batches:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=B, shuffle=False, num_workers=self.cfg.train.num_workers,
             pin_memory=self.device.type == "cuda", drop_last=False,
+            generator=torch.Generator().manual_seed(epoch),  # else it draws a seed from the global RNG
         )
         for j, b in enumerate(loader, start=start):
             yield j, {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
