@@ -10,6 +10,7 @@ script checks they agree before printing rows/s for each and the speed-up, measu
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -92,11 +93,14 @@ def main() -> None:
         base_walls, base_cpu, ref = timed(lambda: pandas_dense(path), args.baseline_repeat, warmup=0)
         same = np.array_equal(np.isnan(tr.xy), np.isnan(ref)) and np.allclose(tr.xy, ref, equal_nan=True, atol=1e-3)
         fast_s, base_s = min(walls), min(base_walls)
+        load = os.getloadavg()[0]
+        print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (wall times suffer when it exceeds the cores)")
         print(f"read_tracking   best {fast_s:6.3f} s  {rows / fast_s / 1e6:6.2f} M rows/s   median "
-              f"{np.median(walls):6.3f} s  {rows / np.median(walls) / 1e6:6.2f} M rows/s   cpu {cpu:5.2f} s   "
+              f"{np.median(walls):6.3f} s  {rows / np.median(walls) / 1e6:6.2f} M rows/s   "
+              f"cpu {cpu:5.2f} s = {rows / cpu / 1e6:5.2f} M rows/cpu-s   "
               f"(first call {cold:.3f} s = {rows / cold / 1e6:.2f} M rows/s; {args.repeat} timed)")
         print(f"pandas pivot    best {base_s:6.3f} s  {rows / base_s / 1e6:6.2f} M rows/s   "
-              f"cpu {base_cpu:5.2f} s   ({args.baseline_repeat} timed)")
+              f"cpu {base_cpu:5.2f} s = {rows / base_cpu / 1e6:5.2f} M rows/cpu-s   ({args.baseline_repeat} timed)")
         print(f"speed-up        {base_s / fast_s:6.1f} x (best vs best)   same array: {same}   xy {tr.xy.shape} {tr.xy.dtype}")
         if not same:
             raise SystemExit("read_tracking and the pandas baseline disagree")

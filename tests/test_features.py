@@ -338,8 +338,10 @@ def test_degenerate_inputs_do_not_crash():
     assert F.all_pair_features(empty, 30.0, [(0, 1)], SLOTS).shape == (1, 30, 90)
 
 
-def test_sparse_slots_scene_matches_dense_computation(rng):
-    # live-channel compaction must give exactly what computing every channel gives
+@pytest.mark.parametrize("chunk", [2048, 7, 1])
+def test_sparse_slots_scene_matches_dense_computation(rng, monkeypatch, chunk):
+    # live-channel compaction and time blocking must give exactly what one dense pass gives
+    monkeypatch.setattr(F, "_TIME_CHUNK", chunk)
     xy = _scene_px(200, rng)
     xy[:, :, [1, 2, 5, 9, 10, 17]] = np.nan  # parts this "lab" does not track
     xy[rng.random((200, 4, S)) < 0.1] = np.nan

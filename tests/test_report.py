@@ -86,9 +86,45 @@ def _fake_scene_predictions(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
+def _fake_val_metrics(rng: np.random.Generator, mode: str, vm_format: str, per_lab: bool) -> dict:
+    """eval/val_metrics.json as mabe.evaluate writes it ("evaluate"), or in an alternative layout ("alt":
+    per_class dict of dicts, per_lab competition scores with frame counts)."""
+    names = PAIR_ACTIONS + ["freeze"] if mode == "pair" else SCENE_CLASSES  # freeze: never labelled nor predicted
+    n = len(names)
+    if vm_format == "alt":
+        vm = {"accuracy": 0.97, "f1_macro": 0.45,
+              "per_class": {c: {"precision": float(rng.random()), "recall": float(rng.random()),
+                                "f1": float(rng.random()), "support": int(rng.integers(100, 5000))} for c in names}}
+        if per_lab:
+            vm["per_lab"] = {"LabA": {"score": 0.41, "n_frames": 1800}, "LabB": {"score": 0.52, "n_frames": 1200}}
+        if mode == "scene":
+            vm["classes"] = names
+            vm["confusion"] = rng.integers(0, 300, (n, n)).tolist()
+        return vm
+    tp = rng.integers(50, 500, n).astype(float)
+    fp = rng.integers(0, 300, n).astype(float)
+    fn = rng.integers(0, 300, n).astype(float)
+    if mode == "pair":
+        tp[-1] = fp[-1] = fn[-1] = 0.0
+    prec = np.divide(tp, tp + fp, out=np.zeros(n), where=(tp + fp) > 0)
+    rec = np.divide(tp, tp + fn, out=np.zeros(n), where=(tp + fn) > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(n), where=(2 * tp + fp + fn) > 0)
+    vm = {"accuracy": 0.97, "f1_macro": float(f1[:-1].mean()), "names": names, "precision": prec.tolist(),
+          "recall": rec.tolist(), "f1": f1.tolist(), "support": (tp + fn).tolist(), "mode": mode,
+          "score": 0.43 if mode == "pair" else None, "checkpoint": "runs/x/checkpoints/best.pt"}
+    if mode == "pair":
+        vm.update(n_cells=12345, labelled_frames=[1000] * n, tp=tp.tolist(), fp=fp.tolist(), fn=fn.tolist())
+    else:
+        vm.update(n_frames=2400, confusion=rng.integers(0, 300, (n, n)).tolist())
+    if per_lab:
+        vm["per_lab"] = {lab: {"f1_macro": v, "accuracy": 0.9, "f1": f1.tolist()}
+                         for lab, v in [("LabA", 0.38), ("LabB", 0.47), ("LabC", 0.2)]}
+    return vm
+
+
 def make_fake_run(root: Path, name: str = "fake", mode: str = "pair", epochs: int = 8, *, metrics: bool = True,
                   val_metrics: bool = True, predictions: bool = True, per_lab_in_metrics: bool = True,
-                  seed: int = 0) -> Path:
+                  vm_format: str = "evaluate", seed: int = 0) -> Path:
     """A run directory as train.py writes it (docs/design.md), with plausible numbers."""
     rng = np.random.default_rng(seed)
     run_dir = root / name
@@ -118,15 +154,7 @@ def make_fake_run(root: Path, name: str = "fake", mode: str = "pair", epochs: in
         status.update(best_f1=best_f1, best_epoch=best)
     (run_dir / "status.json").write_text(json.dumps(status))
     if val_metrics:
-        names = PAIR_ACTIONS if mode == "pair" else SCENE_CLASSES
-        vm = {"accuracy": 0.97, "f1_macro": 0.45,
-              "per_class": {n: {"precision": float(rng.random()), "recall": float(rng.random()),
-                                "f1": float(rng.random()), "support": int(rng.integers(100, 5000))} for n in names}}
-        if per_lab_in_metrics:
-            vm["per_lab"] = {"LabA": {"score": 0.41, "n_frames": 1800}, "LabB": {"score": 0.52, "n_frames": 1200}}
-        if mode == "scene":
-            vm["classes"] = names
-            vm["confusion"] = rng.integers(0, 300, (len(names), len(names))).tolist()
+        vm = _fake_val_metrics(rng, mode, vm_format, per_lab_in_metrics)
         (run_dir / "eval" / "val_metrics.json").write_text(json.dumps(vm))
     if predictions:
         arrays = _fake_pair_predictions(rng) if mode == "pair" else _fake_scene_predictions(rng)
@@ -189,14 +217,20 @@ def test_full_report(tmp_path, mode):
     assert "val_metrics: f1_macro" in text and "last epoch: windows_per_s" in text
     if mode == "pair":
         assert "not available: pair mode" in text  # no confusion matrix for multi-label
+        # evaluate's per_lab holds frame macro F1, not the competition score: computed from predictions first
+        assert "bars: competition-style score, from val_predictions.npz" in text
     else:
         assert "not available" not in text
+        assert "bars: macro F1 over classes except none" in text
+    assert "then: frame f1_macro (val_metrics.json)" in text
 
 
 def test_report_by_name_and_rewrite_drops_stale_figures(tmp_path):
     root = tmp_path / "runs"
-    run_dir = make_fake_run(root, name="exp1")
+    run_dir = make_fake_run(root, name="exp1", vm_format="alt")
     assert report.write_report("exp1", runs_root=root) == run_dir / "report.html"
+    text = (run_dir / "report.html").read_text()
+    assert "bars: competition score (val_metrics.json)" in text and "competition-style" not in text
     assert (run_dir / "figures" / "ethogram_0.png").is_file()
     (run_dir / "eval" / "val_predictions.npz").unlink()
     report.write_report(run_dir)
@@ -218,17 +252,11 @@ def test_missing_inputs_say_not_available(tmp_path):
     assert "not available" in report.write_report(bare).read_text()
 
 
-def test_per_lab_falls_back_to_predictions(tmp_path):
-    run_dir = make_fake_run(tmp_path, name="nolab", per_lab_in_metrics=False)
-    text = report.write_report(run_dir).read_text()
-    assert "computed from val_predictions.npz" in text
-    _assert_figure(run_dir / "figures" / "per_lab.png")
-
-
-def test_per_class_falls_back_to_predictions(tmp_path):
+def test_per_class_and_per_lab_fall_back_to_predictions(tmp_path):
     run_dir = make_fake_run(tmp_path, name="novm", val_metrics=False)
     text = report.write_report(run_dir).read_text()
-    assert "val_predictions.npz at p" in text
+    assert "Source: val_predictions.npz at p" in text  # per-action bars
+    assert "bars: competition-style score, from val_predictions.npz" in text and "then:" not in text  # per-lab
     for name in ("per_class.png", "per_lab.png"):
         _assert_figure(run_dir / "figures" / name)
 
@@ -287,3 +315,25 @@ def test_cli_report(tmp_path, capsys):
     run_dir = make_fake_run(tmp_path, name="clirun", predictions=False)
     assert cli.main(["report", str(run_dir)]) == 0
     assert str(run_dir / "report.html") in capsys.readouterr().out
+
+
+def test_val_metrics_layouts(rng):
+    ev = _fake_val_metrics(rng, "pair", "evaluate", True)
+    table = report._per_class_table(ev)
+    assert list(table["name"]) == PAIR_ACTIONS  # "freeze" (never labelled nor predicted) dropped
+    assert table["f1"].tolist() == pytest.approx(ev["f1"][:-1])
+    labs, kind = report._per_lab_table(ev)
+    assert kind == "f1_macro" and labs.set_index("lab")["score"].to_dict() == {"LabA": 0.38, "LabB": 0.47, "LabC": 0.2}
+    assert report._confusion(ev) is None
+
+    sc = _fake_val_metrics(rng, "scene", "evaluate", True)
+    cm, names = report._confusion(sc)
+    assert names == SCENE_CLASSES and cm.shape == (4, 4)
+    assert list(report._per_class_table(sc)["name"]) == SCENE_CLASSES
+
+    alt = _fake_val_metrics(rng, "scene", "alt", True)
+    assert list(report._per_class_table(alt)["name"]) == SCENE_CLASSES
+    labs, kind = report._per_lab_table(alt)
+    assert kind == "score" and labs["n_frames"].tolist() == [1800, 1200]
+    assert report._confusion(alt)[1] == SCENE_CLASSES
+    assert report._per_lab_table({"per_lab": {"A": {"f1": [0.1, 0.2]}}}) is None

@@ -80,6 +80,13 @@ def _spawn(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError as err:
+        return repr(err).encode()
+
+
 def _wait_for(pred, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -121,9 +128,10 @@ def test_pid_alive_checks_existence_and_command_line():
     mabe_like = _spawn([sys.executable, "-c", "import time; time.sleep(60)", "mabe-train"])
     other = _spawn(["sleep", "60"])  # a live pid that is not a mabe process: pid reuse
     try:
-        assert runs.pid_alive(mabe_like.pid)
+        assert runs.pid_alive(mabe_like.pid), _cmdline(mabe_like.pid)
         if Path("/proc").is_dir():
-            assert not runs.pid_alive(other.pid)
+            _wait_for(lambda: _cmdline(other.pid))  # empty while exec is under way: counted alive
+            assert not runs.pid_alive(other.pid), _cmdline(other.pid)
         assert runs.pid_alive(other.pid, expect=None)
     finally:
         for p in (mabe_like, other):
@@ -272,7 +280,8 @@ def test_stop_marks_stopped_when_child_ignores_status(tmp_path, capsys):
     script = tmp_path / "mabe_sleeper.py"
     script.write_text("import time\nprint('sleeping', flush=True)\ntime.sleep(60)\n")
     runs.detach([], run_dir, command=[sys.executable, str(script)])
-    assert runs.stop(run_dir, wait=True, timeout=30) == 0
+    rc = runs.stop(run_dir, wait=True, timeout=30)
+    assert rc == 0, (capsys.readouterr().out, runs.read_status(run_dir), _cmdline(runs.read_status(run_dir)["pid"]))
     st = runs.read_status(run_dir)
     assert st["state"] == "stopped" and "mabe stop" in st["message"]
 

@@ -220,13 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="reference path vs fast path, same run, same device")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-sizes", default="384", help="comma-separated batch sizes to sweep")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps before timing")
-    p.add_argument("--check-steps", type=int, default=10, help="steps for the same-result check")
+    p.add_argument("--batch-sizes", default=None,
+                   help="comma-separated batch sizes; the first is compared with the reference, all are "
+                        "swept on the fast path (default 384; 32 with --small)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; 6 with --small)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 5; 2 with --small)")
+    p.add_argument("--check-steps", type=int, default=None,
+                   help="steps for the same-result check (default 10; 4 with --small)")
     p.add_argument("--small", action="store_true", help="a small model and batch (quick CPU run)")
     p.add_argument("--features", action="store_true", help="also benchmark reading + feature preparation")
     p.add_argument("--frames", type=int, default=None, help="frames for the feature benchmark")
+    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the resident features on the fast path")
+    p.add_argument("--compile", action="store_true", help="fast path: torch.compile the conv stem and head")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="fast path: no CUDA-graph capture")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     p.set_defaults(func=cmd_bench)
 

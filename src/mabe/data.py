@@ -653,5 +653,5 @@ def print_info(root: str | Path, split: str = "train") -> pd.DataFrame:
                       *counts(*(int(summary[c].sum()) for c in ("annotated", "intervals", "frames"))), "")
     console.print(table)
     for w in caught:
-        console.print(f"warning: {w.message}", markup=False, highlight=False)
+        console.print(f"warning: {w.message}", markup=False, highlight=False, soft_wrap=True)
     return summary

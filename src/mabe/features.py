@@ -6,7 +6,9 @@ and stay NaN (NaN in, NaN out) except where a function says it fills them.
 
 Scene vector (``scene_features``), per frame, in this order (``scene_feature_names``):
 ``n_mice * S * 2`` positions (mouse, slot, x/y), then ``n_mice * S`` speeds, then ``n_mice * S``
-accelerations; 4 x 18 -> 144 + 72 + 72 = 288.
+accelerations; 4 x 18 -> 144 + 72 + 72 = 288. Positions are arena-centred cm with gaps of up to
+``max_gap`` frames linearly interpolated (longer gaps and the edges stay NaN); ``smooth_window`` > 1
+smooths the positions that are differentiated, not the positions stored.
 
 Pair vector (``pair_features``) for an ordered (agent, target), in the agent's frame of reference
 (origin at the agent's body centre, +x along its heading); see ``pair_feature_names``:
@@ -30,14 +32,16 @@ is_self                     1      1 for a self track (agent == target), else 0
 ==========================  =====  ==========================================================
 
 P = 4 S + 18 (90 for the 18 default slots). A self track keeps the same layout: its target block
-duplicates the agent's, its distances are 0, its bearing is (0, 0) and ``is_self`` is 1.
+duplicates the agent's, nose-nose and body-body are 0 (the other distances are the agent's own body
+measures), heading is (1, 0), bearing (0, 0) and ``is_self`` is 1.
 
 Named parts fall back when a video does not track them (MARS tracks 7 parts, some labs 4):
 the "nose" is the first present of nose, head, headpiece, the ears' mean, neck; the "tail_base" is
 tail_base, the hips' mean, spine_2; the body centre is body_center, else the mean of the torso parts,
 else the mean of every non-tail part. Fallbacks apply frame by frame.
 
-Acceleration is the magnitude of the second derivative of position (|d^2 x / dt^2|, computed as the
+Derivatives are central differences (np.gradient with spacing 1/fps), one-sided next to a missing
+frame and at the ends; a missing value gives a missing derivative. Acceleration is the magnitude of the second derivative of position (|d^2 x / dt^2|, computed as the
 central difference of the central-difference velocity), not the derivative of speed: it is
 rotation-invariant and non-zero when a mouse turns at constant speed.
 """
@@ -74,7 +78,7 @@ __all__ = [
 ]
 
 _EPS = 1e-6
-_CHUNK_ELEMENTS = 1 << 22  # interpolate_gaps works on (T, k) column blocks of about this size
+_TIME_CHUNK = 2048  # frames per block in the memory-bound derivative step (cache-sized)
 
 DIST_NAMES: tuple[str, ...] = (
     "dist.nose_nose", "dist.nose_tailbase", "dist.nose_body", "dist.body_body", "dist.tailbase_nose",
@@ -128,8 +132,11 @@ def _gap_runs(nan: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np
 
 def interpolate_gaps(x: np.ndarray, max_gap: int) -> np.ndarray:
     """(T, ...) -> same: linear fill of interior NaN runs of <= max_gap frames, per channel; edges stay NaN."""
-    x = _float(x)
-    out = np.array(x, copy=True, order="C")
+    return _interpolate_inplace(np.array(_float(x), copy=True, order="C"), max_gap)
+
+
+def _interpolate_inplace(out: np.ndarray, max_gap: int) -> np.ndarray:
+    """interpolate_gaps on a C-contiguous float array we own: fills it in place and returns it."""
     T = out.shape[0]
     if max_gap <= 0 or T < 3 or out.size == 0:
         return out
@@ -200,12 +207,16 @@ def time_derivative(x: np.ndarray, fps: float) -> np.ndarray:
     return _central(np.diff(x, axis=0), x.shape[0], fps)
 
 
-def _norm(v: np.ndarray) -> np.ndarray:
-    """(..., 2) -> (...): Euclidean norm (no overflow guard needed at cm scales)."""
-    x, y = v[..., 0], v[..., 1]
-    out = x * x
-    out += y * y
-    return np.sqrt(out, out=out)
+def _complex(p: np.ndarray) -> np.ndarray:
+    """(..., 2) float points -> (...) complex x + iy (a view when the last axis is contiguous)."""
+    if p.strides[-1] != p.itemsize:
+        p = np.ascontiguousarray(p)
+    return p.view(np.dtype(f"c{2 * p.itemsize}"))[..., 0]
+
+
+def _norm(v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(..., 2) -> (...): Euclidean norm, as the modulus of x + iy (one vectorised pass)."""
+    return np.abs(_complex(v), out=out)
 
 
 def velocity(xy_cm: np.ndarray, fps: float) -> np.ndarray:
@@ -267,20 +278,26 @@ def _live(xy: np.ndarray) -> np.ndarray:
     return (~np.isnan(xy.reshape(T, -1)).all(axis=0)).reshape(xy.shape[1:]).any(axis=-1)
 
 
-def _take_columns(src: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """(T, N) -> (T, len(where)): column j is src[:, where[j]], or NaN where where[j] < 0.
-
-    Copies runs of consecutive columns as slices (a handful per mouse), far faster than a fancy take.
-    """
-    T, n = src.shape[0], where.size
-    out = np.empty((T, n), dtype=src.dtype)
+def _column_runs(where: np.ndarray) -> list[tuple[int, int, int]]:
+    """Column map (n,) -> runs (start, stop, source start) of consecutive source columns; source -1 = NaN."""
+    n = where.size
     if n == 0:
-        return out
+        return []
     cont = ((where[1:] == where[:-1] + 1) & (where[:-1] >= 0)) | ((where[1:] < 0) & (where[:-1] < 0))
-    starts = np.concatenate([[0], np.flatnonzero(~cont) + 1])
-    for s, e in zip(starts.tolist(), np.append(starts[1:], n).tolist()):
-        w = int(where[s])
-        out[:, s:e] = np.nan if w < 0 else src[:, w : w + e - s]
+    starts = np.concatenate([[0], np.flatnonzero(~cont) + 1]).tolist()
+    return [(s, e, int(where[s])) for s, e in zip(starts, starts[1:] + [n])]
+
+
+def _copy_runs(dst: np.ndarray, src: np.ndarray, runs: list[tuple[int, int, int]]) -> None:
+    """dst[:, s:e] = src[:, w:w + e - s] (or NaN where w < 0) for each run: slices, not a fancy take."""
+    for s, e, w in runs:
+        dst[:, s:e] = np.nan if w < 0 else src[:, w : w + e - s]
+
+
+def _take_columns(src: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(T, N) -> (T, len(where)): column j is src[:, where[j]], or NaN where where[j] < 0."""
+    out = np.empty((src.shape[0], where.size), dtype=src.dtype)
+    _copy_runs(out, src, _column_runs(where))
     return out
 
 
@@ -304,7 +321,7 @@ def clean_positions(
     """(T, M, S, 2) px -> (T, M, S, 2) cm, arena-centred, NaN gaps <= max_gap frames interpolated."""
     xy = _float(xy_px)
     sub, idx, C = _gather(xy)
-    sub = interpolate_gaps(to_cm(sub, pix_per_cm, centre_px), max_gap)
+    sub = _interpolate_inplace(to_cm(sub, pix_per_cm, centre_px), max_gap)  # to_cm returns a new array
     T, K = sub.shape[:2]
     if K == C:
         return sub.reshape(xy.shape)
@@ -314,25 +331,33 @@ def clean_positions(
 
 
 def _scene_compact(sub: np.ndarray, idx: np.ndarray, C: int, fps: float, smooth_window: int) -> np.ndarray:
-    """(T, K, 2) cm of the live channels ``idx`` among C -> float32 (T, 4C) scene vector."""
+    """(T, K, 2) cm of the live channels ``idx`` among C -> float32 (T, 4C) scene vector.
+
+    Derivatives run over blocks of _TIME_CHUNK frames (plus 2 frames of context each side, so the
+    result is identical to one pass) to stay in cache: this step is memory-bound.
+    """
     T, K = sub.shape[:2]
     moving = moving_average(sub, smooth_window) if smooth_window > 1 else sub
-    vel = velocity(moving, fps)
-    if K == C:
-        out = np.empty((T, 4 * C), dtype=np.float32)
-        out[:, : 2 * C] = sub.reshape(T, 2 * C)
-        out[:, 2 * C : 3 * C] = _norm(vel)
-        out[:, 3 * C :] = _norm(time_derivative(vel, fps))
-        return out
-    parts = np.empty((T, 4 * K), dtype=np.float32)  # positions, speeds, accelerations of the live channels
-    parts[:, : 2 * K] = sub.reshape(T, 2 * K)
-    parts[:, 2 * K : 3 * K] = _norm(vel)
-    parts[:, 3 * K :] = _norm(time_derivative(vel, fps))
-    where = np.full(4 * C, -1, dtype=np.int64)
+    where = np.full(4 * C, -1, dtype=np.int64)  # output column -> column of the per-block `parts`
     k = np.arange(K)
     where[_xy_columns(idx)] = np.arange(2 * K)
     where[2 * C + idx], where[3 * C + idx] = 2 * K + k, 3 * K + k
-    return _take_columns(parts, where)
+    runs = _column_runs(where)
+    pos = sub.reshape(T, 2 * K)
+    out = np.empty((T, 4 * C), dtype=np.float32)
+    parts = np.empty((min(_TIME_CHUNK, T), 4 * K), dtype=np.float32)  # positions, speeds, accelerations
+    for t0 in range(0, T, _TIME_CHUNK):
+        t1 = min(t0 + _TIME_CHUNK, T)
+        a, b = max(t0 - 2, 0), min(t1 + 2, T)
+        vel = velocity(moving[a:b], fps)
+        acc = time_derivative(vel, fps)
+        n, lo = t1 - t0, t0 - a
+        p = parts[:n]
+        p[:, : 2 * K] = pos[t0:t1]
+        _norm(vel[lo : lo + n], out=p[:, 2 * K : 3 * K])
+        _norm(acc[lo : lo + n], out=p[:, 3 * K :])
+        _copy_runs(out[t0:t1], p, runs)
+    return out
 
 
 def scene_from_cm(xy_cm: np.ndarray, fps: float, smooth_window: int = 1) -> np.ndarray:
@@ -359,7 +384,7 @@ def scene_features(
 ) -> np.ndarray:
     """(T, M, S, 2) px -> float32 (T, n*S*2 + n*S + n*S), n = cfg.n_mice: the scene vector (288 for 4 x 18)."""
     sub, idx, C = _gather(pad_mice(_float(xy_px), cfg.n_mice))
-    sub = interpolate_gaps(to_cm(sub, pix_per_cm, centre_px if cfg.arena_centre else None), cfg.max_gap)
+    sub = _interpolate_inplace(to_cm(sub, pix_per_cm, centre_px if cfg.arena_centre else None), cfg.max_gap)
     return _scene_compact(sub, idx, C, fps, cfg.smooth_window)
 
 
@@ -375,29 +400,32 @@ def scene_feature_names(slots: Sequence[str], n_mice: int = 4) -> list[str]:
 # ----------------------------------------------------------------------------- pairs
 
 
-def _nanmean_parts(xy: np.ndarray, idx: list[int]) -> np.ndarray:
-    """(T, M, S, 2), slot indices -> (T, M, 2): mean of the present ones (a point is present if x and y are)."""
+def _nanmean_parts(z: np.ndarray, idx: list[int]) -> np.ndarray:
+    """(T, M, S) complex points, slot indices -> (T, M): mean of the present ones (NaN where none is)."""
     if len(idx) == 1:
-        return xy[:, :, idx[0]]
-    pts = xy[:, :, idx]  # (T, M, k, 2)
-    ok = ~np.isnan(pts).any(axis=-1, keepdims=True)
-    n = ok.sum(axis=2)
+        return z[:, :, idx[0]]
+    total = np.zeros(z.shape[:2], dtype=z.dtype)
+    count = np.zeros(z.shape[:2], dtype=z.real.dtype)
+    for i in idx:  # a few parts: a loop of whole-array ops beats a gather + middle-axis reduction
+        p = z[:, :, i]
+        ok = ~np.isnan(p)  # complex isnan: x or y missing
+        total += np.where(ok, p, 0)
+        count += ok
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (np.where(ok, pts, 0).sum(axis=2) / n).astype(xy.dtype)
+        return total / count
 
 
-def _first_present(xy: np.ndarray, candidates: list[list[int]]) -> np.ndarray:
-    """Candidate slot groups in priority order -> (T, M, 2): per frame and mouse, the mean of the first
-    group with a present point; later groups are only computed where earlier ones leave gaps."""
-    out = np.full(xy.shape[:2] + (2,), np.nan, dtype=xy.dtype)
+def _first_present(z: np.ndarray, candidates: list[list[int]]) -> np.ndarray:
+    """Candidate slot groups in priority order -> (T, M) complex: per frame and mouse, the mean of the
+    first group with a present point; later groups are only consulted while gaps remain."""
+    out = np.full(z.shape[:2], np.nan, dtype=z.dtype)
     for idx in candidates:
         if not idx:
             continue
-        miss = np.isnan(out).any(axis=-1)
+        miss = np.isnan(out)
         if not miss.any():
             break
-        c = _nanmean_parts(xy, idx)
-        out[miss] = c[miss]
+        out[miss] = _nanmean_parts(z, idx)[miss]
     return out
 
 
@@ -408,14 +436,15 @@ def _landmarks(xy: np.ndarray, slots: Sequence[str]) -> tuple[np.ndarray, np.nda
     def parts(*names: str) -> list[int]:
         return [pos[n] for n in names if n in pos]
 
-    centre = _first_present(xy, [
+    z = _complex(xy)  # (T, M, S) x + iy
+    centre = _first_present(z, [
         parts("body_center"), parts(*_TORSO), [i for s, i in pos.items() if s not in _TAIL],
     ])
-    front = _first_present(xy, [
+    front = _first_present(z, [
         parts("nose"), parts("head"), parts("headpiece"), parts("ear_left", "ear_right"), parts("neck"),
     ])
-    back = _first_present(xy, [parts("tail_base"), parts("hip_left", "hip_right"), parts("spine_2")])
-    return centre, front, back
+    back = _first_present(z, [parts("tail_base"), parts("hip_left", "hip_right"), parts("spine_2")])
+    return tuple(w[..., None].view(xy.dtype) for w in (centre, front, back))
 
 
 def _unit_heading(centre: np.ndarray, front: np.ndarray, back: np.ndarray) -> np.ndarray:
@@ -470,14 +499,9 @@ def mouse_kinematics(
 def _rotate(p: np.ndarray, origin: np.ndarray, heading: np.ndarray) -> np.ndarray:
     """(T, ..., 2) points, (T, 2) origin and unit heading -> points in that frame (x along the heading)."""
     shape = (p.shape[0],) + (1,) * (p.ndim - 2)
-    c = heading[:, 0].reshape(shape)
-    s = heading[:, 1].reshape(shape)
-    dx = p[..., 0] - origin[:, 0].reshape(shape)
-    dy = p[..., 1] - origin[:, 1].reshape(shape)
-    out = np.empty(p.shape, dtype=np.result_type(p, heading))
-    out[..., 0] = dx * c + dy * s
-    out[..., 1] = dy * c - dx * s
-    return out
+    z = _complex(p) - _complex(origin).reshape(shape)
+    z *= np.conj(_complex(heading)).reshape(shape)  # rotate by minus the heading angle
+    return z[..., None].view(p.dtype)
 
 
 def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -507,7 +531,7 @@ def all_pair_features(
     quantities are computed once, only for the mice the pairs name."""
     xy = _float(xy_cm)
     T, S = xy.shape[0], len(slots)
-    if S != xy.shape[2]:
+    if xy.shape[2] != S:
         raise ValueError(f"{len(slots)} slot names for {xy.shape[2]} keypoint slots")
     out = np.empty((len(pairs), T, n_pair_features(S)), dtype=np.float32)
     if not len(pairs):
@@ -545,8 +569,10 @@ def all_pair_features(
             kin["acc"][:, a], kin["acc"][:, t], kin["turn_rate"][:, a],
             float(a == t),
         )
+        scalars = np.empty((len(columns), T), dtype=np.float32)  # filled row by row, then one transposed copy
         for j, value in enumerate(columns):
-            o[:, k + j] = value
+            scalars[j] = value
+        o[:, k:] = scalars.T
     return out
 
 

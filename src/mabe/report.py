@@ -250,7 +250,7 @@ def _per_class_table(vm: dict) -> pd.DataFrame | None:
                      "f1": _num(_get(v, "f1", "f1_score")), "support": _num(_get(v, "support", "n", "count"))}
                     for i, v in enumerate(obj)]
             return pd.DataFrame(rows)
-    names = _get(vm, "classes", "class_names", "actions", "labels")
+    names = _get(vm, "names", "classes", "class_names", "actions", "labels")
     f1 = _get(vm, "f1_per_class", "per_class_f1", "f1")
     if isinstance(names, list) and isinstance(f1, list) and len(names) == len(f1):
         n = len(names)
@@ -259,9 +259,13 @@ def _per_class_table(vm: dict) -> pd.DataFrame | None:
             v = _get(vm, *keys)
             return [_num(x) for x in v] if isinstance(v, list) and len(v) == n else [None] * n
 
-        return pd.DataFrame({"name": [str(x) for x in names], "precision": col("precision_per_class", "precision"),
-                             "recall": col("recall_per_class", "recall"), "f1": [_num(x) for x in f1],
-                             "support": col("support", "support_per_class")})
+        df = pd.DataFrame({"name": [str(x) for x in names], "precision": col("precision_per_class", "precision"),
+                           "recall": col("recall_per_class", "recall"), "f1": [_num(x) for x in f1],
+                           "support": col("support", "support_per_class")})
+        tp, fp, fn = col("tp"), col("fp"), col("fn")
+        if all(x is not None for x in tp + fp + fn):  # pair mode: keep the actions that were scored
+            df = df[(np.asarray(tp) + np.asarray(fp) + np.asarray(fn)) > 0].reset_index(drop=True)
+        return df
     return None
 
 
@@ -278,34 +282,44 @@ def _confusion(vm: dict) -> tuple[np.ndarray, list[str]] | None:
         return None
     n = cm.shape[0]
     if not (isinstance(names, list) and len(names) == n):
-        names = _get(vm, "classes", "class_names", "labels")
+        names = _get(vm, "names", "classes", "class_names", "labels")
     if not (isinstance(names, list) and len(names) == n):
         table = _per_class_table(vm)
         names = list(table["name"]) if table is not None and len(table) == n else [str(i) for i in range(n)]
     return cm, [str(x) for x in names]
 
 
-def _per_lab_table(vm: dict) -> pd.DataFrame | None:
+_LAB_SCORE_KEYS = ("score", "competition_score", "val_score", "f1_macro", "macro_f1", "f1")
+_LAB_FRAME_KEYS = ("n_frames", "labelled_frames", "labeled_frames", "n_labelled_frames", "n_labeled_frames",
+                   "frames")
+
+
+def _per_lab_table(vm: dict) -> tuple[pd.DataFrame, str] | None:
+    """val_metrics.json ``per_lab`` -> (DataFrame lab, score, n_frames; the key the scores came from).
+
+    Takes the first numeric value among ``_LAB_SCORE_KEYS`` (the evaluator writes ``f1_macro`` per lab,
+    plus a per-class ``f1`` list, which is skipped).
+    """
     obj = vm.get("per_lab")
-    score_keys = ("score", "competition_score", "f1", "macro_f1", "f1_macro", "val_score")
-    frame_keys = ("n_frames", "labelled_frames", "labeled_frames", "n_labelled_frames", "n_labeled_frames",
-                  "frames")
-    rows = []
+    items = []
     if isinstance(obj, dict):
-        for lab, v in obj.items():
-            if isinstance(v, dict):
-                rows.append({"lab": str(lab), "score": _num(_get(v, *score_keys)),
-                             "n_frames": _num(_get(v, *frame_keys))})
-            else:
-                rows.append({"lab": str(lab), "score": _num(v), "n_frames": None})
+        items = list(obj.items())
     elif isinstance(obj, list):
-        for v in obj:
-            if isinstance(v, dict):
-                rows.append({"lab": str(_get(v, "lab", "lab_id", default="?")), "score": _num(_get(v, *score_keys)),
-                             "n_frames": _num(_get(v, *frame_keys))})
-    if not rows or all(r["score"] is None for r in rows):
+        items = [(_get(v, "lab", "lab_id", default="?"), v) for v in obj if isinstance(v, dict)]
+    rows, kinds = [], []
+    for lab, v in items:
+        if isinstance(v, dict):
+            key = next((k for k in _LAB_SCORE_KEYS if _num(v.get(k)) is not None), None)
+            frames = next((_num(v[k]) for k in _LAB_FRAME_KEYS if _num(v.get(k)) is not None), None)
+            rows.append({"lab": str(lab), "score": _num(v.get(key)) if key else None, "n_frames": frames})
+            kinds.append(key)
+        else:
+            rows.append({"lab": str(lab), "score": _num(v), "n_frames": None})
+            kinds.append("score")
+    kinds = [k for k in kinds if k]
+    if not rows or not kinds:
         return None
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), max(set(kinds), key=kinds.count)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -332,6 +346,8 @@ def _plot_series(ax, df: pd.DataFrame, col: str, label: str, **kw) -> bool:
 
 
 def _fig_curves(df: pd.DataFrame, status: dict, path: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(15, 4.2)
     ax_loss, ax_f1, ax_lr = fig.subplots(1, 3)
     warm = df.loc[df["phase"].astype(str) == "warmup", "epoch"] if "phase" in df else pd.Series(dtype=float)
@@ -341,6 +357,7 @@ def _fig_curves(df: pd.DataFrame, status: dict, path: Path) -> str:
                        label="warmup")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     drawn = _plot_series(ax_loss, df, "loss", "train loss", color="tab:blue")
     drawn |= _plot_series(ax_loss, df, "val_loss", "val loss", color="tab:orange")
     ax_loss.set(title="Loss", ylabel="loss")
@@ -373,6 +390,8 @@ def _fig_curves(df: pd.DataFrame, status: dict, path: Path) -> str:
 
 
 def _fig_throughput(df: pd.DataFrame, status: dict, path: Path) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     if "windows_per_s" not in df or df["windows_per_s"].dropna().empty:
         raise NotAvailable("metrics.csv has no windows_per_s")
     device = status.get("device") or "unknown device"
@@ -397,6 +416,7 @@ def _fig_throughput(df: pd.DataFrame, status: dict, path: Path) -> str:
         ax_t.grid(alpha=0.3)
         ax_t.legend(loc="lower right", fontsize=8)
     axes[-1, 0].set_xlabel("epoch")
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, path)
     return f"Training throughput per epoch on {html.escape(str(device))}: median {med:,.0f} windows/s."
 
@@ -452,30 +472,36 @@ def _fig_confusion(cm: np.ndarray, names: list[str], path: Path) -> str:
     return "Rows: true class, normalised to 1; each cell shows the fraction and the frame count."
 
 
-def _fig_per_lab(table: pd.DataFrame, path: Path, what: str) -> str:
-    table = table.sort_values("lab").reset_index(drop=True)
-    n = len(table)
-    fig = _figure(10, 1.6 + 0.38 * n)
+def _fig_per_lab(labs: list[str], series: list[tuple[str, np.ndarray]], n_frames: np.ndarray | None,
+                 path: Path) -> str:
+    """Horizontal bars per lab, one bar per series; the first series is annotated and its mean drawn."""
+    n, k = len(labs), len(series)
+    fig = _figure(10, 1.8 + 0.3 * n * max(k, 1.3))
     ax = fig.subplots()
-    scores = table["score"].astype(float)
-    colors = ["tab:gray" if not math.isfinite(s) else "tab:blue" for s in scores]
-    ax.barh(np.arange(n), scores.fillna(0), color=colors)
-    mean = float(np.nanmean(scores)) if scores.notna().any() else float("nan")
-    if math.isfinite(mean):
-        ax.axvline(mean, color="tab:red", ls="--", label=f"mean over labs {mean:.4f}")
-        ax.legend(loc="lower right", fontsize=8)
-    for i, (s, nf) in enumerate(zip(scores, table["n_frames"])):
-        txt = f"{s:.3f}" if math.isfinite(s) else "n/a"
-        if _num(nf) is not None:
-            txt += f"  ({nf:,.0f} labelled frames)"
+    y = np.arange(n)
+    h = 0.8 / k
+    colors = ["tab:blue", "tab:orange", "tab:green"]
+    for i, (label, vals) in enumerate(series):
+        ax.barh(y - 0.4 + h * (i + 0.5), np.nan_to_num(vals), height=h, color=colors[i % 3], label=label)
+    first = series[0][1]
+    if np.isfinite(first).any():
+        mean = float(np.nanmean(first))
+        ax.axvline(mean, color="tab:red", ls="--", lw=1.2, label=f"mean over labs {mean:.4f}")
+    for i in range(n):
+        txt = f"{first[i]:.3f}" if math.isfinite(first[i]) else "n/a"
+        if n_frames is not None and math.isfinite(n_frames[i]):
+            txt += f"  ({n_frames[i]:,.0f} labelled frames)"
         ax.text(1.01, i, txt, va="center", fontsize=8, transform=ax.get_yaxis_transform())
-    ax.set_yticks(np.arange(n), table["lab"])
+    ax.set_yticks(y, labs)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set(xlabel=what, title=f"Per-lab {what}")
+    ax.set(xlabel="score", title="Per-lab validation scores")
     ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(k + 1, 2), fontsize=8, frameon=False)
     _save(fig, path)
-    return f"{what.capitalize()} per lab (the final score is the mean over labs), with each lab's labelled frames."
+    names = "; ".join(f"{'bars' if i == 0 else 'then'}: {html.escape(label)}" for i, (label, _) in enumerate(series))
+    return (f"Per-lab scores (the competition's final score is the mean over labs). {names}. The numbers are "
+            "the first series, with each lab's labelled video frames.")
 
 
 def _choose_videos(preds: Any, scene: bool) -> list[int]:
@@ -725,18 +751,33 @@ def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") 
         return _img("confusion.png", _fig_confusion(got[0], got[1], fig_dir / "confusion.png"))
 
     def per_lab() -> str:
-        table = _per_lab_table(vm) if vm else None
-        src = "eval/val_metrics.json"
-        if table is None:
-            if preds is None:
-                raise NotAvailable(f"no per_lab in eval/val_metrics.json; {pred_error}")
-            table = per_lab_from_predictions(preds)
-            src = "computed from val_predictions.npz (p ≥ 0.5, no smoothing)"
-            if table.empty:
-                raise NotAvailable("no labelled tracks in val_predictions.npz")
-        what = "macro F1" if scene else "competition score"
-        cap = _fig_per_lab(table, fig_dir / "per_lab.png", what)
-        return _img("per_lab.png", f"{cap} Source: {html.escape(src)}.")
+        got = _per_lab_table(vm) if vm else None
+        vm_table, vm_kind = got if got else (None, None)
+        vm_is_score = vm_kind in ("score", "competition_score", "val_score")
+        pred_table = None
+        if preds is not None and preds.labels is not None and not vm_is_score:
+            pred_table = per_lab_from_predictions(preds)
+        series: list[tuple[str, pd.DataFrame]] = []
+        if vm_table is not None and vm_is_score:
+            series.append(("competition score (val_metrics.json)", vm_table))
+        if pred_table is not None and not pred_table.empty:
+            what = "macro F1 over classes except none" if scene else "competition-style score"
+            series.append((f"{what}, from val_predictions.npz (p ≥ 0.5, unsmoothed)"
+                           if not scene else f"{what}, from val_predictions.npz (argmax)", pred_table))
+        if vm_table is not None and not vm_is_score:
+            series.append((f"frame {vm_kind} (val_metrics.json)", vm_table))
+        if not series:
+            why = "no per_lab in eval/val_metrics.json"
+            raise NotAvailable(f"{why}; {pred_error}" if preds is None else f"{why} and no labels in predictions")
+        labs = sorted({str(x) for _, t in series for x in t["lab"]})
+        values = [(label, t.set_index("lab")["score"].astype(float).reindex(labs).to_numpy()) for label, t in series]
+        frames = None
+        for _, t in series:
+            f = t.set_index("lab")["n_frames"].astype(float).reindex(labs).to_numpy()
+            if np.isfinite(f).any():
+                frames = f
+                break
+        return _img("per_lab.png", _fig_per_lab(labs, values, frames, fig_dir / "per_lab.png"))
 
     def ethograms() -> str:
         if preds is None:

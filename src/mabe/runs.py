@@ -153,7 +153,8 @@ def pid_alive(pid: int | None, expect: str | None = "mabe") -> bool:
                 return False
             except OSError:
                 return True  # cannot read it: trust os.kill
-            if expect.encode().lower() not in cmdline.replace(b"\0", b" ").lower():
+            # empty: mid-exec (a vfork parent resumes before the new argv is in place); trust os.kill
+            if cmdline and expect.encode().lower() not in cmdline.replace(b"\0", b" ").lower():
                 return False
     return True
 

@@ -96,7 +96,7 @@ def annotation_schema(max_frame: int) -> pa.Schema:
 
 # Fixed writer settings (the real files are zstd-compressed parquet); nothing time-dependent is stored.
 PARQUET_KW: dict[str, Any] = dict(
-    compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
+    compression="zstd", compression_level=1, use_dictionary=True, write_statistics=True,
     store_schema=True, version="2.6", data_page_version="1.0",
 )
 CHUNK_FRAMES = 65_536  # tracking is rendered and written in row groups of this many frames
@@ -150,21 +150,27 @@ def body_frame(s: np.ndarray, y: np.ndarray, kappa: np.ndarray, ktail: np.ndarra
     """
     s = np.asarray(s, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    k, kt, e = kappa[..., None], ktail[..., None], elong[..., None]
+    k, kt, e = _nonzero(kappa)[..., None], _nonzero(ktail)[..., None], elong[..., None]
     tail = s < S_TAIL_BASE
     sb = np.where(tail, S_TAIL_BASE, s) * e
-    a = k * sb
-    bx = sb * np.sinc(a / np.pi)
-    by = sb * 0.5 * a * np.sinc(a / (2 * np.pi)) ** 2
+    a = k * sb  # tangent angle at s; an arc from the origin: (sin a / k, (1 - cos a) / k)
+    sa, ha = np.sin(a), np.sin(0.5 * a)
+    ca = 1.0 - 2.0 * ha * ha
+    bx, by = sa / k, 2.0 * ha * ha / k
     d = np.where(tail, s - S_TAIL_BASE, 0.0)
     a2 = kt * d
-    tx = d * np.sinc(a2 / np.pi)
-    ty = d * 0.5 * a2 * np.sinc(a2 / (2 * np.pi)) ** 2
-    ca, sa = np.cos(a), np.sin(a)
+    h2 = np.sin(0.5 * a2)
+    tx, ty = np.sin(a2) / kt, 2.0 * h2 * h2 / kt
     ang = a + a2
     x = bx + ca * tx - sa * ty - y * np.sin(ang)
     yy = by + sa * tx + ca * ty + y * np.cos(ang)
     return np.stack([x, yy], axis=-1)
+
+
+def _nonzero(k: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Curvatures kept away from 0 (the arc formulas divide by them; the error is ~eps * s^2)."""
+    k = np.asarray(k, dtype=np.float64)
+    return np.where(np.abs(k) < eps, np.where(k < 0, -eps, eps), k)
 
 
 def _rotate(hv: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -550,13 +556,13 @@ class Scene:
 
 # Per-action parameters of each family (cm, s, rad).
 CONTACT = {  # the agent's nose on a point of the target (body frame of the target)
-    "sniff": dict(point="flank", mode="side", slow=0.3, ang=0.35, jit=0.25, jit_tau=0.3),
-    "sniffbody": dict(point="flank", mode="side", slow=0.3, ang=0.35, jit=0.25, jit_tau=0.3),
-    "sniffface": dict(point=(NOSE_S + 0.6, 0.0), mode="oppose", slow=0.3, ang=0.3, jit=0.2, jit_tau=0.3),
-    "reciprocalsniff": dict(point=(NOSE_S + 0.6, 0.0), mode="oppose", slow=0.25, ang=0.25, jit=0.2, jit_tau=0.3),
-    "sniffgenital": dict(point=(S_TAIL_BASE - 0.6, 0.0), mode="align", slow=0.3, ang=0.35, jit=0.25, jit_tau=0.3),
-    "allogroom": dict(point="neck", mode="side", turn=0.5, slow=0.1, ang=0.2, jit=0.45, jit_tau=0.12),
-    "dominancegroom": dict(point="back", mode="align", turn=0.7, slow=0.1, ang=0.2, jit=0.4, jit_tau=0.12, elong=1.05),
+    "sniff": dict(point="flank", mode="side", slow=0.25, ang=0.25, jit=0.25, jit_tau=0.3),
+    "sniffbody": dict(point="flank", mode="side", slow=0.25, ang=0.25, jit=0.25, jit_tau=0.3),
+    "sniffface": dict(point=(NOSE_S + 0.6, 0.0), mode="oppose", slow=0.25, ang=0.2, jit=0.2, jit_tau=0.3),
+    "reciprocalsniff": dict(point=(NOSE_S + 0.6, 0.0), mode="oppose", slow=0.2, ang=0.2, jit=0.2, jit_tau=0.3),
+    "sniffgenital": dict(point=(S_TAIL_BASE - 0.6, 0.0), mode="align", slow=0.25, ang=0.2, jit=0.25, jit_tau=0.3),
+    "allogroom": dict(point="neck", mode="side", turn=0.5, slow=0.1, ang=0.15, jit=0.45, jit_tau=0.12),
+    "dominancegroom": dict(point="back", mode="align", turn=0.7, slow=0.1, ang=0.15, jit=0.4, jit_tau=0.12, elong=1.05),
 }
 PURSUIT = {
     "chase": dict(speed=(25.0, 40.0), lag=(0.2, 0.3), turn=1.0, lateral=0.0, jit=0.0),
@@ -612,7 +618,7 @@ def _contact(sc: Scene, iv: Interval) -> list[Interval]:
         point = p["point"]
     L = e - sb
     c = sc.part_world(b, sb, e, point) + sc.ou(L, p["jit_tau"], p["jit"], 2)
-    alpha = rng.uniform(-p["ang"], p["ang"]) + sc.ou(L, 0.5, p["ang"])
+    alpha = rng.uniform(-p["ang"], p["ang"]) + sc.ou(L, 0.8, p["ang"])
     if p["mode"] == "side":
         base = _rot_angle(-_rot_angle(thv, side * np.pi / 2), -side * p.get("turn", 0.0))  # facing the flank
     elif p["mode"] == "oppose":
@@ -932,7 +938,7 @@ PRESETS: dict[str, Preset] = {
             LabPick("UppityFerret", 12, 1, require=("mount",), actions=(
                 "mount", "sniff", "sniffgenital", "rear", "selfgroom")),
         ),
-        frames=(2400, 2400), fill=0.5, len_clip=(0.6, 4.0), min_per_action=1,
+        frames=(2400, 2400), fill=0.5, len_clip=(0.8, 4.0), min_per_action=1,
     ),
     # the real labelled set's scale: every lab, its video count, durations and action rates
     "real": Preset(picks=None, frames=None, n_test=10, fill=None, len_clip=(0.0, 600.0)),

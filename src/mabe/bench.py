@@ -1,0 +1,615 @@
+"""``mabe bench``: the reference training step against the fast path, in one run, on one device.
+
+    mabe bench                                     # CUDA if present: reference model, batch 384
+    mabe bench --batch-sizes 384,1024,4096         # + the fast path at each size, largest that fits
+    mabe bench --device cpu --small --features     # quick CPU run (< 1 min) + reading/features
+
+(a) reference: what the V6 pipeline did - fp32 eager, windows cut on the CPU by a 2-worker
+    ``DataLoader`` (one numpy gather per window, jitter and noise in the workers), ``.item()`` every
+    step, default (non-fused) AdamW, grad-norm clipping.
+(b) fast: ``accel`` - training features resident on the device (``DeviceStore``), windows gathered
+    by index and augmented on the device, bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the
+    non-finite skip on the device, TF32 + cudnn.benchmark, the whole step in one CUDA graph, no sync.
+
+Both train the same model on the same synthetic data of the reference shape (random features 288
+wide, windows of 100 frames, 4 scene classes weighted [1, 5, 8, 8]). Every timestamp is taken after
+``torch.cuda.synchronize()``; ms/step is the median over the timed steps. The fast path is also
+timed "pipelined" (one sync for all steps, as the trainer runs). ``check_same`` trains both paths K
+steps from the same initial weights on the same windows (dropout and augmentation off) and compares
+the losses within a stated tolerance of the fp32 reference.
+
+The pure functions (``bench_reference``, ``bench_fast``, ``check_same``, ``sweep``, ``run``) return
+dicts; ``main_from_args`` prints the tables and writes ``--json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mabe import accel, models
+from mabe.config import ModelConfig
+from mabe.windows import TrackSet, WindowDataset, gather, window_index
+
+__all__ = [
+    "REFERENCE_EPOCH_WINDOWS",
+    "BenchSetup",
+    "synthetic_trackset",
+    "reference_step",
+    "bench_reference",
+    "bench_fast",
+    "check_same",
+    "sweep",
+    "run",
+    "main_from_args",
+]
+
+REFERENCE_EPOCH_WINDOWS = 384_000  # the reference: ~1,000 steps of 384 windows an epoch
+REFERENCE_EPOCHS = 100
+TARGET_RATIO = 10.0
+TARGET_MS = 5.0
+TARGET_100_EPOCHS_S = 600.0
+
+
+@dataclass
+class BenchSetup:
+    """What both paths share: the reference recipe (configs/config_h100.yaml of the source)."""
+
+    device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    n_features: int = 288
+    n_classes: int = 4
+    length: int = 100
+    class_weights: list[float] = field(default_factory=lambda: [1.0, 5.0, 8.0, 8.0])
+    lr: float = 4e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    noise_std: float = 0.01
+    jitter: int = 2
+    num_workers: int = 2
+    seed: int = 42
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+
+def small_model() -> ModelConfig:
+    """The reference architecture, narrower: for a quick CPU run."""
+    return ModelConfig(conv_channels=[32, 64, 64], lstm_hidden=64, lstm_layers=2)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def synthetic_trackset(
+    n_frames: int, n_features: int = 288, n_classes: int = 4, track_len: int = 10_000, seed: int = 0
+) -> TrackSet:
+    """Scene-mode TrackSet of the reference shape: N(0, 1) features (as after normalisation) and
+    per-frame classes in runs (mostly ``none``, like the real data)."""
+    rng = np.random.default_rng(seed)
+    lengths = [track_len] * (n_frames // track_len) + ([n_frames % track_len] if n_frames % track_len else [])
+    xs, ys = [], []
+    probs = np.array([0.85] + [0.15 / (n_classes - 1)] * (n_classes - 1))
+    for n in lengths:
+        xs.append(rng.standard_normal((n, n_features), dtype=np.float32))
+        runs = rng.choice(n_classes, size=n // 20 + 1, p=probs)  # 20-frame runs
+        ys.append(np.repeat(runs, 20)[:n].astype(np.int64))
+    names = ["none"] + [f"class{i}" for i in range(1, n_classes)]
+    return TrackSet.from_tracks("scene", names, xs, ys)
+
+
+class _ReferenceWindows(WindowDataset):
+    """The reference dataset: one window per item, numpy gather, Gaussian noise added in the worker."""
+
+    def __init__(self, ts: TrackSet, length: int, noise_std: float):
+        super().__init__(ts, length)
+        self.noise_std = noise_std
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(i)
+        if self.noise_std > 0:
+            x = item["x"]
+            item["x"] = x + self.noise_std * torch.randn(x.shape) * item["valid"][:, None]
+        return item
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _loss_fn(setup: BenchSetup, device: torch.device):
+    from mabe.train import scene_loss
+
+    weight = torch.tensor(setup.class_weights, dtype=torch.float32, device=device)
+    return lambda logits, b: scene_loss(logits, b["y"], weight)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    from mabe.train import param_groups
+
+    return param_groups(model, weight_decay)
+
+
+def _model(setup: BenchSetup, cfg: ModelConfig | None = None) -> nn.Module:
+    torch.manual_seed(setup.seed)  # the same initial weights for every path
+    return models.create(cfg.name if cfg else setup.model.name, setup.n_features, setup.n_classes, cfg or setup.model)
+
+
+def _stamp(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _plan(n_windows: int, n_steps: int, batch: int, jitter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n_steps, batch) window ids drawn with replacement and their start shifts."""
+    rng = np.random.default_rng(seed)
+    order = rng.integers(0, n_windows, size=(n_steps, batch))
+    shift = rng.integers(-jitter, jitter + 1, size=(n_steps, batch)) if jitter > 0 else np.zeros((n_steps, batch), np.int64)
+    return order.astype(np.int64), shift.astype(np.int64)
+
+
+def _summary(path: str, batch: int, times: list[float], device: torch.device, peak: int | None,
+             pipelined_ms: float | None = None, **extra: Any) -> dict:
+    ms = statistics.median(times) * 1000.0
+    res = {
+        "path": path, "batch": batch, "steps": len(times), "ms_per_step": ms,
+        "ms_per_step_mean": statistics.fmean(times) * 1000.0,
+        "ms_per_step_pipelined": pipelined_ms if pipelined_ms is not None else statistics.fmean(times) * 1000.0,
+        "windows_per_s": batch / (ms / 1000.0), "peak_mem_bytes": peak,
+        "epoch_s": accel.projected_seconds(ms, batch, REFERENCE_EPOCH_WINDOWS),
+    }
+    res["epochs100_s"] = res["epoch_s"] * REFERENCE_EPOCHS
+    res.update(extra)
+    return res
+
+
+def reference_step(model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, batch: dict,
+                   grad_clip: float) -> float:
+    """One step the reference way: fp32 eager, clip, step, ``loss.item()`` (a host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(batch["x"])
+    loss = loss_fn(logits, batch)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+# ----------------------------------------------------------------------------- (a) reference
+
+
+def bench_reference(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int) -> dict:
+    """(a): fp32 eager, ``DataLoader(num_workers=2)`` windows, ``.item()`` per step, default AdamW.
+
+    Runs with the backend flags PyTorch starts with (no cudnn.benchmark), as the reference did.
+    """
+    device = setup.torch_device
+    flags = accel.backend_flags()
+    torch.backends.cudnn.benchmark = False
+    model = _model(setup).to(device).train()
+    optimizer = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    loss_fn = _loss_fn(setup, device)
+    windows = window_index(ts.lengths, setup.length, 1)
+    n = warmup + steps
+    order, shift = _plan(len(windows), n, batch, setup.jitter, setup.seed)
+    dataset = _ReferenceWindows(ts, setup.length, setup.noise_std)
+    dataset.set_plan(windows[order.reshape(-1)], shift.reshape(-1))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=False, num_workers=setup.num_workers,
+        pin_memory=device.type == "cuda", drop_last=True,
+    )
+    _reset_peak(device)
+    times, loss = [], float("nan")
+    it = iter(loader)
+    try:
+        for i in range(n):
+            t0 = _stamp(device)
+            b = next(it)
+            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            loss = reference_step(model, loss_fn, optimizer, b, setup.grad_clip)
+            t1 = _stamp(device)
+            if i >= warmup:
+                times.append(t1 - t0)
+    finally:
+        del it
+        accel.restore_backends(flags)
+    res = _summary("reference", batch, times, device, _peak(device), final_loss=loss,
+                   details=f"fp32 eager, DataLoader({setup.num_workers} workers), .item() per step, AdamW (default)")
+    del model, optimizer, loader, dataset
+    _free(device)
+    return res
+
+
+# ----------------------------------------------------------------------------- (b) fast
+
+
+def bench_fast(
+    ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, *, storage: str = "auto",
+    precision: str = "auto", cuda_graphs: bool | None = None, compile: bool = False, augment: bool = True,
+) -> dict:
+    """(b): ``accel`` end to end - resident data, device gather + augmentation, the fused/captured step.
+
+    ``cuda_graphs`` None = on for CUDA. Timed twice: a sync per step (median, like (a)) and pipelined.
+    """
+    device = setup.torch_device
+    graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
+    flags = accel.setup_backends(device)
+    try:
+        store = accel.DeviceStore(ts, device, storage, precision=precision)
+        model = _model(setup).to(device).train()
+        optimizer = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+                                         fused=True, capturable=graphs)
+        step = accel.make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
+                                     grad_clip=setup.grad_clip, cuda_graphs=graphs, compile=compile,
+                                     warmup=min(max(warmup, 1), 3))
+        idx = store.index_device
+        windows = torch.from_numpy(window_index(ts.lengths, setup.length, 1)).to(idx)
+        n = warmup + 2 * steps
+        order, shift = _plan(len(windows), n, batch, setup.jitter, setup.seed)
+        order_t, shift_t = torch.from_numpy(order).to(idx), torch.from_numpy(shift).to(idx)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(setup.seed)
+
+        def one(i: int) -> torch.Tensor:
+            b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
+            if augment:
+                x = b["x"].float()  # (B, W, F)
+                noise = torch.randn(x.shape, generator=gen, device=device)
+                b["x"] = x + setup.noise_std * noise * b["valid"][..., None]
+            return step(b)
+
+        _reset_peak(device)
+        times = []
+        for i in range(warmup + steps):
+            t0 = _stamp(device)
+            one(i)
+            t1 = _stamp(device)
+            if i >= warmup:
+                times.append(t1 - t0)
+        t0 = _stamp(device)
+        for i in range(warmup + steps, n):
+            loss = one(i)
+        pipelined_ms = (_stamp(device) - t0) * 1000.0 / max(steps, 1)
+        stats = step.stats()
+        res = _summary("fast", batch, times, device, _peak(device), pipelined_ms=pipelined_ms,
+                       final_loss=float(loss), skipped_steps=stats["skipped"], details=step.describe(),
+                       storage_dtype=str(store.dtype).replace("torch.", ""), storage_bytes=store.nbytes["total"],
+                       storage_fp32_bytes=store.nbytes["fp32_total"], storage_max_abs_error=store.max_abs_error,
+                       resident=store.resident, storage_message=store.message)
+    finally:
+        accel.restore_backends(flags)
+    del store, model, optimizer, step
+    _free(device)
+    return res
+
+
+# ----------------------------------------------------------------------------- same result
+
+
+def tolerance(precision: str, device: torch.device) -> float:
+    """Relative tolerance of the fast path's loss against the fp32 reference after K steps.
+
+    fp32 on CPU: both exact fp32, only the AdamW implementation (fused vs for-loop) differs: 1e-4.
+    fp32 on CUDA: TF32 matmuls/convs/RNN in the fast path: 1e-2. bf16: 8-bit mantissas in the convs
+    and head, fp16 feature storage: 3e-2.
+    """
+    precision = accel.resolve_precision(precision, device)
+    if precision == "bf16":
+        return 3e-2
+    return 1e-2 if device.type == "cuda" else 1e-4
+
+
+def check_same(
+    ts: TrackSet, setup: BenchSetup, batch: int, k: int, *, storage: str = "auto", precision: str = "auto",
+    cuda_graphs: bool | None = None,
+) -> dict:
+    """Train (a) and (b) ``k`` steps from the same initial weights on the same windows (no jitter,
+    no noise, dropout 0) and compare the losses step by step against ``tolerance``."""
+    device = setup.torch_device
+    graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
+    cfg = dataclasses.replace(setup.model, dropout=0.0)
+    windows = window_index(ts.lengths, setup.length, 1)
+    order, _ = _plan(len(windows), k, batch, 0, setup.seed + 1)
+    loss_fn = _loss_fn(setup, device)
+
+    # (a) the reference: numpy gather on the CPU, fp32 eager, default AdamW
+    flags = accel.backend_flags()
+    torch.backends.cudnn.benchmark = False
+    model = _model(setup, cfg)
+    init = {name: v.clone() for name, v in model.state_dict().items()}
+    model.to(device).train()
+    opt = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    arrays = ts.arrays()
+    ref = []
+    for i in range(k):
+        b = gather(arrays, windows[order[i]], setup.length, mode="scene")
+        b = {key: torch.from_numpy(np.ascontiguousarray(v)).to(device) for key, v in b.items()}
+        ref.append(reference_step(model, loss_fn, opt, b, setup.grad_clip))
+    accel.restore_backends(flags)
+    del model, opt
+    _free(device)
+
+    # (b) the fast path
+    flags = accel.setup_backends(device)
+    try:
+        model = models.create(cfg.name, setup.n_features, setup.n_classes, cfg)
+        model.load_state_dict(init)
+        model.to(device).train()
+        store = accel.DeviceStore(ts, device, storage, precision=precision)
+        opt = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+                                   fused=True, capturable=graphs)
+        step = accel.make_train_step(model, loss_fn, opt, precision=precision, grad_clip=setup.grad_clip,
+                                     cuda_graphs=graphs, warmup=min(3, max(k // 2, 1)))
+        idx = store.index_device
+        w_t, o_t = torch.from_numpy(windows).to(idx), torch.from_numpy(order).to(idx)
+        fast_t = [step(store.batch(w_t[o_t[i]], setup.length)).clone() for i in range(k)]
+        fast = torch.stack(fast_t).tolist() if fast_t else []
+        describe = step.describe()
+    finally:
+        accel.restore_backends(flags)
+    del model, opt, store, step
+    _free(device)
+
+    rtol = tolerance(precision, device)
+    rel = [abs(f - r) / max(abs(r), 1e-12) for f, r in zip(fast, ref)]
+    ok = all(np.isfinite(fast)) and all(x <= rtol for x in rel)
+    return {"steps": k, "batch": batch, "reference_losses": ref, "fast_losses": fast,
+            "max_rel_diff": max(rel) if rel else 0.0, "final_rel_diff": rel[-1] if rel else 0.0,
+            "rtol": rtol, "ok": bool(ok), "precision": accel.resolve_precision(precision, device),
+            "fast_details": describe, "conditions": "same init and windows; dropout, jitter and noise off"}
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def _is_oom(err: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(err, oom)) or "out of memory" in str(err).lower()
+
+
+def sweep(ts: TrackSet, setup: BenchSetup, batch_sizes: list[int], steps: int, warmup: int,
+          known: dict[int, dict] | None = None, **fast_kwargs: Any) -> dict:
+    """The fast path at each batch size; out-of-memory is caught, memory freed, the sweep goes on.
+    ``known``: results already measured (batch -> bench_fast dict). Returns rows and ``largest_fit``."""
+    rows = []
+    for b in batch_sizes:
+        if known and b in known:
+            rows.append(dict(known[b], fits=True))
+            continue
+        oom = False
+        try:
+            rows.append(dict(bench_fast(ts, setup, b, steps, warmup, **fast_kwargs), fits=True))
+        except (RuntimeError, MemoryError) as err:
+            if not _is_oom(err):
+                raise
+            oom = True
+        if oom:  # outside the except block: the traceback (and the tensors its frames hold) is gone
+            rows.append({"path": "fast", "batch": b, "fits": False, "error": "out of memory"})
+            _free(setup.torch_device)
+    fits = [r["batch"] for r in rows if r["fits"]]
+    return {"rows": rows, "largest_fit": max(fits) if fits else None}
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def device_info(device: torch.device) -> dict:
+    """Device name and library versions for the record."""
+    info: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "cuda": torch.version.cuda,
+                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+                            "python": platform.python_version(), "cpu_cores": os.cpu_count()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+        info["total_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        info["name"] = f"{name} ({os.cpu_count()} cores)"
+    return info
+
+
+def _command() -> str:
+    argv = sys.argv[1:]
+    return "mabe " + shlex.join(argv) if argv[:1] == ["bench"] else shlex.join(sys.argv)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(
+    device: str = "auto", batch_sizes: list[int] | None = None, steps: int = 20, warmup: int = 5,
+    check_steps: int = 10, small: bool = False, features: bool = False, feature_frames: int | None = None,
+    data_frames: int | None = None, storage: str = "auto", compile: bool = False, cuda_graphs: bool | None = None,
+    verbose: bool = True,
+) -> dict:
+    """The whole benchmark; returns everything ``--json`` writes."""
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    batch_sizes = batch_sizes or [32 if small else 384]
+    main_batch = batch_sizes[0]
+    setup = BenchSetup(device=str(dev), model=small_model() if small else ModelConfig())
+    n_frames = data_frames or (20_000 if small else 400_000)
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"mabe bench on {dev}: synthetic data {n_frames:,} frames x {setup.n_features} features, "
+        f"windows of {setup.length}, batch {main_batch}, {'small model' if small else 'reference model'}")
+    ts = synthetic_trackset(n_frames, setup.n_features, setup.n_classes, seed=setup.seed)
+    n_params = sum(p.numel() for p in _model(setup).parameters())
+    fast_kwargs = dict(storage=storage, compile=compile, cuda_graphs=cuda_graphs)
+
+    t0 = time.perf_counter()
+    say("(a) reference ...")
+    ref = bench_reference(ts, setup, main_batch, steps, warmup)
+    say("(b) fast ...")
+    fast = bench_fast(ts, setup, main_batch, steps, warmup, **fast_kwargs)
+    say(f"check: {check_steps} steps ...")
+    check = check_same(ts, setup, main_batch, check_steps, storage=storage, cuda_graphs=cuda_graphs)
+    sw = None
+    if len(batch_sizes) > 1:
+        say(f"sweep: {batch_sizes} ...")
+        sw = sweep(ts, setup, batch_sizes, steps, warmup, known={main_batch: fast}, **fast_kwargs)
+    feat = None
+    if features:
+        from mabe.prepare import bench_prepare
+
+        say("features: reading + scene features vs the pandas pivot baseline ...")
+        feat = bench_prepare(feature_frames or (10_000 if small else 54_000), n_mice=4, repeats=1 if small else 3,
+                             verbose=False)
+    ratio = ref["ms_per_step"] / fast["ms_per_step"]
+    targets = {
+        "ratio_ge_10x": ratio >= TARGET_RATIO,
+        "fast_lt_5ms": fast["ms_per_step"] < TARGET_MS,
+        "epochs100_lt_10min": fast["epochs100_s"] < TARGET_100_EPOCHS_S,
+        "applies": dev.type == "cuda" and not small,
+    }
+    return {
+        "command": _command(), "env": device_info(dev), "small": small, "model": dataclasses.asdict(setup.model),
+        "n_params": n_params, "data_frames": n_frames, "n_features": setup.n_features, "window": setup.length,
+        "class_weights": setup.class_weights, "batch": main_batch, "steps": steps, "warmup": warmup,
+        "reference": ref, "fast": fast, "ratio": ratio, "check": check, "sweep": sw, "features": feat,
+        "targets": targets, "epoch_windows": REFERENCE_EPOCH_WINDOWS, "wall_s": time.perf_counter() - t0,
+    }
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _dur(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def print_results(res: dict) -> None:
+    """The tables of ``run``'s result (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console() if sys.stdout.isatty() else Console(width=150)  # logs and files: no wrapping
+    env = res["env"]
+    con.print(f"[bold]mabe bench[/] on {env['name']} | torch {env['torch']} | CUDA {env['cuda']} | "
+              f"cuDNN {env['cudnn']} | model {res['n_params']:,} params"
+              + (" (small)" if res["small"] else "") + f" | batch {res['batch']} x {res['window']} x {res['n_features']}")
+    t = Table(title=f"training step: reference vs fast ({res['steps']} timed steps after {res['warmup']} warm-up)")
+    for c in ("path", "batch", "ms/step (median)", "ms/step (pipelined)", "windows/s", "peak GPU mem",
+              f"epoch ({res['epoch_windows'] // 1000}k win)", "100 epochs"):
+        t.add_column(c, justify="right" if c != "path" else "left")
+    for key, label in (("reference", "(a) reference"), ("fast", "(b) fast")):
+        r = res[key]
+        t.add_row(label, str(r["batch"]), f"{r['ms_per_step']:.2f}", f"{r['ms_per_step_pipelined']:.2f}",
+                  f"{r['windows_per_s']:,.0f}", accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epoch_s"]),
+                  _dur(r["epochs100_s"]))
+    con.print(t)
+    con.print(f"(a) {res['reference']['details']}")
+    con.print(f"(b) {res['fast']['details']}; {res['fast']['storage_message']}")
+    con.print(f"[bold]speed-up (a)/(b): {res['ratio']:.1f}x[/] (median ms/step, same run, same device)")
+    ck = res["check"]
+    con.print(f"same result: {ck['steps']} steps, {ck['conditions']}: max relative loss difference "
+              f"{ck['max_rel_diff']:.2e} (tolerance {ck['rtol']:.0e}, {ck['precision']} vs fp32) -> "
+              + ("[green]OK[/]" if ck["ok"] else "[red]FAILED[/]"))
+    tg = res["targets"]
+    if tg["applies"]:
+        def mark(ok: bool) -> str:
+            return "[green]yes[/]" if ok else "[red]no[/]"
+
+        con.print(f"targets: (b) >= {TARGET_RATIO:.0f}x (a): {mark(tg['ratio_ge_10x'])}; (b) < {TARGET_MS:.0f} ms/step: "
+                  f"{mark(tg['fast_lt_5ms'])}; 100 epochs < 10 min: {mark(tg['epochs100_lt_10min'])}")
+    else:
+        con.print("targets (>= 10x, < 5 ms/step, 100 epochs < 10 min) apply to the reference model on an H100; "
+                  "not judged on this run")
+    if res["sweep"]:
+        t = Table(title="fast path: batch-size sweep")
+        for c in ("batch", "fits", "ms/step", "windows/s", "peak GPU mem", "100 epochs"):
+            t.add_column(c, justify="right")
+        for r in res["sweep"]["rows"]:
+            if r["fits"]:
+                t.add_row(str(r["batch"]), "yes", f"{r['ms_per_step']:.2f}", f"{r['windows_per_s']:,.0f}",
+                          accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epochs100_s"]))
+            else:
+                t.add_row(str(r["batch"]), "[red]OOM[/]", "-", "-", "-", "-")
+        con.print(t)
+        con.print(f"largest batch that fits: {res['sweep']['largest_fit']}")
+    f = res["features"]
+    if f:
+        con.print(f"reading + scene features ({f['n_frames']:,} frames, {f['n_mice']} mice): mabe "
+                  f"{f['mabe_frames_per_s']:,.0f} frames/s vs pandas pivot baseline {f['baseline_frames_per_s']:,.0f} "
+                  f"frames/s ({f['speedup']:.1f}x); pair features {f['pair_frames_per_s']:,.0f} frames/s "
+                  f"({f['n_pairs']} pairs); max |diff| positions {f['max_abs_diff_positions']:.1e}, "
+                  f"motion {f['max_abs_diff_motion']:.1e}")
+    con.print(f"command: {res['command']}  ({res['wall_s']:.0f} s)")
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if text in (None, ""):
+        return None
+    return [int(x) for x in str(text).split(",") if x.strip()]
+
+
+def main_from_args(args: Any) -> dict:
+    """``mabe bench``: run, print, optionally write ``--json``; returns the results."""
+    import json
+
+    small = bool(getattr(args, "small", False))
+
+    def opt(name: str, full: int, quick: int) -> int:
+        v = getattr(args, name, None)
+        return int(v) if v is not None else (quick if small else full)
+
+    no_graphs = bool(getattr(args, "no_cuda_graphs", False))
+    res = run(
+        device=getattr(args, "device", "auto") or "auto",
+        batch_sizes=_ints(getattr(args, "batch_sizes", None)),
+        steps=opt("steps", 20, 6), warmup=opt("warmup", 5, 2), check_steps=opt("check_steps", 10, 4),
+        small=small, features=bool(getattr(args, "features", False)), feature_frames=getattr(args, "frames", None),
+        data_frames=getattr(args, "data_frames", None),
+        storage=getattr(args, "storage_dtype", None) or "auto", compile=bool(getattr(args, "compile", False)),
+        cuda_graphs=False if no_graphs else None,
+    )
+    print_results(res)
+    out = getattr(args, "json", None)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=1, default=str))
+        print(f"results: {out}")
+    return res

@@ -1,0 +1,372 @@
+"""accel: the fast step against the reference step, the device-side non-finite skip, DeviceStore.
+
+CPU tests run everywhere; the ``gpu``-marked ones (CUDA graphs, fp16 storage on the device) need CUDA
+and are deselected by default (``pytest -m gpu`` on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mabe import accel, models
+from mabe.bench import reference_step
+from mabe.config import ModelConfig
+from mabe.windows import TrackSet, gather, window_index
+
+W = 20
+F = 12
+C = 4
+
+
+def tiny_cfg(dropout: float = 0.3) -> ModelConfig:
+    return ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2, dropout=dropout)
+
+
+def tiny_ts(seed: int = 0, lengths=(60, 45, 30)) -> TrackSet:
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((n, F)).astype(np.float32) for n in lengths]
+    ys = [rng.integers(0, C, n) for n in lengths]
+    return TrackSet.from_tracks("scene", ["none", "a", "b", "c"], xs, ys)
+
+
+def loss_fn(logits: torch.Tensor, b: dict) -> torch.Tensor:
+    from mabe.train import scene_loss
+
+    return scene_loss(logits, b["y"], torch.tensor([1.0, 5.0, 8.0, 8.0]))
+
+
+def batches(ts: TrackSet, k: int, B: int = 6, seed: int = 1) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    windows = window_index(ts.lengths, W, 1)
+    out = []
+    for _ in range(k):
+        b = gather(ts.arrays(), windows[rng.integers(0, len(windows), B)], W, mode="scene")
+        out.append({key: torch.from_numpy(np.ascontiguousarray(v)) for key, v in b.items()})
+    return out
+
+
+def make_model(dropout: float = 0.3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.create("conv1d_bilstm", F, C, tiny_cfg(dropout)).train()
+
+
+def groups(model: torch.nn.Module) -> list[dict]:
+    from mabe.train import param_groups
+
+    return param_groups(model, 1e-4)
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Make every way of reading a tensor's value on the host raise (the step must not use any)."""
+    names = ["item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"]
+    saved = {n: getattr(torch.Tensor, n) for n in names}
+
+    def boom(*args, **kwargs):
+        raise AssertionError("host read of a tensor value inside the step")
+
+    try:
+        for n in names:
+            setattr(torch.Tensor, n, boom)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.Tensor, n, f)
+
+
+# ----------------------------------------------------------------------------- same losses
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_fast_step_matches_reference_fp32(clip):
+    ts = tiny_ts()
+    bs = batches(ts, 6)
+    ref_model, fast_model = make_model(), make_model()
+    ref_opt = torch.optim.AdamW(groups(ref_model), lr=1e-2)
+    opt = accel.make_optimizer(groups(fast_model), 1e-2, fused=True)
+    assert opt.param_groups[0]["fused"]
+    step = accel.make_train_step(fast_model, loss_fn, opt, precision="fp32", grad_clip=clip)
+
+    torch.manual_seed(123)  # dropout masks: both paths draw in the same order
+    ref = [reference_step(ref_model, loss_fn, ref_opt, b, clip) for b in bs]
+    torch.manual_seed(123)
+    fast = [step(b).clone() for b in bs]
+    fast = torch.stack(fast).tolist()
+
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-7)
+    assert ref[-1] != ref[0]  # it did train
+    conv_bias = {f"conv.{i}.bias" for i, m in enumerate(fast_model.conv) if isinstance(m, torch.nn.Conv1d)}
+    for (name, p), q in zip(ref_model.named_parameters(), fast_model.parameters()):
+        if name in conv_bias:
+            continue  # BatchNorm follows: its gradient is rounding noise, which Adam's normalisation amplifies
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+    st = step.stats()
+    assert st["steps"] == 6 and st["skipped"] == 0 and st["n_finite"] == 6
+    assert st["loss_mean"] == pytest.approx(np.mean(ref), rel=1e-5)
+
+
+def test_step_accepts_half_storage_batches():
+    ts = tiny_ts()
+    b = batches(ts, 1)[0]
+    b16 = dict(b, x=b["x"].to(torch.float16))
+    model = make_model(0.0)
+    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-3), precision="fp32")
+    assert torch.isfinite(step(b16))
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+
+def _snapshot(model, opt):
+    params = [p.detach().clone() for p in model.parameters()]
+    bufs = [b.detach().clone() for b in model.buffers()]
+    state = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
+    return params, bufs, state
+
+
+def _assert_same(model, opt, snap):
+    params, bufs, state = snap
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p.detach(), q)
+    for b, q in zip(model.buffers(), bufs):
+        if b.is_floating_point():
+            assert torch.equal(b, q)
+    for p, s in opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, state[id(p)][k]), k
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_nonfinite_step_is_skipped_on_device(where):
+    ts = tiny_ts()
+    good, bad_b, after = batches(ts, 3)
+    model = make_model()
+
+    def lossf(logits, b):
+        loss = loss_fn(logits, b)
+        if where == "grad" and b.get("poison") is not None:
+            # finite value (sqrt(0) = 0), NaN gradient (0 * inf)
+            loss = loss + torch.sqrt(model.head.bias[0] * b["poison"])
+        return loss
+
+    opt = accel.make_optimizer(groups(model), 1e-2)
+    step = accel.make_train_step(model, lossf, opt, precision="fp32", grad_clip=1.0)
+    step(good)
+    snap = _snapshot(model, opt)
+    if where == "loss":
+        bad_b = dict(bad_b, x=bad_b["x"].clone())
+        bad_b["x"][0, 3, 2] = float("nan")
+    else:
+        bad_b = dict(bad_b, poison=torch.zeros(()))
+    with no_host_reads():
+        loss = step(bad_b)
+    if where == "grad":
+        assert torch.isfinite(loss)
+    _assert_same(model, opt, snap)  # parameters, BatchNorm stats and AdamW state untouched
+    st = step.stats()
+    assert (st["steps"], st["skipped"], st["streak"], st["worst_streak"], st["n_finite"]) == (2, 1, 1, 1, 1)
+    assert not hasattr(opt, "found_inf")  # the flag never leaks into a later step
+
+    step(after)  # training goes on; the streak resets, the worst one stays
+    assert not torch.equal(next(model.parameters()).detach(), snap[0][0])
+    st = step.stats(reset=True)
+    assert (st["skipped"], st["streak"], st["worst_streak"]) == (1, 0, 1)
+    assert step.stats()["steps"] == 0
+    state_step = next(iter(opt.state.values()))["step"]
+    assert float(state_step) == 2.0  # the skipped step did not advance AdamW's step count
+
+
+def test_good_step_has_no_host_reads():
+    ts = tiny_ts()
+    model = make_model()
+    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-3), grad_clip=1.0)
+    b1, b2 = batches(ts, 2)
+    step(b1)  # lazily creates the optimizer state
+    with no_host_reads():
+        step(b2)
+    assert step.stats()["skipped"] == 0
+
+
+def test_nonfused_optimizer_still_skips():
+    ts = tiny_ts()
+    b = batches(ts, 1)[0]
+    b["x"][0, 0, 0] = float("inf")
+    model = make_model()
+    opt = accel.make_optimizer(groups(model), 1e-2, fused=False)
+    step = accel.make_train_step(model, loss_fn, opt, precision="fp32")
+    assert "syncs the host" in step.describe()
+    before = [p.detach().clone() for p in model.parameters()]
+    step(b)
+    assert all(torch.equal(p.detach(), q) for p, q in zip(model.parameters(), before))
+    assert step.stats()["skipped"] == 1
+
+
+# ----------------------------------------------------------------------------- optimizer, backends
+
+
+def test_make_optimizer_and_lr():
+    model = make_model()
+    opt = accel.make_optimizer(groups(model), 4e-4, betas=(0.8, 0.99), weight_decay=0.1, capturable=True)
+    g = opt.param_groups
+    assert g[0]["fused"] and not g[0]["capturable"]  # capturable is CUDA only
+    assert g[0]["weight_decay"] == 1e-4 and g[1]["weight_decay"] == 0.0  # the groups' own decay wins
+    assert g[0]["betas"] == (0.8, 0.99)
+    accel.set_lr(opt, 1e-3)
+    assert accel.get_lr(opt) == pytest.approx(1e-3)
+    plain = accel.make_optimizer(list(model.parameters()), 1e-3, fused=False)
+    assert not plain.param_groups[0]["fused"]
+
+
+def test_setup_backends_cpu_is_a_noop_and_restorable():
+    before = accel.backend_flags()
+    old = accel.setup_backends("cpu")
+    assert old == before == accel.backend_flags()
+    accel.restore_backends(old)
+    assert accel.backend_flags() == before
+
+
+# ----------------------------------------------------------------------------- DeviceStore
+
+
+def test_resolve_storage_dtype():
+    X = np.ones((4, 3), np.float32)
+    assert accel.resolve_storage_dtype("auto", X, "cpu") == torch.float32
+    assert accel.resolve_storage_dtype("bfloat16", X, "cpu") == torch.bfloat16
+    # CUDA + bf16 compute: fp16 when the range allows, else bf16 (no CUDA call is made)
+    assert accel.resolve_storage_dtype("auto", X, torch.device("cuda"), "bf16") == torch.float16
+    assert accel.resolve_storage_dtype("auto", X * 1e6, torch.device("cuda"), "bf16") == torch.bfloat16
+    assert accel.resolve_storage_dtype("auto", X, torch.device("cuda"), "fp32") == torch.float32
+    with pytest.raises(ValueError):
+        accel.resolve_storage_dtype("int8", X, "cpu")
+
+
+@pytest.mark.parametrize("storage,eps", [("float32", 0.0), ("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
+def test_device_store_roundtrip(storage, eps):
+    ts = tiny_ts(lengths=(300, 200))
+    store = accel.DeviceStore(ts, "cpu", storage)
+    X = store.arrays["X"]
+    assert X.dtype == accel._STORAGE[storage]
+    itemsize = X.element_size()
+    assert store.nbytes["X"] == ts.X.size * itemsize
+    assert store.nbytes["total"] == store.nbytes["X"] + ts.Y.nbytes + ts.offsets.nbytes + ts.label_mask.nbytes
+    assert store.nbytes["fp32_total"] == ts.X.size * 4 + ts.Y.nbytes + ts.offsets.nbytes + ts.label_mask.nbytes
+    back = X.float().numpy()
+    np.testing.assert_allclose(back, ts.X, rtol=eps, atol=1e-7)
+    assert store.max_abs_error == pytest.approx(np.abs(back - ts.X).max(), abs=1e-12)
+    assert store.resident and "resident on cpu" in store.message
+    if storage == "float32":
+        assert np.shares_memory(X.numpy(), ts.X)  # zero copy on CPU
+    # batches equal the numpy gather (up to the storage rounding)
+    windows = window_index(ts.lengths, W, 7)[:5]
+    shift = np.array([-2, 0, 1, 2, 3])
+    ref = gather(ts.arrays(), windows, W, shift, mode="scene")
+    got = store.batch(torch.from_numpy(windows), W, torch.from_numpy(shift))
+    np.testing.assert_allclose(got["x"].float().numpy(), ref["x"], rtol=eps, atol=1e-7)
+    np.testing.assert_array_equal(got["y"].numpy(), ref["y"])
+    np.testing.assert_array_equal(got["valid"].numpy(), ref["valid"])
+
+
+def test_device_store_streaming_fallback():
+    ts = tiny_ts()
+    with pytest.warns(UserWarning, match="streaming batches from pinned host memory"):
+        store = accel.DeviceStore(ts, "cpu", "float16", max_bytes=1)
+    assert not store.resident and "streamed" in store.message
+    assert store.max_abs_error > 0
+    windows = window_index(ts.lengths, W, 5)[:4]
+    got = store.batch(windows, W)
+    ref = gather(ts.arrays(), windows, W, mode="scene")
+    assert got["x"].dtype == torch.float16
+    np.testing.assert_allclose(got["x"].float().numpy(), ref["x"], rtol=2.0**-11, atol=1e-7)
+
+
+def test_format_bytes():
+    assert accel.format_bytes(None) == "n/a"
+    assert accel.format_bytes(512) == "512 B"
+    assert accel.format_bytes(3 * 1024**3) == "3.00 GiB"
+
+
+# ----------------------------------------------------------------------------- CUDA only
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_graph_step_matches_eager(precision):
+    dev = torch.device("cuda")
+    ts = tiny_ts()
+    bs = [{k: v.to(dev) for k, v in b.items()} for b in batches(ts, 8)]
+    losses = {}
+    for graphs in (False, True):
+        model = make_model(0.0).to(dev)
+        opt = accel.make_optimizer(groups(model), 1e-2, capturable=graphs)
+        step = accel.make_train_step(model, loss_fn_cuda, opt, precision=precision, grad_clip=1.0,
+                                     cuda_graphs=graphs, warmup=3)
+        assert step.graphs == graphs
+        out = []
+        for i, b in enumerate(bs):
+            if i == 5:
+                accel.set_lr(opt, 5e-3)  # a schedule change after capture must be honoured
+            out.append(step(b).clone())
+        losses[graphs] = torch.stack(out).tolist()
+        assert step.stats()["skipped"] == 0
+        if graphs:
+            assert step.graph is not None
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    np.testing.assert_allclose(losses[True], losses[False], rtol=tol)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_skips_nonfinite_and_float_lr():
+    dev = torch.device("cuda")
+    ts = tiny_ts()
+    bs = [{k: v.to(dev) for k, v in b.items()} for b in batches(ts, 6)]
+    model = make_model(0.0).to(dev)
+    opt = accel.make_optimizer(groups(model), 1e-2, capturable=True)
+    step = accel.make_train_step(model, loss_fn_cuda, opt, precision="bf16", cuda_graphs=True, warmup=2)
+    for b in bs[:3]:
+        step(b)  # 2 eager warm-up calls, then capture + replay
+    assert step.graph is not None
+    bad = dict(bs[3], x=bs[3]["x"].clone())
+    bad["x"][0, 0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step(bad)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.equal(p.detach(), q) for p, q in zip(model.parameters(), before))
+    for g in opt.param_groups:
+        g["lr"] = 0.0  # a scheduler that assigns floats: copied into the captured lr tensor
+    step(bs[4])
+    assert all(torch.equal(p.detach(), q) for p, q in zip(model.parameters(), before))
+    st = step.stats()
+    assert st["skipped"] == 1 and st["steps"] == 5
+
+
+def loss_fn_cuda(logits, b):
+    from mabe.train import scene_loss
+
+    return scene_loss(logits, b["y"], torch.tensor([1.0, 5.0, 8.0, 8.0], device=logits.device))
+
+
+@pytest.mark.gpu
+@cuda
+def test_device_store_cuda_fp16():
+    ts = tiny_ts(lengths=(300, 200))
+    store = accel.DeviceStore(ts, "cuda", "auto", precision="bf16")
+    assert store.resident and store.dtype == torch.float16
+    assert store.nbytes["X"] == ts.X.size * 2
+    assert 0 < store.max_abs_error <= np.abs(ts.X).max() * 2.0**-11
+    windows = torch.from_numpy(window_index(ts.lengths, W, 9)).cuda()
+    b = store.batch(windows[:4], W)
+    assert b["x"].is_cuda and b["x"].dtype == torch.float16

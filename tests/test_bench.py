@@ -1,0 +1,96 @@
+"""mabe bench on CPU: runs end to end and returns the documented keys (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mabe import bench
+from mabe.config import ModelConfig
+
+
+def tiny_setup() -> bench.BenchSetup:
+    return bench.BenchSetup(device="cpu", model=ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2),
+                            num_workers=2)
+
+
+def test_synthetic_trackset_shape():
+    ts = bench.synthetic_trackset(25_000, 288, 4, track_len=10_000, seed=0)
+    assert ts.X.shape == (25_000, 288) and ts.X.dtype == np.float32
+    assert list(ts.lengths) == [10_000, 10_000, 5_000]
+    assert set(np.unique(ts.Y)) <= {0, 1, 2, 3} and ts.mode == "scene" and ts.n_outputs == 4
+
+
+def test_paths_and_check_on_cpu():
+    setup = tiny_setup()
+    ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
+    ref = bench.bench_reference(ts, setup, 8, steps=2, warmup=1)
+    fast = bench.bench_fast(ts, setup, 8, steps=2, warmup=1)
+    for r in (ref, fast):
+        assert r["ms_per_step"] > 0 and r["windows_per_s"] > 0 and r["steps"] == 2
+        assert r["epoch_s"] > 0 and r["epochs100_s"] == pytest.approx(100 * r["epoch_s"])
+        assert r["peak_mem_bytes"] is None  # CPU
+        assert np.isfinite(r["final_loss"])
+    assert fast["skipped_steps"] == 0 and fast["resident"] and fast["storage_dtype"] == "float32"
+    check = bench.check_same(ts, setup, 8, 3)
+    assert check["ok"], check
+    assert check["rtol"] == 1e-4 and len(check["fast_losses"]) == len(check["reference_losses"]) == 3
+
+
+def test_sweep_catches_oom(monkeypatch):
+    setup = tiny_setup()
+    ts = bench.synthetic_trackset(1_000, setup.n_features, setup.n_classes, track_len=500)
+    calls = []
+
+    def fake_fast(ts, setup, batch, steps, warmup, **kw):
+        calls.append(batch)
+        if batch > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"path": "fast", "batch": batch, "ms_per_step": 1.0, "windows_per_s": batch * 1000.0,
+                "peak_mem_bytes": None, "epochs100_s": 1.0}
+
+    monkeypatch.setattr(bench, "bench_fast", fake_fast)
+    res = bench.sweep(ts, setup, [8, 16, 32, 64], 1, 1, known={8: {"batch": 8, "ms_per_step": 2.0}})
+    assert calls == [16, 32, 64]  # 8 was known: not re-measured
+    assert [r["fits"] for r in res["rows"]] == [True, True, False, False]
+    assert res["largest_fit"] == 16
+
+    def other_error(*a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(bench, "bench_fast", other_error)
+    with pytest.raises(RuntimeError, match="something else"):
+        bench.sweep(ts, setup, [8], 1, 1)
+
+
+def test_main_from_args_small_cpu(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = argparse.Namespace(device="cpu", batch_sizes="8,12", steps=2, warmup=1, check_steps=2, small=True,
+                              features=False, frames=None, json=out, data_frames=2_000, storage_dtype="auto",
+                              compile=False, no_cuda_graphs=False)
+    res = bench.main_from_args(args)
+    for key in ("command", "env", "reference", "fast", "ratio", "check", "sweep", "targets", "batch", "n_params"):
+        assert key in res, key
+    assert res["reference"]["ms_per_step"] > 0 and res["fast"]["ms_per_step"] > 0
+    assert res["ratio"] > 0 and res["batch"] == 8
+    assert res["check"]["ok"]
+    assert [r["batch"] for r in res["sweep"]["rows"]] == [8, 12] and res["sweep"]["largest_fit"] == 12
+    assert res["targets"]["applies"] is False
+    assert res["env"]["torch"] == torch.__version__ and res["env"]["name"]
+    saved = json.loads(out.read_text())
+    assert saved["fast"]["ms_per_step"] == pytest.approx(res["fast"]["ms_per_step"])
+    text = capsys.readouterr().out
+    assert "speed-up (a)/(b)" in text and "same result" in text and "largest batch that fits: 12" in text
+
+
+def test_cli_bench_parses():
+    from mabe.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--device", "cpu", "--small", "--batch-sizes", "8,16",
+                                      "--no-cuda-graphs", "--storage-dtype", "float16"])
+    assert args.small and args.batch_sizes == "8,16" and args.no_cuda_graphs and args.storage_dtype == "float16"
+    assert args.steps is None and args.func.__name__ == "cmd_bench"
