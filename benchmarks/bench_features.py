@@ -23,7 +23,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=54_000, help="frames in the synthetic video")
     p.add_argument("--mice", type=int, default=2, help="mice in the synthetic video (1-4)")
-    p.add_argument("--repeat", type=int, default=3, help="timed repeats; the best is reported")
+    p.add_argument("--repeat", type=int, default=5, help="timed repeats; the best is reported")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()

@@ -18,6 +18,16 @@ from mabe.bench import reference_step
 from mabe.config import ModelConfig
 from mabe.windows import TrackSet, gather, window_index
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU two OpenMP threads stall each other for seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 W = 20
 F = 12
 C = 4
@@ -177,6 +187,9 @@ def test_nonfinite_step_is_skipped_on_device(where):
     st = step.stats(reset=True)
     assert (st["skipped"], st["streak"], st["worst_streak"]) == (1, 0, 1)
     assert step.stats()["steps"] == 0
+    step.set_stats(loss_sum=3.0, n_finite=2, steps=3, skipped=1)
+    assert step.stats() | {"streak": 0, "worst_streak": 0} == {
+        "loss_sum": 3.0, "n_finite": 2, "loss_mean": 1.5, "steps": 3, "skipped": 1, "streak": 0, "worst_streak": 0}
     state_step = next(iter(opt.state.values()))["step"]
     assert float(state_step) == 2.0  # the skipped step did not advance AdamW's step count
 
@@ -353,10 +366,16 @@ def test_cuda_graph_skips_nonfinite_and_float_lr():
     assert st["skipped"] == 1 and st["steps"] == 5
 
 
+_CUDA_WEIGHT: list[torch.Tensor] = []
+
+
 def loss_fn_cuda(logits, b):
+    """Class weights made once on the device: a loss must not copy host data into a captured graph."""
     from mabe.train import scene_loss
 
-    return scene_loss(logits, b["y"], torch.tensor([1.0, 5.0, 8.0, 8.0], device=logits.device))
+    if not _CUDA_WEIGHT:
+        _CUDA_WEIGHT.append(torch.tensor([1.0, 5.0, 8.0, 8.0], device=logits.device))
+    return scene_loss(logits, b["y"], _CUDA_WEIGHT[0])
 
 
 @pytest.mark.gpu

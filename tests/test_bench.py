@@ -13,6 +13,15 @@ from mabe import bench
 from mabe.config import ModelConfig
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared, busy CPU two OpenMP threads stall each other for seconds."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_setup() -> bench.BenchSetup:
     return bench.BenchSetup(device="cpu", model=ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2),
                             num_workers=2)

@@ -13,7 +13,13 @@ from mabe import checkpoint as ckpt
 from mabe import models, predictions
 from mabe.config import Config, config_to_dict
 from mabe.errors import MabeError
-from mabe.evaluate import frame_metrics, multilabel_metrics, predict_from_args, predict_tracks, trackset_metrics
+from mabe.evaluate import (
+    frame_metrics,
+    multilabel_metrics,
+    predict_from_args,
+    predict_tracks,
+    trackset_metrics,
+)
 from mabe.windows import TrackSet, window_index
 
 torch.set_num_threads(1)

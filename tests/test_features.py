@@ -162,7 +162,11 @@ def test_scene_gaps_and_n_mice(rng):
     xy[10:13, 0, 0] = np.nan  # short gap: interpolated
     xy[20:40, 0, 1] = np.nan  # long gap: NaN
     cfg = FeatureConfig(max_gap=5)
+    before = xy.copy()
     sc = F.scene_features(xy, 30.0, 2.0, None, cfg)
+    F.clean_positions(xy, 2.0, (3.0, 4.0), 5)
+    F.to_cm(xy, 2.0, (3.0, 4.0))
+    np.testing.assert_array_equal(xy, before)  # inputs are never modified
     assert np.isfinite(sc[10:13, 0:2]).all()
     assert np.isnan(sc[20:40, 2:4]).all()
     assert np.isnan(sc[20:40, 144 + 1]).all() and np.isnan(sc[20:40, 216 + 1]).all()

@@ -141,6 +141,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert all(track_a != p.read_bytes() for p in c.glob("train_tracking/*/*.parquet"))
 
 
+@pytest.mark.slow  # two spawned processes: ~5 s
 def test_workers_do_not_change_bytes(tmp_path):
     a = synth.write_dataset(tmp_path / "a", preset="tiny", seed=5, n_train=2, n_test=0, workers=1)
     b = synth.write_dataset(tmp_path / "b", preset="tiny", seed=5, n_train=2, n_test=0, workers=2)

@@ -11,7 +11,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-from test_windows import make_fake_cache
 
 from mabe import checkpoint as ckpt
 from mabe import models, predictions
@@ -19,6 +18,7 @@ from mabe import train as T
 from mabe.config import Config, TrainConfig, load_config
 from mabe.errors import TrainingError
 from mabe.windows import TrackSet
+from test_windows import make_fake_cache
 
 torch.set_num_threads(1)
 
@@ -230,3 +230,24 @@ def test_non_finite_streak_stops_with_a_training_error(tmp_path, cache, monkeypa
     with pytest.raises(TrainingError, match="non-finite"):
         T.train(_cfg(tmp_path, max_nonfinite_steps=3), tmp_path / "runs" / "nan")
     assert json.loads((tmp_path / "runs" / "nan" / "status.json").read_text())["state"] == "failed"
+
+
+# ----------------------------------------------------------------------------- CUDA (opt-in: -m gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_fast_path_trains_and_gathers_like_numpy(tmp_path, cache):
+    from mabe.windows import gather, load_trackset, window_index
+
+    ts = load_trackset(cache, Config().task, [1000, 1001], ["attack", "rear", "sniff"])
+    w = window_index(ts.lengths, 16, 3)
+    shift = np.random.default_rng(0).integers(-2, 3, len(w))
+    ref = gather(ts.arrays(), w, 16, shift)
+    dev = gather(ts.tensors("cuda"), torch.from_numpy(w).cuda(), 16, torch.from_numpy(shift).cuda())
+    for k in ref:
+        np.testing.assert_array_equal(ref[k], dev[k].cpu().numpy())
+    out = T.train(_cfg(tmp_path, epochs=2, device="cuda"), tmp_path / "runs" / "gpu")
+    assert out["state"] == "finished" and out["best_f1"] > 0
+    rows = _rows(tmp_path / "runs" / "gpu")
+    assert all(float(r["loss"]) < 10 and r["skipped_steps"] == "0" for r in rows)

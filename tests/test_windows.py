@@ -265,3 +265,12 @@ def test_epoch_plan_is_pure_and_oversampling_favours_rare(rng):
     assert p.sum() == pytest.approx(1.0)
     rare = (windows[:, 1] > 140) & (windows[:, 1] < 155)
     assert p[rare].min() > 2 * p[~rare].max()
+
+
+def test_window_weights_do_not_depend_on_window_order(rng):
+    ts = small_trackset(rng, lengths=(40, 25, 60), C=3)
+    windows = window_index(ts.lengths, 10, 3)
+    p = window_weights(ts, windows, 10, 0.5)
+    perm = rng.permutation(len(windows))
+    q = window_weights(ts, windows[perm], 10, 0.5)
+    np.testing.assert_allclose(q, p[perm])

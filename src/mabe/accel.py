@@ -36,7 +36,10 @@ fused + capturable AdamW (``make_optimizer(..., capturable=True)``), learning ra
 changed in place (``set_lr``; a float assigned by a scheduler is copied into the captured tensor
 before each replay, so nothing is silently ignored), autocast with ``cache_enabled=False``, static
 shapes (a batch of another shape runs eagerly), and everything the loss reads must be a tensor in the
-batch dict (a Python float captured in a closure, e.g. a mixup lambda, would be frozen at capture).
+batch dict (a Python float captured in a closure, e.g. a mixup lambda, would be frozen at capture;
+a constant such as class weights must be made on the device once, not by ``torch.tensor(list)`` in the
+loss, which would copy host memory inside the capture). The graph replays in the mode the model had
+when it was captured (train); validation in eval mode in between is fine, it runs eagerly.
 The returned loss tensor is the graph's static output: it is overwritten by the next replay (clone it
 to keep it). The tensors of the batch passed in are only read.
 """
@@ -444,8 +447,10 @@ class TrainStep:
     def __call__(self, batch: dict) -> torch.Tensor:
         self.calls += 1
         if not self.graphs:
+            self._normalise_lr()
             return self._run(batch)
         if self.graph is None:
+            self._normalise_lr()
             if self.calls <= self.warmup:
                 return self._side_stream_run(batch)
             self._capture(batch)
@@ -478,6 +483,13 @@ class TrainStep:
             t.zero_()
         if not keep_streak:
             self.streak.zero_()
+
+    def set_stats(self, *, loss_sum: float = 0.0, n_finite: int = 0, steps: int = 0, skipped: int = 0) -> None:
+        """Restore the epoch counters in place (a run resumed in the middle of an epoch)."""
+        self.loss_sum.fill_(float(loss_sum))
+        self.n_finite.fill_(int(n_finite))
+        self.n_steps.fill_(int(steps))
+        self.skipped.fill_(int(skipped))
 
     def describe(self) -> str:
         """One line: what this step does."""
@@ -556,10 +568,24 @@ class TrainStep:
     def _fits(self, batch: dict) -> bool:
         for k, v in self._static.items():
             b = batch.get(k)
-            if isinstance(v, torch.Tensor):
-                if not isinstance(b, torch.Tensor) or b.shape != v.shape or b.dtype != v.dtype or b.device != v.device:
-                    return False
+            if isinstance(v, torch.Tensor) and not (
+                isinstance(b, torch.Tensor) and b.shape == v.shape and b.dtype == v.dtype and b.device == v.device
+            ):
+                return False
         return set(batch) == set(self._static)
+
+    def _normalise_lr(self) -> None:
+        """Before capture: an lr the optimizer cannot take as is (a CPU tensor from a checkpoint loaded
+        with map_location="cpu", or any tensor for a non-fused, non-capturable AdamW) becomes a float
+        (a CPU tensor reads without a device sync); a tensor on another device moves to ours."""
+        for g in self.optimizer.param_groups:
+            v = g["lr"]
+            if not isinstance(v, torch.Tensor) or (v.device == self.device and (self.fused or g.get("capturable"))):
+                continue
+            if v.device.type == "cpu" or not (self.fused or g.get("capturable")):
+                g["lr"] = float(v)
+            else:
+                g["lr"] = v.to(self.device)
 
     def _sync_lr(self) -> None:
         """Keep each group's lr the tensor the graph captured; copy in a value a scheduler assigned."""

@@ -264,54 +264,62 @@ def bench_fast(
     ``cuda_graphs`` None = on for CUDA. Timed twice: a sync per step (median, like (a)) and pipelined.
     """
     device = setup.torch_device
-    graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
     flags = accel.setup_backends(device)
     try:
-        store = accel.DeviceStore(ts, device, storage, precision=precision)
-        model = _model(setup).to(device).train()
-        optimizer = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
-                                         fused=True, capturable=graphs)
-        step = accel.make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
-                                     grad_clip=setup.grad_clip, cuda_graphs=graphs, compile=compile,
-                                     warmup=min(max(warmup, 1), 3))
-        idx = store.index_device
-        windows = torch.from_numpy(window_index(ts.lengths, setup.length, 1)).to(idx)
-        n = warmup + 2 * steps
-        order, shift = _plan(len(windows), n, batch, setup.jitter, setup.seed)
-        order_t, shift_t = torch.from_numpy(order).to(idx), torch.from_numpy(shift).to(idx)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(setup.seed)
-
-        def one(i: int) -> torch.Tensor:
-            b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
-            if augment:
-                x = b["x"].float()  # (B, W, F)
-                noise = torch.randn(x.shape, generator=gen, device=device)
-                b["x"] = x + setup.noise_std * noise * b["valid"][..., None]
-            return step(b)
-
-        _reset_peak(device)
-        times = []
-        for i in range(warmup + steps):
-            t0 = _stamp(device)
-            one(i)
-            t1 = _stamp(device)
-            if i >= warmup:
-                times.append(t1 - t0)
-        t0 = _stamp(device)
-        for i in range(warmup + steps, n):
-            loss = one(i)
-        pipelined_ms = (_stamp(device) - t0) * 1000.0 / max(steps, 1)
-        stats = step.stats()
-        res = _summary("fast", batch, times, device, _peak(device), pipelined_ms=pipelined_ms,
-                       final_loss=float(loss), skipped_steps=stats["skipped"], details=step.describe(),
-                       storage_dtype=str(store.dtype).replace("torch.", ""), storage_bytes=store.nbytes["total"],
-                       storage_fp32_bytes=store.nbytes["fp32_total"], storage_max_abs_error=store.max_abs_error,
-                       resident=store.resident, storage_message=store.message)
+        res = _fast(ts, setup, batch, steps, warmup, storage=storage, precision=precision, cuda_graphs=cuda_graphs,
+                    compile=compile, augment=augment)
     finally:
         accel.restore_backends(flags)
-    del store, model, optimizer, step
-    _free(device)
+    _free(device)  # after _fast returned: its tensors are gone
+    return res
+
+
+def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, *, storage: str, precision: str,
+          cuda_graphs: bool | None, compile: bool, augment: bool) -> dict:
+    device = setup.torch_device
+    graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
+    store = accel.DeviceStore(ts, device, storage, precision=precision)
+    model = _model(setup).to(device).train()
+    optimizer = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+                                     fused=True, capturable=graphs)
+    step = accel.make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
+                                 grad_clip=setup.grad_clip, cuda_graphs=graphs, compile=compile,
+                                 warmup=min(max(warmup, 1), 3))
+    idx = store.index_device
+    windows = torch.from_numpy(window_index(ts.lengths, setup.length, 1)).to(idx)
+    n = warmup + 2 * steps
+    order, shift = _plan(len(windows), n, batch, setup.jitter, setup.seed)
+    order_t, shift_t = torch.from_numpy(order).to(idx), torch.from_numpy(shift).to(idx)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(setup.seed)
+
+    def one(i: int) -> torch.Tensor:
+        b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
+        if augment:
+            x = b["x"].float()  # (B, W, F)
+            noise = torch.randn(x.shape, generator=gen, device=device)
+            b["x"] = x + setup.noise_std * noise * b["valid"][..., None]
+        return step(b)
+
+    _reset_peak(device)
+    times = []
+    for i in range(warmup + steps):
+        t0 = _stamp(device)
+        one(i)
+        t1 = _stamp(device)
+        if i >= warmup:
+            times.append(t1 - t0)
+    loss = torch.full((), float("nan"))
+    t0 = _stamp(device)
+    for i in range(warmup + steps, n):
+        loss = one(i)
+    pipelined_ms = (_stamp(device) - t0) * 1000.0 / max(steps, 1)
+    stats = step.stats()
+    res = _summary("fast", batch, times, device, _peak(device), pipelined_ms=pipelined_ms,
+                   final_loss=float(loss), skipped_steps=stats["skipped"], details=step.describe(),
+                   storage_dtype=str(store.dtype).replace("torch.", ""), storage_bytes=store.nbytes["total"],
+                   storage_fp32_bytes=store.nbytes["fp32_total"], storage_max_abs_error=store.max_abs_error,
+                   resident=store.resident, storage_message=store.message)
     return res
 
 
@@ -461,6 +469,7 @@ def run(
     verbose: bool = True,
 ) -> dict:
     """The whole benchmark; returns everything ``--json`` writes."""
+    steps, warmup, check_steps = max(int(steps), 1), max(int(warmup), 0), max(int(check_steps), 1)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     if dev.type == "cuda" and dev.index is None:
@@ -571,12 +580,14 @@ def print_results(res: dict) -> None:
         con.print(t)
         con.print(f"largest batch that fits: {res['sweep']['largest_fit']}")
     f = res["features"]
-    if f:
-        con.print(f"reading + scene features ({f['n_frames']:,} frames, {f['n_mice']} mice): mabe "
-                  f"{f['mabe_frames_per_s']:,.0f} frames/s vs pandas pivot baseline {f['baseline_frames_per_s']:,.0f} "
-                  f"frames/s ({f['speedup']:.1f}x); pair features {f['pair_frames_per_s']:,.0f} frames/s "
-                  f"({f['n_pairs']} pairs); max |diff| positions {f['max_abs_diff_positions']:.1e}, "
-                  f"motion {f['max_abs_diff_motion']:.1e}")
+    if f:  # prepare.bench_prepare's dict; only its core keys are relied on
+        line = (f"reading + scene features ({f.get('n_frames', 0):,} frames, {f.get('n_mice', '?')} mice): mabe "
+                f"{f.get('mabe_frames_per_s', float('nan')):,.0f} frames/s vs pandas pivot baseline "
+                f"{f.get('baseline_frames_per_s', float('nan')):,.0f} frames/s ({f.get('speedup', float('nan')):.1f}x)")
+        if "pair_frames_per_s" in f:
+            line += f"; pair features {f['pair_frames_per_s']:,.0f} frames/s ({f.get('n_pairs', '?')} pairs)"
+        diffs = [f"{k.removeprefix('max_')} {v:.1e}" for k, v in f.items() if k.startswith("max_") and isinstance(v, float)]
+        con.print(line + (f"; {', '.join(diffs)}" if diffs else ""))
     con.print(f"command: {res['command']}  ({res['wall_s']:.0f} s)")
 
 
@@ -606,10 +617,11 @@ def main_from_args(args: Any) -> dict:
         storage=getattr(args, "storage_dtype", None) or "auto", compile=bool(getattr(args, "compile", False)),
         cuda_graphs=False if no_graphs else None,
     )
-    print_results(res)
     out = getattr(args, "json", None)
-    if out:
+    if out:  # before printing: the numbers survive a display problem
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=1, default=str))
+    print_results(res)
+    if out:
         print(f"results: {out}")
     return res

@@ -103,17 +103,18 @@ def _float(x: np.ndarray) -> np.ndarray:
 
 def to_cm(xy_px: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """(T, M, S, 2) px -> (T, M, S, 2) cm, minus the arena centre (px, (2,)) first when given."""
-    xy = _float(xy_px)
+    return _to_cm_inplace(np.array(_float(xy_px), copy=True), pix_per_cm, centre_px)
+
+
+def _to_cm_inplace(xy: np.ndarray, pix_per_cm: float, centre_px: Sequence[float] | np.ndarray | None) -> np.ndarray:
+    """to_cm on a float array we own, in place."""
     if pix_per_cm <= 0 or not np.isfinite(pix_per_cm):
         raise ValueError(f"pix_per_cm must be a positive number, got {pix_per_cm}")
-    scale = xy.dtype.type(1.0 / pix_per_cm)
-    if centre_px is None:
-        return xy * scale
-    out = np.empty(xy.shape, dtype=xy.dtype)
-    for k in range(2):  # one long strided loop per coordinate, not a broadcast over a size-2 axis
-        np.subtract(xy[..., k], xy.dtype.type(centre_px[k]), out=out[..., k])
-    out *= scale
-    return out
+    if centre_px is not None:
+        for k in range(2):  # one long strided loop per coordinate, not a broadcast over a size-2 axis
+            xy[..., k] -= xy.dtype.type(centre_px[k])
+    xy *= xy.dtype.type(1.0 / pix_per_cm)
+    return xy
 
 
 def _gap_runs(nan: np.ndarray, max_gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -307,11 +308,10 @@ def _xy_columns(idx: np.ndarray) -> np.ndarray:
 
 
 def _gather(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """(T, M, S, 2) -> (T, K, 2) live channels, their flat channel indices (K,), C = M * S."""
+    """(T, M, S, 2) -> a new (T, K, 2) array of the live channels, their flat indices (K,), C = M * S."""
     T, C = xy.shape[0], int(np.prod(xy.shape[1:-1]))
     idx = np.flatnonzero(_live(xy).reshape(-1))
-    flat = xy.reshape(T, 2 * C)
-    sub = flat if idx.size == C else _take_columns(flat, _xy_columns(idx))
+    sub = _take_columns(xy.reshape(T, 2 * C), _xy_columns(idx))
     return sub.reshape(T, idx.size, 2), idx, C
 
 
@@ -321,7 +321,7 @@ def clean_positions(
     """(T, M, S, 2) px -> (T, M, S, 2) cm, arena-centred, NaN gaps <= max_gap frames interpolated."""
     xy = _float(xy_px)
     sub, idx, C = _gather(xy)
-    sub = _interpolate_inplace(to_cm(sub, pix_per_cm, centre_px), max_gap)  # to_cm returns a new array
+    sub = _interpolate_inplace(_to_cm_inplace(sub, pix_per_cm, centre_px), max_gap)
     T, K = sub.shape[:2]
     if K == C:
         return sub.reshape(xy.shape)
@@ -384,7 +384,7 @@ def scene_features(
 ) -> np.ndarray:
     """(T, M, S, 2) px -> float32 (T, n*S*2 + n*S + n*S), n = cfg.n_mice: the scene vector (288 for 4 x 18)."""
     sub, idx, C = _gather(pad_mice(_float(xy_px), cfg.n_mice))
-    sub = _interpolate_inplace(to_cm(sub, pix_per_cm, centre_px if cfg.arena_centre else None), cfg.max_gap)
+    sub = _interpolate_inplace(_to_cm_inplace(sub, pix_per_cm, centre_px if cfg.arena_centre else None), cfg.max_gap)
     return _scene_compact(sub, idx, C, fps, cfg.smooth_window)
 
 

@@ -497,7 +497,10 @@ def _fig_per_lab(labs: list[str], series: list[tuple[str, np.ndarray]], n_frames
     ax.set_xlim(0, 1)
     ax.set(xlabel="score", title="Per-lab validation scores")
     ax.grid(axis="x", alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=min(k + 1, 2), fontsize=8, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda j: labels[j].startswith("mean"))  # bars first, then the mean
+    fig.legend([handles[j] for j in order], [labels[j] for j in order], loc="outside lower center", ncols=1,
+               fontsize=8, frameon=False)
     _save(fig, path)
     names = "; ".join(f"{'bars' if i == 0 else 'then'}: {html.escape(label)}" for i, (label, _) in enumerate(series))
     return (f"Per-lab scores (the competition's final score is the mean over labs). {names}. The numbers are "
@@ -821,6 +824,8 @@ def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") 
     cards = [("state", state), ("epoch", f"{_fmt(epoch)}/{_fmt(epochs)}" if epochs else _fmt(epoch)),
              ("best val F1", f"{_fmt(best_f1)} (epoch {_fmt(best_epoch)})" if best_f1 is not None else "-"),
              ("last val score", _fmt(last_score)), ("device", status.get("device") or "-")]
+    if vm and _num(vm.get("score")) is not None:
+        cards.insert(3, ("competition score, best model (post-processed)", _fmt(_num(vm["score"]))))
     cards_html = "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(str(v))}</b></div>' for k, v in cards)
     cfg_rows = _config_summary(cfg)
     final_rows = _final_metrics(df, vm)

@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mabe.data import ACTIONS, BODYPARTS, HEADPIECE_PARTS, PAIR_ACTIONS, SELF_ACTIONS
+from mabe.data import ACTIONS, BODYPARTS, HEADPIECE_PARTS
 
 __all__ = [
     "COLUMNS", "PRESETS", "TRACKING_SCHEMA", "Arena", "Interval", "LabPick", "Preset", "Scene",
@@ -461,7 +461,7 @@ class Scene:
     def f(self, seconds: float) -> int:
         return max(1, int(round(seconds * self.fps)))
 
-    def ou(self, n: int, tau_s: float, sd: float, dims: int = 0) -> np.ndarray:
+    def wobble(self, n: int, tau_s: float, sd: float, dims: int = 0) -> np.ndarray:
         """Smooth noise of ``n`` frames (n,) or (n, dims), time scale ``tau_s`` seconds, sd ``sd``."""
         if sd == 0:
             return np.zeros((n, dims) if dims else n)
@@ -617,8 +617,8 @@ def _contact(sc: Scene, iv: Interval) -> list[Interval]:
     else:
         point = p["point"]
     L = e - sb
-    c = sc.part_world(b, sb, e, point) + sc.ou(L, p["jit_tau"], p["jit"], 2)
-    alpha = rng.uniform(-p["ang"], p["ang"]) + sc.ou(L, 0.8, p["ang"])
+    c = sc.part_world(b, sb, e, point) + sc.wobble(L, p["jit_tau"], p["jit"], 2)
+    alpha = rng.uniform(-p["ang"], p["ang"]) + sc.wobble(L, 0.8, p["ang"])
     if p["mode"] == "side":
         base = _rot_angle(-_rot_angle(thv, side * np.pi / 2), -side * p.get("turn", 0.0))  # facing the flank
     elif p["mode"] == "oppose":
@@ -626,7 +626,7 @@ def _contact(sc: Scene, iv: Interval) -> list[Interval]:
     else:
         base = _rot_angle(thv, side * p.get("turn", 0.0))
     hv = _rot_angle(base, alpha)
-    kappa = sc.ou(L, 0.4, 0.04)
+    kappa = sc.wobble(L, 0.4, 0.04)
     elong = np.full(L, p.get("elong", 1.0))
     pos = c - _rotate(hv, sc.nose_local(a, kappa, elong))
     i = s - sb
@@ -651,9 +651,9 @@ def _approach(sc: Scene, iv: Interval) -> list[Interval]:
     L = e - s0
     dist = np.full(L, d0)
     dist[iv.lead:] = d0 + (d1 - d0) * (np.arange(n) + 1) / n
-    u = _rot_angle(u0, np.cumsum(sc.ou(L, 0.5, 0.6)) / sc.fps)
+    u = _rot_angle(u0, np.cumsum(sc.wobble(L, 0.5, 0.6)) / sc.fps)
     pos = tpos + dist[:, None] * u
-    hv = _rot_angle(-u, sc.ou(L, 0.3, 0.15))
+    hv = _rot_angle(-u, sc.wobble(L, 0.3, 0.15))
     elong = np.full(L, 1.05)
     sc.set(a, s0, s, e, pos, hv, elong=elong)
     return []
@@ -697,8 +697,8 @@ def _pursuit(sc: Scene, iv: Interval) -> list[Interval]:
     pos = sc.pos[b, idx] + _rotate(hv, np.array([0.0, p["lateral"] * (1 if rng.random() < 0.5 else -1)]))
     L = e - s0
     if p["jit"]:
-        pos = pos + sc.ou(L, 0.06, p["jit"], 2)
-        hv = _rot_angle(hv, sc.ou(L, 0.1, 0.3))
+        pos = pos + sc.wobble(L, 0.06, p["jit"], 2)
+        hv = _rot_angle(hv, sc.wobble(L, 0.1, 0.3))
     lead = sc.travel_lead(a, s, pos[iv.lead], 20.0, 0.2, iv.lead)
     j = iv.lead - lead
     sc.set(a, s - lead, s, e, pos[j:], hv[j:], elong=np.full(L - j, 1.08))
@@ -739,19 +739,19 @@ def _fight(sc: Scene, iv: Interval) -> list[Interval]:
     tpos, thv = sc.warp(b, sb, e, 0.3, sc.f(0.3))
     w = np.zeros(L)
     w[iv.lead:] = 1.0
-    tpos = tpos + w[:, None] * sc.ou(L, 0.08, 1.2 if tussle else 0.8, 2)
+    tpos = tpos + w[:, None] * sc.wobble(L, 0.08, 1.2 if tussle else 0.8, 2)
     rel = sc.pos[a, s] - tpos[iv.lead]
     phi0 = math.atan2(rel[1], rel[0])
-    phi = phi0 + np.cumsum(sc.ou(L, 0.2, 4.0)) / sc.fps
-    d = rng.uniform(3.5, 4.5) + sc.ou(L, 0.1, 0.6)
-    pos = tpos + np.stack([np.cos(phi), np.sin(phi)], -1) * d[:, None] + sc.ou(L, 0.06, 1.2, 2)
-    hv = _rot_angle(_unit(tpos - pos), sc.ou(L, 0.1, 0.45))
-    thv_new = _rot_angle(_unit(pos - tpos), sc.ou(L, 0.12, 0.6 if tussle else 0.5))
+    phi = phi0 + np.cumsum(sc.wobble(L, 0.2, 4.0)) / sc.fps
+    d = rng.uniform(3.5, 4.5) + sc.wobble(L, 0.1, 0.6)
+    pos = tpos + np.stack([np.cos(phi), np.sin(phi)], -1) * d[:, None] + sc.wobble(L, 0.06, 1.2, 2)
+    hv = _rot_angle(_unit(tpos - pos), sc.wobble(L, 0.1, 0.45))
+    thv_new = _rot_angle(_unit(pos - tpos), sc.wobble(L, 0.12, 0.6 if tussle else 0.5))
     thv = _unit((1 - w)[:, None] * thv + w[:, None] * thv_new)
-    sc.set(b, sb, sb, e, tpos, thv, kappa=sc.ou(L, 0.15, 0.12), elong=np.where(w > 0, 0.85, 1.0))
+    sc.set(b, sb, sb, e, tpos, thv, kappa=sc.wobble(L, 0.15, 0.12), elong=np.where(w > 0, 0.85, 1.0))
     lead = sc.travel_lead(a, s, pos[iv.lead], 20.0, 0.2, iv.lead)
     j = iv.lead - lead
-    sc.set(a, s - lead, s, e, pos[j:], hv[j:], kappa=sc.ou(L, 0.15, 0.15)[j:], elong=1.0 + sc.ou(L - j, 0.2, 0.05))
+    sc.set(a, s - lead, s, e, pos[j:], hv[j:], kappa=sc.wobble(L, 0.15, 0.15)[j:], elong=1.0 + sc.wobble(L - j, 0.2, 0.05))
     return []
 
 
@@ -763,13 +763,13 @@ def _defend(sc: Scene, iv: Interval) -> list[Interval]:
     apos, ahv = sc.warp(a, s0, e, 0.2, sc.f(0.3))
     face = _unit(sc.pos[b, s0:e] - apos)
     ahv = _unit(0.3 * ahv + face)
-    ahv = _rot_angle(ahv, sc.ou(L, 0.15, 0.2))
-    apos = apos + sc.ou(L, 0.1, 0.3, 2)
-    sc.set(a, s0, s, e, apos, ahv, kappa=sc.ou(L, 0.2, 0.1), elong=0.8, travel=False)
+    ahv = _rot_angle(ahv, sc.wobble(L, 0.15, 0.2))
+    apos = apos + sc.wobble(L, 0.1, 0.3, 2)
+    sc.set(a, s0, s, e, apos, ahv, kappa=sc.wobble(L, 0.2, 0.1), elong=0.8, travel=False)
     t = np.arange(L) / sc.fps
-    d = sc.rng.uniform(5.0, 7.0) - 1.5 * np.abs(np.sin(2 * np.pi * 1.5 * t)) + sc.ou(L, 0.08, 0.6)
+    d = sc.rng.uniform(5.0, 7.0) - 1.5 * np.abs(np.sin(2 * np.pi * 1.5 * t)) + sc.wobble(L, 0.08, 0.6)
     bpos = sc.pos[a, s0:e] + sc.hv[a, s0:e] * d[:, None]
-    bhv = _rot_angle(-sc.hv[a, s0:e], sc.ou(L, 0.1, 0.3))
+    bhv = _rot_angle(-sc.hv[a, s0:e], sc.wobble(L, 0.1, 0.3))
     lead = sc.travel_lead(b, s, bpos[iv.lead], 20.0, 0.2, iv.lead)
     j = iv.lead - lead
     sc.set(b, s - lead, s, e, bpos[j:], bhv[j:])
@@ -783,9 +783,9 @@ def _submit(sc: Scene, iv: Interval) -> list[Interval]:
     L = e - s0
     apos, ahv = sc.warp(a, s0, e, 0.1, sc.f(0.3))
     sign = 1.0 if sc.rng.random() < 0.5 else -1.0
-    sc.set(a, s0, s, e, apos, ahv, kappa=sign * 0.12 + sc.ou(L, 0.3, 0.03), elong=0.78, travel=False)
+    sc.set(a, s0, s, e, apos, ahv, kappa=sign * 0.12 + sc.wobble(L, 0.3, 0.03), elong=0.78, travel=False)
     off = np.array([-5.5, 2.0 * sign])
-    bpos = sc.pos[a, s0:e] + _rotate(sc.hv[a, s0:e], np.broadcast_to(off, (L, 2))) + sc.ou(L, 0.3, 0.3, 2)
+    bpos = sc.pos[a, s0:e] + _rotate(sc.hv[a, s0:e], np.broadcast_to(off, (L, 2))) + sc.wobble(L, 0.3, 0.3, 2)
     bhv = _unit(sc.pos[a, s0:e] - bpos)
     lead = sc.travel_lead(b, s, bpos[iv.lead], 12.0, 0.2, iv.lead)
     j = iv.lead - lead
@@ -805,12 +805,12 @@ def _mount(sc: Scene, iv: Interval) -> list[Interval]:
     side = 1.0 if rng.random() < 0.5 else -1.0
     t = np.arange(L) / sc.fps
     dx = p["dx"] * sc.scale[b] + p["amp"] * np.sin(2 * np.pi * p["hz"] * t + rng.uniform(0, 2 * np.pi))
-    lat = side * p["lat"] + sc.ou(L, 0.4, p["lat_sd"])
-    pos = tpos + _rotate(thv, np.stack([dx, lat], -1)) + sc.ou(L, 0.1, p["jit"], 2)
-    hv = _rot_angle(thv, side * p["turn"] + sc.ou(L, 0.5, p["ang"]))
+    lat = side * p["lat"] + sc.wobble(L, 0.4, p["lat_sd"])
+    pos = tpos + _rotate(thv, np.stack([dx, lat], -1)) + sc.wobble(L, 0.1, p["jit"], 2)
+    hv = _rot_angle(thv, side * p["turn"] + sc.wobble(L, 0.5, p["ang"]))
     lead = sc.travel_lead(a, s, pos[iv.lead], 12.0, 0.3, iv.lead)
     j = iv.lead - lead
-    sc.set(a, s - lead, s, e, pos[j:], hv[j:], kappa=sc.ou(L - j, 0.4, 0.03), elong=np.full(L - j, p["elong"]))
+    sc.set(a, s - lead, s, e, pos[j:], hv[j:], kappa=sc.wobble(L - j, 0.4, 0.03), elong=np.full(L - j, p["elong"]))
     return sc.chain_approach(iv, s - lead)
 
 
@@ -830,16 +830,16 @@ def _self(sc: Scene, iv: Interval) -> list[Interval]:
         hv = np.repeat(normal[None], L, 0)
     else:
         pos, hv = sc.warp(a, s0, e, p["slow"], max(1, n_in))
-    pos = pos + sc.ou(L, 0.15, p["jit"], 2)
+    pos = pos + sc.wobble(L, 0.15, p["jit"], 2)
     kappa = None
     if p["kappa"] is not None:
         k0 = p["kappa"] if np.isscalar(p["kappa"]) else rng.uniform(*p["kappa"]) * (1 if rng.random() < 0.5 else -1)
-        kappa = k0 + sc.ou(L, 0.3, p["ksd"])
+        kappa = k0 + sc.wobble(L, 0.3, p["ksd"])
         if "kamp" in p:
             kappa = kappa + np.sign(k0) * p["kamp"] * np.sin(2 * np.pi * p["hz"] * np.arange(L) / sc.fps)
     if "amp" in p:  # dig: head bobbing forwards and back
         pos = pos + hv * (p["amp"] * np.sin(2 * np.pi * p["hz"] * np.arange(L) / sc.fps))[:, None]
-    elong = None if p["elong"] is None else p["elong"] + sc.ou(L, 0.3, 0.02)
+    elong = None if p["elong"] is None else p["elong"] + sc.wobble(L, 0.3, 0.02)
     ktail = None
     if iv.action == "freeze":  # everything stops, the tail too
         pos = np.repeat(pos[n_in:n_in + 1], L, 0)
@@ -858,10 +858,10 @@ def _object(sc: Scene, iv: Interval) -> list[Interval]:
     s0 = s - iv.lead
     L = e - s0
     toward = _unit(obj - sc.pos[a, s])
-    hv = _rot_angle(np.repeat(toward[None], L, 0), sc.ou(L, 0.6, p["ang"]))
-    kappa = sc.ou(L, 0.3, 0.05)
+    hv = _rot_angle(np.repeat(toward[None], L, 0), sc.wobble(L, 0.6, p["ang"]))
+    kappa = sc.wobble(L, 0.3, 0.05)
     elong = np.full(L, 0.95)
-    pos = obj + sc.ou(L, p["jit_tau"], p["jit"], 2) - _rotate(hv, sc.nose_local(a, kappa, elong))
+    pos = obj + sc.wobble(L, p["jit_tau"], p["jit"], 2) - _rotate(hv, sc.nose_local(a, kappa, elong))
     pos = sc.arena.clamp(pos)
     lead = sc.travel_lead(a, s, pos[iv.lead], 12.0, 0.2, iv.lead)
     j = iv.lead - lead

@@ -561,7 +561,8 @@ def _train(
 ) -> dict:
     master = rank == 0
     tc = cfg.train
-    torch.set_float32_matmul_precision("high")  # TF32 on CUDA for fp32 matmuls (the LSTM)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (the LSTM)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -755,6 +756,10 @@ def _train(
                 break
 
             # ---- end of epoch: one sync, validation, schedule, checkpoints
+            if world > 1:  # the mean training loss over every rank's batches
+                sums = torch.stack([loss_sum, n_loss])
+                torch.distributed.all_reduce(sums)
+                loss_sum, n_loss = sums[0], sums[1]
             train_loss = float(loss_sum / n_loss.clamp(min=1))
             row: dict = {"epoch": epoch + 1, "phase": phase, "loss": train_loss, "skipped_steps": int(skipped),
                          "windows_per_s": n_windows / max(t_train, 1e-9)}

@@ -332,7 +332,10 @@ def window_weights(ts: TrackSet, windows: np.ndarray, length: int, power: float)
         return None
     C = ts.n_outputs
     present = np.zeros((len(windows), C), dtype=bool)
-    for t in np.unique(windows[:, 0]):
+    by_track = np.argsort(windows[:, 0], kind="stable")
+    tracks, first = np.unique(windows[by_track, 0], return_index=True)
+    bounds = np.append(first, len(windows))
+    for i, t in enumerate(tracks):
         lo, hi = ts.offsets[t], ts.offsets[t + 1]
         if ts.mode == "scene":
             pos = np.eye(C, dtype=np.int32)[ts.Y[lo:hi]]  # (L, C) one-hot
@@ -340,7 +343,7 @@ def window_weights(ts: TrackSet, windows: np.ndarray, length: int, power: float)
         else:
             pos = ts.Y[lo:hi].astype(np.int32) * ts.label_mask[t]  # (L, C)
         cs = np.concatenate([np.zeros((1, C), np.int32), np.cumsum(pos, axis=0)])  # (L + 1, C)
-        sel = np.flatnonzero(windows[:, 0] == t)
+        sel = by_track[bounds[i] : bounds[i + 1]]  # this track's windows
         s = windows[sel, 1]
         e = np.minimum(s + length, hi - lo)
         present[sel] = (cs[e] - cs[s]) > 0

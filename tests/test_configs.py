@@ -1,0 +1,57 @@
+"""configs/*.yaml: every shipped config validates; h100.yaml is the reference; errors name key and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mabe.config import ConfigError, load_config
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {p.name for p in CONFIGS} >= {"h100.yaml", "demo.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_has_a_launch_command(path):
+    cfg = load_config(path)
+    assert cfg.model.conv_channels
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert any("mabe " in line for line in header), f"{path.name}: header should give the launch command"
+
+
+def test_h100_is_the_reference():
+    cfg = load_config(CONFIGS[0].parent / "h100.yaml")
+    t = cfg.train
+    assert (t.epochs, t.batch_size, t.lr, t.weight_decay, t.warmup_epochs) == (100, 384, 4e-4, 1e-4, 3.0)
+    assert (t.scheduler, t.plateau_patience, t.plateau_factor, t.min_lr) == ("plateau", 5, 0.5, 1e-5)
+    assert (t.grad_clip, t.save_freq, t.early_stopping_patience, t.seed, t.num_workers) == (1.0, 5, 15, 42, 2)
+    assert cfg.task.mode == "scene" and cfg.task.class_weights == [1.0, 5.0, 8.0, 8.0]
+    assert (cfg.augment.noise_std, cfg.augment.temporal_jitter, cfg.augment.mixup_alpha) == (0.01, 2, 0.0)
+    assert (cfg.windows.sequence_length, cfg.windows.frame_gap) == (100, 1)
+    m = cfg.model
+    assert (m.name, m.conv_channels, m.lstm_hidden, m.lstm_layers, m.bidirectional, m.dropout) == (
+        "conv1d_bilstm", [64, 128, 256], 256, 2, True, 0.3)
+
+
+def test_demo_is_pair_mode():
+    assert load_config(CONFIGS[0].parent / "demo.yaml").task.mode == "pair"
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.epochz.*valid keys"):
+        load_config(bad)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.batch_size must be int"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="model.dropout"):
+        load_config(CONFIGS[0].parent / "demo.yaml", ["model.dropout=2.0"])
