@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
     p.add_argument("--config", "-c", type=Path, default=None, help="training config (default configs/demo.yaml)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("--fresh", action="store_true", help="regenerate the synthetic data even if present")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the exact MABe layout")
