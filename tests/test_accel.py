@@ -219,6 +219,33 @@ def test_nonfused_optimizer_still_skips():
     assert step.stats()["skipped"] == 1
 
 
+def test_failed_capture_falls_back_to_eager(monkeypatch):
+    """A CUDA-graph capture that raises (an op that cannot be captured, out of memory) warns and
+    leaves an eager step that trains on as if graphs had never been asked for: nothing of the failed
+    capture ran. CPU stand-in for the graph branch: ``graphs`` forced on, ``_capture`` raising."""
+    ts = tiny_ts()
+    bs = batches(ts, 4)
+    ref_model, model = make_model(0.0), make_model(0.0)
+    ref = accel.make_train_step(ref_model, loss_fn, accel.make_optimizer(groups(ref_model), 1e-2), precision="fp32")
+    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-2), precision="fp32",
+                                 warmup=1)
+    step.graphs = True
+    monkeypatch.setattr(step, "_side_stream_run", step._run)  # no CUDA streams here
+
+    def capture(batch):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(step, "_capture", capture)
+    with pytest.warns(UserWarning, match="capture of the training step failed.*eagerly"):
+        got = [step(b).clone() for b in bs]
+    want = [ref(b).clone() for b in bs]
+    assert torch.equal(torch.stack(got), torch.stack(want))
+    assert not step.graphs and step.graph is None and "eager" in step.describe()
+    assert step.stats()["steps"] == 4
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+
+
 # ----------------------------------------------------------------------------- optimizer, backends
 
 

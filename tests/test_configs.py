@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mabe.bench import REFERENCE_EPOCH_WINDOWS
 from mabe.config import ConfigError, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -32,13 +33,20 @@ def test_h100_is_the_reference():
     assert cfg.task.mode == "scene" and cfg.task.class_weights == [1.0, 5.0, 8.0, 8.0]
     assert (cfg.augment.noise_std, cfg.augment.temporal_jitter, cfg.augment.mixup_alpha) == (0.01, 2, 0.0)
     assert (cfg.windows.sequence_length, cfg.windows.frame_gap) == (100, 1)
+    # the reference's epoch size (what `mabe bench` projects epoch times for), a random subset each epoch
+    assert cfg.windows.max_windows_per_epoch == REFERENCE_EPOCH_WINDOWS == 384_000
+    assert t.steps_per_epoch is None and t.grad_accum == 1
+    # the fast path is the trainer's default on the H100: one CUDA graph per step needs these
+    assert t.cuda_graphs and t.fused_adamw and t.data_path == "auto" and t.precision == "auto"
     m = cfg.model
     assert (m.name, m.conv_channels, m.lstm_hidden, m.lstm_layers, m.bidirectional, m.dropout) == (
         "conv1d_bilstm", [64, 128, 256], 256, 2, True, 0.3)
 
 
 def test_demo_is_pair_mode():
-    assert load_config(CONFIGS[0].parent / "demo.yaml").task.mode == "pair"
+    cfg = load_config(CONFIGS[0].parent / "demo.yaml")
+    assert cfg.task.mode == "pair"
+    assert cfg.train.num_threads == 2  # the 2-core machine it is sized for; capped at the CPUs at run time
 
 
 def test_unknown_key_names_the_key_and_the_file(tmp_path):

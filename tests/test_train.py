@@ -232,6 +232,74 @@ def test_non_finite_streak_stops_with_a_training_error(tmp_path, cache, monkeypa
     assert json.loads((tmp_path / "runs" / "nan" / "status.json").read_text())["state"] == "failed"
 
 
+def _poison_call(monkeypatch, n: int) -> None:
+    """Make the ``n``-th augmented micro-batch non-finite (NaN in one feature of one frame)."""
+    real = T.augment
+    calls = {"n": 0}
+
+    def augment_then_poison(*a, **k):
+        b, mix = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == n:
+            b = dict(b, x=b["x"].clone())
+            b["x"][0, 0, 0] = float("nan")
+        return b, mix
+
+    monkeypatch.setattr(T, "augment", augment_then_poison)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_fused_adamw_skips_a_nonfinite_batch_on_the_device(tmp_path, cache, monkeypatch, accum):
+    """The fused AdamW runs on the CPU too (the CPU tests exercise the GPU's code) and a non-finite
+    batch skips its step on the device through ``found_inf``: a (1,)-shaped flag crashed the fused
+    kernel (its step counters are 0-d). grad_accum 1 is accel's step, 2 the trainer's own loop."""
+    _poison_call(monkeypatch, 3)
+    run = tmp_path / "runs" / f"nan-{accum}"
+    out = T.train(_cfg(tmp_path, epochs=2, grad_accum=accum, num_threads=1), run)
+    assert out["state"] == "finished"
+    rows = _rows(run)
+    assert [int(r["skipped_steps"]) for r in rows] == [1, 0]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("loss", "val_loss", "val_f1"))
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    opt = state[ckpt.OPTIMIZER_KEY]
+    assert all(g["fused"] for g in opt["param_groups"])
+    # every parameter's AdamW step count is one behind the trainer's: the skipped step did not count
+    assert {float(s["step"]) for s in opt["state"].values()} == {state[ckpt.STEP_KEY] - 1.0}
+    model = state[ckpt.MODEL_KEY]
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())  # BatchNorm stats too
+
+
+def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache, monkeypatch):
+    """grad_accum 1 (accel's step, counters on the device): stop after micro-batch 5, resume, same rows."""
+    cfg = _cfg(tmp_path, epochs=2)
+    T.train(cfg, tmp_path / "runs" / "ref")
+    calls = {"n": 0}
+    real = T.augment
+
+    def augment_then_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "augment", augment_then_signal)
+    run = tmp_path / "runs" / "stopped"
+    assert T.train(cfg, run)["state"] == "stopped"
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state[ckpt.EPOCH_KEY] == 0 and state[ckpt.BATCH_KEY] == 5 and state[ckpt.STEP_KEY] == 5
+    assert state[ckpt.EPOCH_STATE_KEY]["n_loss"] == 5
+    monkeypatch.setattr(T, "augment", real)
+    T.train(cfg, run, resume=True)
+    assert _rows(run) == _rows(tmp_path / "runs" / "ref")
+
+
+def test_num_threads_is_capped_at_the_cpus(monkeypatch):
+    cpus = len(os.sched_getaffinity(0))
+    assert T.cpu_threads(1) == 1 and T.cpu_threads(10_000) == cpus
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))  # more ranks than CPUs: still one thread each
+    assert T.cpu_threads(4) == 1
+
+
 # ----------------------------------------------------------------------------- CUDA (opt-in: -m gpu)
 
 
@@ -251,3 +319,28 @@ def test_gpu_fast_path_trains_and_gathers_like_numpy(tmp_path, cache):
     assert out["state"] == "finished" and out["best_f1"] > 0
     rows = _rows(tmp_path / "runs" / "gpu")
     assert all(float(r["loss"]) < 10 and r["skipped_steps"] == "0" for r in rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_trainer_captures_the_step_and_resumes(tmp_path, cache):
+    """configs/h100.yaml's path: accel's step as one CUDA graph (grad_accum 1, no mixup), a capturable
+    AdamW whose lr the warmup and plateau change in place, and a resume that keeps it graph-ready."""
+    import warnings
+
+    cfg = _cfg(tmp_path, epochs=2, device="cuda", cuda_graphs=True)
+    cfg.augment.mixup_alpha = 0.0
+    run = tmp_path / "runs" / "graphs"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*capture of the training step failed")
+        assert T.train(cfg, run)["state"] == "finished"
+        assert "CUDA graph of the whole step" in (run / "log.txt").read_text()
+        args = argparse.Namespace(config=None, overrides=["train.epochs=3"], data=None, name=None,
+                                  resume=str(run), detach=False, nproc=None)
+        assert T.main_from_args(args) == 0
+    rows = _rows(run)
+    assert len(rows) == 3 and all(r["skipped_steps"] == "0" and float(r["loss"]) < 10 for r in rows)
+    assert float(rows[0]["lr"]) == pytest.approx(3e-3)  # the warmup reached the base rate through set_lr
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state[ckpt.EPOCH_KEY] == 3
+    assert all(g["fused"] and g["capturable"] for g in state[ckpt.OPTIMIZER_KEY]["param_groups"])

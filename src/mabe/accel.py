@@ -40,8 +40,9 @@ batch dict (a Python float captured in a closure, e.g. a mixup lambda, would be 
 a constant such as class weights must be made on the device once, not by ``torch.tensor(list)`` in the
 loss, which would copy host memory inside the capture). The graph replays in the mode the model had
 when it was captured (train); validation in eval mode in between is fine, it runs eagerly.
-The returned loss tensor is the graph's static output: it is overwritten by the next replay (clone it
-to keep it). The tensors of the batch passed in are only read.
+If the capture itself fails (an op that cannot be captured, out of memory) a warning says so and the
+step runs eagerly from then on. The returned loss tensor is the graph's static output: it is
+overwritten by the next replay (clone it to keep it). The tensors of the batch passed in are only read.
 """
 
 from __future__ import annotations
@@ -453,7 +454,10 @@ class TrainStep:
             self._normalise_lr()
             if self.calls <= self.warmup:
                 return self._side_stream_run(batch)
-            self._capture(batch)
+            try:
+                self._capture(batch)
+            except RuntimeError as err:  # an op that cannot be captured, out of memory, ...
+                return self._capture_failed(batch, err)
         if not self._fits(batch):
             if not self._warned_shape:
                 warnings.warn("a batch with other shapes than the captured one: running it eagerly", stacklevel=2)
@@ -598,6 +602,21 @@ class TrainStep:
             else:
                 t.fill_(float(v))
             g["lr"] = t
+
+    def _capture_failed(self, batch: dict, err: BaseException) -> torch.Tensor:
+        """Capture did not work: warn, drop the graph and run this step and every later one eagerly.
+        Nothing of the failed capture ran (kernels recorded under capture are not executed), so the
+        parameters, optimizer state and counters are as before this call."""
+        warnings.warn(f"CUDA graph capture of the training step failed ({type(err).__name__}: "
+                      f"{str(err).splitlines()[0] if str(err) else ''}); running the step eagerly",
+                      stacklevel=3)
+        self.graph, self.graphs = None, False
+        self._static, self._static_loss = {}, None
+        self.optimizer.zero_grad(set_to_none=True)  # grads allocated in the abandoned graph's pool
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+        return self._run(batch)
 
     def _capture(self, batch: dict) -> None:
         torch.cuda.synchronize(self.device)

@@ -7,9 +7,11 @@
 (a) reference: what the V6 pipeline did - fp32 eager, windows cut on the CPU by a 2-worker
     ``DataLoader`` (one numpy gather per window, jitter and noise in the workers), ``.item()`` every
     step, default (non-fused) AdamW, grad-norm clipping.
-(b) fast: ``accel`` - training features resident on the device (``DeviceStore``), windows gathered
-    by index and augmented on the device, bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the
-    non-finite skip on the device, TF32 + cudnn.benchmark, the whole step in one CUDA graph, no sync.
+(b) fast: the trainer's own components (``mabe train`` with grad_accum 1 runs this code) -
+    ``accel.DeviceStore`` (training features resident on the device), windows gathered by index and
+    augmented on the device by ``train.augment``, ``train.scene_loss``, ``accel.make_optimizer`` and
+    ``accel.make_train_step``: bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the non-finite
+    skip on the device, TF32 + cudnn.benchmark, the whole step in one CUDA graph, no sync.
 
 Both train the same model on the same synthetic data of the reference shape (random features 288
 wide, windows of 100 frames, 4 scene classes weighted [1, 5, 8, 8]). Every timestamp is taken after
@@ -41,7 +43,7 @@ import torch
 from torch import nn
 
 from mabe import accel, models
-from mabe.config import ModelConfig
+from mabe.config import AugmentConfig, ModelConfig
 from mabe.windows import TrackSet, WindowDataset, gather, window_index
 
 __all__ = [
@@ -136,6 +138,12 @@ def _loss_fn(setup: BenchSetup, device: torch.device):
 
     weight = torch.tensor(setup.class_weights, dtype=torch.float32, device=device)
     return lambda logits, b: scene_loss(logits, b["y"], weight)
+
+
+def _augment(batch: dict, aug: AugmentConfig, gen: torch.Generator, rng: np.random.Generator):
+    from mabe.train import augment
+
+    return augment(batch, aug, gen, rng)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -292,13 +300,13 @@ def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, 
     order_t, shift_t = torch.from_numpy(order).to(idx), torch.from_numpy(shift).to(idx)
     gen = torch.Generator(device=device)
     gen.manual_seed(setup.seed)
+    aug = AugmentConfig(noise_std=setup.noise_std, temporal_jitter=setup.jitter, mixup_alpha=0.0)
+    rng = np.random.default_rng(setup.seed)  # mixup's draws; unused at mixup_alpha 0
 
     def one(i: int) -> torch.Tensor:
         b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
         if augment:
-            x = b["x"].float()  # (B, W, F)
-            noise = torch.randn(x.shape, generator=gen, device=device)
-            b["x"] = x + setup.noise_std * noise * b["valid"][..., None]
+            b, _ = _augment(b, aug, gen, rng)  # the trainer's noise (x cast to float32)
         return step(b)
 
     _reset_peak(device)

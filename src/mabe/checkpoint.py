@@ -8,8 +8,10 @@ tensor or a plain Python container, so files load with ``torch.load(weights_only
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ __all__ = [
     "BATCH_KEY", "EPOCH_STATE_KEY", "BEST_METRIC_KEY", "BEST_EPOCH_KEY", "EARLY_STOP_KEY",
     "CONFIG_KEY", "NORM_KEY", "OUTPUTS_KEY", "MODE_KEY", "IN_FEATURES_KEY", "N_OUTPUTS_KEY",
     "VERSION_KEY", "KIND_KEY", "METRICS_KEY",
-    "save", "load", "rng_state", "set_rng_state", "resolve", "load_for_inference", "export",
+    "WORLD_KEY", "RANK_RNG_KEY",
+    "save", "load", "clean_partial", "rng_state", "set_rng_state", "resolve", "load_for_inference", "export",
     "export_from_args",
 ]
 
@@ -54,6 +57,8 @@ N_OUTPUTS_KEY = "n_outputs"
 VERSION_KEY = "mabe_version"
 KIND_KEY = "kind"  # "train" | "export"
 METRICS_KEY = "metrics"  # validation metrics of the saved epoch
+WORLD_KEY = "world_size"  # processes that wrote it (DDP); absent in older files = 1
+RANK_RNG_KEY = "rng_ranks"  # DDP: every rank's RNG_KEY-style state, rank order (None for one process)
 
 _REQUIRED = (MODEL_KEY, CONFIG_KEY, OUTPUTS_KEY, MODE_KEY, IN_FEATURES_KEY, N_OUTPUTS_KEY, NORM_KEY)
 
@@ -102,14 +107,20 @@ def _tuplify(x: Any) -> Any:
 def save(path: str | Path, state: dict) -> Path:
     """Write ``state`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
 
-    A kill mid-write leaves the previous file intact, never a truncated one.
+    A kill mid-write leaves the previous file intact, never a truncated one; the orphaned temporary
+    file (``.<name>.<pid>-<hex>.tmp``) is never read and ``clean_partial`` removes it later. The state
+    is serialised in memory first, so a failing disk shows up as a plain ``OSError`` (ENOSPC, EROFS,
+    EACCES...) from ``open`` / ``write`` / ``os.replace``, after which nothing of the new file remains.
     """
     path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)  # before touching the disk: a serialisation error leaves no file behind
+    data = buf.getbuffer()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
     try:
         with open(tmp, "xb") as f:  # normal permissions (umask), unlike mkstemp's 0600
-            torch.save(state, f)
+            _write(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -125,6 +136,35 @@ def save(path: str | Path, state: dict) -> Path:
     except OSError:
         pass
     return path
+
+
+TMP_SUFFIX = ".tmp"
+SLOW_SAVE_ENV = "MABE_TEST_SLOW_SAVE"  # tests only: seconds one checkpoint write takes (see _write)
+
+
+def _write(f: Any, data: memoryview) -> None:
+    """``f.write(data)``; with ``MABE_TEST_SLOW_SAVE=<seconds>`` in 8 chunks spread over that time, so a
+    crash test can land a SIGKILL in the middle of a checkpoint write."""
+    delay = float(os.environ.get(SLOW_SAVE_ENV) or 0)
+    if delay <= 0:
+        f.write(data)
+        return
+    n = len(data)
+    for i in range(8):
+        f.write(data[i * n // 8 : (i + 1) * n // 8])
+        f.flush()
+        time.sleep(delay / 8)
+
+
+def clean_partial(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed mid-way left in ``folder``; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

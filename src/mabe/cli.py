@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -267,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     from mabe.errors import MabeError
 
     args = build_parser().parse_args(argv)
+    original = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(args.command)  # data quirks: one line each, no source line
     try:
         return int(args.func(args) or 0)
     except (MabeError, ConfigError) as err:
@@ -275,6 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mabe {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = original
+
+
+def _one_line_warning(command: str):
+    def fmt(message, category, filename, lineno, line=None) -> str:
+        return f"mabe {command}: warning: {message}\n"
+    return fmt
 
 
 if __name__ == "__main__":

@@ -105,6 +105,10 @@ class ModelConfig:
     lstm_layers: int = 2
     bidirectional: bool = True
     dropout: float = 0.3
+    # normalisation after each conv: batch (BatchNorm1d; under DDP its statistics are per process),
+    # sync_batch (BatchNorm1d, SyncBatchNorm across processes under DDP on CUDA), group (GroupNorm with
+    # one group: per window, so DDP on N processes equals one process with N times the batch) or none
+    norm: Literal["batch", "sync_batch", "group", "none"] = "batch"
 
 
 @dataclass
@@ -139,10 +143,15 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
     data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
     num_workers: int = 2  # DataLoader workers for data_path=loader
+    # intra-op CPU threads (torch.set_num_threads); None = torch's default. Capped at the CPUs this
+    # process may use (divided among the ranks of one machine), so it never oversubscribes
+    num_threads: int | None = None
     storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    fused_adamw: bool = True  # CUDA only
-    compile: bool = False  # torch.compile the conv stem and head (not the LSTM)
-    cuda_graphs: bool = False  # capture the whole step in a CUDA graph (static shapes)
+    fused_adamw: bool = True  # one fused AdamW kernel (CUDA, and CPU); skips non-finite steps on the device
+    compile: bool = False  # torch.compile the conv stem and head (not the LSTM); CUDA only
+    # capture the whole step in one CUDA graph (CUDA, 1 process, grad_accum 1, no mixup; eager
+    # otherwise, and eager with a warning if capture fails)
+    cuda_graphs: bool = False
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # scale lr by global batch / batch_size
     max_nonfinite_steps: int = 20  # consecutive skipped non-finite steps before the run stops
     steps_per_epoch: int | None = None  # None = one pass over the (possibly capped) windows
@@ -213,6 +222,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.early_stopping_patience": (0, None),
     "train.save_freq": (1, None),
     "train.num_workers": (0, None),
+    "train.num_threads": (1, None),
     "train.max_nonfinite_steps": (1, None),
     "train.steps_per_epoch": (1, None),
     "train.val_every": (1, None),
@@ -308,9 +318,9 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
             continue
         value = _coerce(raw[name], tp, key, where)
         lo, hi = _RANGES.get(key, (None, None))
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ConfigError(f"{where}: {key}={value} is out of range [{lo}, {hi}]")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+            raise ConfigError(f"{where}: {key}={value} is out of range [{lo}, {hi}]")
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -379,7 +389,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{at}: {what}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     if overrides:

@@ -140,7 +140,7 @@ def _check_columns(df: pd.DataFrame, csv: Path) -> None:
     if df["lab_id"].isna().any():
         rows = np.flatnonzero(df["lab_id"].isna().to_numpy())
         raise MabeDataError(csv, "lab_id", "a lab id on every row", f"empty on csv rows {_some(rows + 2)}")
-    if not pd.api.types.is_integer_dtype(df["video_id"]):
+    if len(df) and not pd.api.types.is_integer_dtype(df["video_id"]):  # a header-only csv reads as float
         bad = df["video_id"][pd.to_numeric(df["video_id"], errors="coerce").isna()]
         raise MabeDataError(csv, "video_id", "integer video ids", f"{_some(repr(v) for v in bad)}")
     dup = df["video_id"][df["video_id"].duplicated()].unique()
@@ -148,8 +148,11 @@ def _check_columns(df: pd.DataFrame, csv: Path) -> None:
         raise MabeDataError(csv, "video_id", "unique video ids", f"duplicated {_some(dup)}")
 
 
-def _check_numbers(df: pd.DataFrame, csv: Path) -> pd.DataFrame:
-    """Numeric columns coerced to numbers; non-numbers and non-positive fps/scale/size name their videos."""
+def _check_numbers(df: pd.DataFrame, csv: Path, bad_rows: list[dict] | None = None) -> pd.DataFrame:
+    """Numeric columns coerced to numbers; non-numbers and non-positive fps/scale/size name their videos.
+
+    With ``bad_rows`` (a list), the offending rows are dropped and recorded there instead of raising.
+    """
     df = df.copy()
     for col in POSITIVE_COLUMNS + NUMERIC_COLUMNS:
         num = pd.to_numeric(df[col], errors="coerce")
@@ -158,9 +161,43 @@ def _check_numbers(df: pd.DataFrame, csv: Path) -> pd.DataFrame:
             bad = ~(np.isfinite(num) & (num > 0))
         if bad.any():
             expected = "a finite number > 0" if col in POSITIVE_COLUMNS else "numbers"
-            found = (f"video_id {v}: {x!r}" for v, x in zip(df.loc[bad, "video_id"], df.loc[bad, col]))
-            raise MabeDataError(csv, col, expected, _some(found))
+            if bad_rows is None:
+                found = (f"video_id {v}: {x!r}" for v, x in zip(df.loc[bad, "video_id"], df.loc[bad, col]))
+                raise MabeDataError(csv, col, expected, _some(found))
+            for i in np.flatnonzero(bad.to_numpy()):
+                row = df.iloc[i]
+                value = row[col].item() if isinstance(row[col], np.generic) else row[col]
+                _bad_row(bad_rows, row, MabeDataError(csv, col, expected, f"video_id {row['video_id']}: {value!r}"))
+            keep = ~bad.to_numpy()
+            df, num = df[keep], num[keep]
         df[col] = num
+    return df
+
+
+def _bad_row(bad_rows: list[dict], row: pd.Series, err: MabeDataError) -> None:
+    bad_rows.append({"lab_id": str(row["lab_id"]), "video_id": row["video_id"].item()
+                     if isinstance(row["video_id"], np.generic) else row["video_id"], "error": err})
+
+
+def _parse_rows(df: pd.DataFrame, where: list[str], bad_rows: list[dict] | None) -> pd.DataFrame:
+    """body_parts and labeled parsed per row; a row that does not parse raises, or (``bad_rows``) is
+    recorded there and dropped."""
+    parts, labeled, keep = [], [], []
+    for i, w in enumerate(where):
+        row = df.iloc[i]
+        try:
+            parts.append(_parse_body_parts(row["body_parts_tracked"], w))
+            labeled.append(parse_behaviors(row["behaviors_labeled"], w))
+            keep.append(True)
+        except MabeDataError as err:
+            if bad_rows is None:
+                raise
+            _bad_row(bad_rows, row, err)
+            parts = parts[: len(labeled)]
+            keep.append(False)
+    df = df[np.array(keep, dtype=bool)].copy() if len(df) else df.copy()
+    df["body_parts"] = parts
+    df["labeled"] = labeled
     return df
 
 
@@ -214,8 +251,16 @@ def _check_files(df: pd.DataFrame, root: Path, split: str, csv: Path, check: boo
     return df
 
 
-def load_metadata(root: str | Path, split: str = "train", check_files: bool = True) -> pd.DataFrame:
-    """``<root>/<split>.csv`` -> one validated row per video, plus body_parts, labeled, n_mice, paths, has_*."""
+def load_metadata(
+    root: str | Path, split: str = "train", check_files: bool = True, bad_rows: list[dict] | None = None
+) -> pd.DataFrame:
+    """``<root>/<split>.csv`` -> one validated row per video, plus body_parts, labeled, n_mice, paths, has_*.
+
+    ``bad_rows``: a list to collect rows with a bad per-video value (fps, pix_per_cm, frame size,
+    body_parts_tracked, behaviors_labeled) as ``{"lab_id", "video_id", "error": MabeDataError}``; those
+    rows are dropped instead of raising (``mabe prepare --skip-bad``). Whole-file problems (missing
+    columns, duplicate or non-integer video ids) always raise.
+    """
     root = Path(root)
     csv = root / f"{split}.csv"
     if not csv.is_file():
@@ -225,13 +270,12 @@ def load_metadata(root: str | Path, split: str = "train", check_files: bool = Tr
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise MabeDataError(csv, None, "a readable csv", str(err).strip()) from None
     _check_columns(df, csv)
-    df = _check_numbers(df, csv)
+    df = _check_numbers(df, csv, bad_rows)
     where = [f"{csv} (video_id {v})" for v in df["video_id"]]
     quoted = int(df["behaviors_labeled"].astype("string").str.contains("'", regex=False).fillna(False).sum())
     if quoted:
         _warn(f"{csv}: {quoted} row(s) have stray single quotes inside behaviors_labeled items; read without them")
-    df["body_parts"] = [_parse_body_parts(t, w) for t, w in zip(df["body_parts_tracked"], where)]
-    df["labeled"] = [parse_behaviors(t, w) for t, w in zip(df["behaviors_labeled"], where)]
+    df = _parse_rows(df, where, bad_rows).reset_index(drop=True)
     df["n_mice"] = _n_mice(df, df["labeled"])
     rel = _relative_paths(df)
     df["tracking_path"] = [str(root / f"{split}_tracking" / r) for r in rel]

@@ -19,6 +19,7 @@ A video is written to a hidden temporary folder and renamed into place, so a fol
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -96,12 +97,13 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------- one video
 
 
-def _check_file(path: Any, what: str) -> Path:
+def _check_file(path: Any, what: str, task: dict | None = None) -> Path:
+    row = f" (listed by the {task['split']}.csv row of video_id {task['video_id']})" if task else ""
     if path is None or (isinstance(path, float) and np.isnan(path)):
-        raise MabeDataError("<metadata>", what, f"a {what} path", "none")
+        raise MabeDataError("<metadata>", what, f"a {what} path{row}", "none")
     p = Path(path)
     if not p.is_file():
-        raise MabeDataError(p, None, f"an existing {what} file", "no such file")
+        raise MabeDataError(p, None, f"an existing {what} file{row}", "no such file")
     return p
 
 
@@ -144,7 +146,7 @@ def _labels_for(
     if not has_labels:
         return labels, labeled, False
 
-    ann = data.read_annotation(_check_file(task["annotation_path"], "annotation"))
+    ann = data.read_annotation(_check_file(task["annotation_path"], "annotation", task))
     if len(ann):
         agent = ann["agent_id"].to_numpy().astype(np.int64)
         target = ann["target_id"].to_numpy().astype(np.int64)
@@ -163,12 +165,50 @@ def _labels_for(
     return labels, labeled, True
 
 
+FAR_OUTSIDE_FRAMES = 2.0  # a point more than this many frame sizes outside the video is corrupt
+FAR_OUTSIDE_MAX_SHARE = 0.5  # ... and when at least this share of a video's points is, the video is
+
+
+def _drop_far_points(xy: np.ndarray, task: dict) -> None:
+    """Points far outside the video frame -> NaN (missing), in place, with a warning that counts them.
+
+    "Far": more than FAR_OUTSIDE_FRAMES frame widths (heights) left/right of (above/below) the
+    ``video_width_pix`` x ``video_height_pix`` frame. Real tracking strays a little outside the frame
+    (keypoints of a mouse at the wall, extrapolated by the tracker); this catches only corrupt values
+    (1e6 px, a unit mix-up), which would otherwise dominate the normalisation statistics. When at
+    least FAR_OUTSIDE_MAX_SHARE of the video's points are that far out, the frame size or the tracking
+    is wrong for the whole video: MabeDataError naming both.
+    """
+    W, H = float(task.get("width", np.nan)), float(task.get("height", np.nan))
+    if not (np.isfinite(W) and np.isfinite(H) and W > 0 and H > 0):
+        return
+    x, y = xy[..., 0], xy[..., 1]
+    k = FAR_OUTSIDE_FRAMES
+    with np.errstate(invalid="ignore"):
+        far = (x < -k * W) | (x > (1 + k) * W) | (y < -k * H) | (y > (1 + k) * H)  # NaN compares False
+    n_far = int(np.count_nonzero(far))
+    if not n_far:
+        return
+    n_pts = int(np.count_nonzero(np.isfinite(x) & np.isfinite(y)))
+    path = task.get("tracking_path")
+    if n_far >= FAR_OUTSIDE_MAX_SHARE * n_pts:
+        raise MabeDataError(path, "x, y", f"points within about the {W:g} x {H:g} px video frame "
+                            "(video_width_pix x video_height_pix of its metadata row)",
+                            f"{n_far} of {n_pts} points more than {k:g} frame sizes outside it "
+                            f"(x {np.nanmin(x):.4g}..{np.nanmax(x):.4g}, y {np.nanmin(y):.4g}..{np.nanmax(y):.4g})")
+    xy[far] = np.nan
+    from mabe.data import MabeDataWarning
+
+    warnings.warn(f"{path}: {n_far} point(s) far outside the {W:g} x {H:g} px video frame (more than {k:g} "
+                  f"frame sizes away) set to missing (NaN), of {n_pts}", MabeDataWarning, stacklevel=3)
+
+
 def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read one video and compute everything the cache stores; pure apart from reading its files."""
     from mabe import data
 
     slots = _slots(fcfg)
-    trk = data.read_tracking(_check_file(task["tracking_path"], "tracking"), slots, data.MAX_MICE)
+    trk = data.read_tracking(_check_file(task["tracking_path"], "tracking", task), slots, data.MAX_MICE)
     xy = np.asarray(trk.xy)
     T = xy.shape[0]
     fps = float(task["fps"])
@@ -177,6 +217,10 @@ def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarra
         raise MabeDataError("<metadata>", "frames_per_second", "a positive number", task["fps"])
     if not np.isfinite(ppc) or ppc <= 0:
         raise MabeDataError("<metadata>", "pix_per_cm_approx", "a positive number", task["pix_per_cm"])
+    _drop_far_points(xy, task)
+    if not np.isfinite(xy).any():
+        warnings.warn(f"{task['tracking_path']}: no tracked point (every x/y is missing); its features are all "
+                      "NaN, i.e. 0 after normalisation", data.MabeDataWarning, stacklevel=2)
     centre = None
     if fcfg.arena_centre:
         centre = (float(task["width"]) / 2.0, float(task["height"]) / 2.0)
@@ -302,12 +346,18 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
     return found
 
 
-def _tasks(root: Path, splits: list[str]) -> list[dict]:
+def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) -> list[dict]:
+    """One task per metadata row of ``splits``; ``bad_rows`` collects rows with a bad value instead of
+    raising (see data.load_metadata). Raises when no split has a single row (an empty dataset)."""
     from mabe import data
 
     tasks = []
     for split in splits:
-        meta = data.load_metadata(root, split, check_files=False)
+        meta = data.load_metadata(root, split, check_files=False, bad_rows=bad_rows)
+        for bad in bad_rows or []:
+            bad.setdefault("split", split)
+        skipped = {f"{b['lab_id']}/{b['video_id']}.parquet" for b in bad_rows or [] if b["split"] == split}
+        _warn_orphans(root, split, meta, skipped)
         for row in meta.to_dict("records"):
             labeled = [(int(a), int(t), str(act)) for a, t, act in (row.get("labeled") or [])]
             tasks.append({
@@ -318,7 +368,27 @@ def _tasks(root: Path, splits: list[str]) -> list[dict]:
                 "annotation_path": _path_or_none(row.get("annotation_path")),
                 "has_annotation": bool(row.get("has_annotation", False)) and split != "test",
             })
+    if not tasks and not bad_rows:
+        csvs = ", ".join(str(root / f"{s}.csv") for s in splits)
+        raise MabeDataError(csvs, None, "at least one video row", "no video rows (an empty dataset)")
     return tasks
+
+
+def _warn_orphans(root: Path, split: str, meta: pd.DataFrame, skipped: set[str] = frozenset()) -> None:
+    """Warn about parquet files of ``split`` that no metadata row lists (they are ignored); ``skipped``:
+    '<lab>/<video>.parquet' of rows dropped as bad, which do list theirs."""
+    from mabe import data
+
+    listed = (set(data._relative_paths(meta)) if len(meta) else set()) | set(skipped)
+    subs = [f"{split}_tracking"] + (["train_annotation"] if split == "train" else [])
+    for sub in subs:
+        folder = root / sub
+        if not folder.is_dir():
+            continue
+        orphans = sorted(data._files_under(folder) - listed)
+        if orphans:
+            warnings.warn(f"{folder}: {len(orphans)} parquet file(s) with no row in {split}.csv, ignored: "
+                          f"{data._some(orphans)}", data.MabeDataWarning, stacklevel=3)
 
 
 def _plain(v: Any) -> Any:
@@ -380,7 +450,8 @@ def prepare_dataset(
     (cache_dir / "videos").mkdir(parents=True, exist_ok=True)
     _write_json(cache_dir / "config.json", config_to_dict(fcfg))
 
-    tasks = _tasks(root, split_list)
+    bad_rows: list[dict] | None = [] if skip_bad else None
+    tasks = _tasks(root, split_list, bad_rows)
     todo, done = [], 0
     for task in tasks:
         out = video_dir(cache_dir, task["lab_id"], task["video_id"])
@@ -394,7 +465,11 @@ def prepare_dataset(
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     fdict = asdict(fcfg)
-    skipped: list[dict] = []
+    skipped: list[dict] = [  # rows whose metadata was already bad (--skip-bad)
+        {"lab_id": b["lab_id"], "video_id": b["video_id"], "split": b.get("split"), "file": b["error"].file,
+         "reason": str(b["error"])} for b in bad_rows or []]
+    for s in skipped:
+        print(f"prepare: skipped {s['lab_id']}/{s['video_id']}: {s['reason']}")
     frames = 0
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), unit="video", desc="prepare", disable=not progress or not todo,
@@ -403,8 +478,11 @@ def prepare_dataset(
     def handle(res: dict) -> None:
         nonlocal frames
         where = f"{res['lab_id']}/{res['video_id']}"
-        for msg, category in res["warnings"]:
-            warnings.warn(msg if where in msg else f"{where}: {msg}", category, stacklevel=3)
+        quiet = contextlib.nullcontext() if not res["warnings"] else tqdm.external_write_mode(file=sys.stderr)
+        with quiet:  # a warning on its own line, not glued to the bar
+            for msg, category in res["warnings"]:
+                warnings.warn(msg if where in msg or str(res.get("file")) in msg else f"{where}: {msg}", category,
+                              stacklevel=3)
         bar.update(1)
         if res["status"] == "ok":
             frames += res["n_video_frames"]
@@ -443,7 +521,7 @@ def prepare_dataset(
     _write_json(cache_dir / "skipped.json", skipped)
     if todo:
         rate = frames / elapsed if elapsed > 0 else float("inf")
-        print(f"prepare: {len(todo) - len(skipped)} videos, {frames:,} frames in {elapsed:.1f} s "
+        print(f"prepare: {len(todo) - len(skipped) + len(bad_rows or [])} videos, {frames:,} frames in {elapsed:.1f} s "
               f"({rate:,.0f} frames/s, {n_workers} worker{'s' if n_workers > 1 else ''})")
     if skipped:
         print(f"prepare: skipped {len(skipped)} bad video(s) (listed in {cache_dir / 'skipped.json'}):")

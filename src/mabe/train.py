@@ -12,10 +12,11 @@ mixup draws are pure functions of (seed, epoch, micro-batch); the global RNGs (d
 optimizer, the schedule and every counter come from the checkpoint. On CPU a resumed run ends with
 exactly the metrics of an uninterrupted one.
 
-The fast path never waits for the device inside a step: losses and skip counters accumulate in
-device tensors and are read once per epoch (and the non-finite streak once every
-``max_nonfinite_steps`` steps); on CUDA the fused AdamW skips a non-finite step on the device
-through ``found_inf``, the same hook GradScaler uses.
+The step is ``accel``'s (grad_accum 1), the same code ``mabe bench`` times as its fast path: it never
+waits for the device; losses and skip counters accumulate in device tensors and are read once per
+epoch (and the non-finite streak once every ``max_nonfinite_steps`` steps); the fused AdamW (CUDA and
+CPU) skips a non-finite step on the device through ``found_inf``, the same hook GradScaler uses; on
+CUDA with ``train.cuda_graphs`` the whole step is one CUDA graph. grad_accum > 1 keeps its own loop.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mabe
+from mabe import accel, models
 from mabe import checkpoint as ckpt
-from mabe import models
 from mabe.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides
 from mabe.errors import MabeError, TrainingError
 from mabe.evaluate import (
@@ -61,7 +62,6 @@ from mabe.windows import (
     TrackSet,
     WindowDataset,
     epoch_plan,
-    gather,
     load_trackset,
     norm_stats,
     normalize_,
@@ -84,7 +84,7 @@ METRICS_COLUMNS = (
 RESUMABLE_KEYS = {
     "data", "cache", "runs", "name", "train.epochs", "train.early_stopping_patience", "train.save_freq",
     "train.device", "train.data_path", "train.num_workers", "train.tensorboard", "train.val_every",
-    "train.max_nonfinite_steps", "train.compile",
+    "train.max_nonfinite_steps", "train.compile", "train.num_threads", "train.cuda_graphs",
 }
 
 
@@ -118,12 +118,11 @@ class LRSchedule:
         self._set(warmup_lr(0, base_lr, warmup_steps))
 
     def _set(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        accel.set_lr(self.optimizer, lr)  # in place when the lr is a (CUDA-graph captured) tensor
 
     @property
     def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
+        return accel.get_lr(self.optimizer)
 
     def in_warmup(self, step: int) -> bool:
         return step < self.warmup_steps
@@ -213,6 +212,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+_OWN_GROUP_KEYS = ("fused", "capturable", "foreach", "lr")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, keeping this run's implementation flags (fused,
+    capturable, foreach) and lr objects: ``load_state_dict`` would take them from the checkpoint, so
+    a run saved on the CPU and resumed on CUDA would lose its capturable (CUDA-graph) AdamW, and a
+    capturable lr tensor would be replaced by the checkpoint's CPU copy. The flags also decide where
+    the step counters are loaded (the device for fused/capturable). The lr value itself comes back
+    through ``LRSchedule.load_state_dict``."""
+    groups = saved.get("param_groups", [])
+    if len(groups) == len(optimizer.param_groups):  # else load_state_dict raises its own error
+        groups = [dict(sg, **{k: g[k] for k in _OWN_GROUP_KEYS if k in g})
+                  for sg, g in zip(groups, optimizer.param_groups)]
+        saved = dict(saved, param_groups=groups)
+    optimizer.load_state_dict(saved)
+
+
 # ----------------------------------------------------------------------------- augmentation
 
 
@@ -247,8 +264,10 @@ def augment(
 class Batches:
     """The micro-batches of an epoch, from one of two sources that yield the same batches:
 
-    - resident (``data_path`` gpu, and the in-process default on CPU): the whole TrackSet lives on
-      the training device; a batch is ``gather`` over window indices, all torch ops, no copies;
+    - resident (``data_path`` gpu, and the in-process default on CPU): ``accel.DeviceStore``, the whole
+      TrackSet on the training device (``train.storage_dtype``); a batch is ``gather`` over window
+      indices, all torch ops, no copies. When it does not fit in GPU memory the store says so and
+      streams each batch through pinned host memory instead;
     - loader (the reference): a ``DataLoader`` with ``num_workers`` processes, numpy gather per window.
     """
 
@@ -261,9 +280,8 @@ class Batches:
         self.length = cfg.windows.sequence_length
         self.batch_size = cfg.train.batch_size
         if path == "resident":
-            dtype = storage_dtype(cfg.train.storage_dtype, ts, device)
-            self.arrays = ts.tensors(device, dtype)
-            self.windows_t = torch.from_numpy(windows).to(device)
+            self.store = accel.DeviceStore(ts, device, cfg.train.storage_dtype, precision=cfg.train.precision)
+            self.windows_t = torch.from_numpy(windows).to(self.store.index_device)
         else:
             self.dataset = WindowDataset(ts, self.length)
 
@@ -283,13 +301,13 @@ class Batches:
         order, shift = self.plan(epoch)
         B, n_micro = self.batch_size, max(len(order) // self.batch_size, 1)
         end = min(n_micro * B, len(order))
-        mode = self.ts.mode
         if self.path == "resident":
-            o = torch.from_numpy(order[:end]).to(self.device)
-            s = torch.from_numpy(shift[:end]).to(self.device)
+            idx = self.store.index_device  # the device, or the CPU when the store streams
+            o = torch.from_numpy(order[:end]).to(idx)
+            s = torch.from_numpy(shift[:end]).to(idx)
             for j in range(start, n_micro):
                 sl = slice(j * B, (j + 1) * B)
-                yield j, gather(self.arrays, self.windows_t[o[sl]], self.length, s[sl], mode=mode)
+                yield j, self.store.batch(self.windows_t[o[sl]], self.length, s[sl])
             return
         self.dataset.set_plan(self.windows[order[start * B : end]], shift[start * B : end])
         loader = torch.utils.data.DataLoader(
@@ -299,19 +317,6 @@ class Batches:
         )
         for j, b in enumerate(loader, start=start):
             yield j, {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
-
-
-def storage_dtype(name: str, ts: TrackSet, device: torch.device) -> torch.dtype:
-    """Dtype of the resident X: ``auto`` = float32, bfloat16 on CUDA when float32 would take more
-    than half of the free device memory."""
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name != "auto":
-        return table[name]
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if ts.X.nbytes > free / 2:
-            return torch.bfloat16
-    return torch.float32
 
 
 # ----------------------------------------------------------------------------- run log
@@ -420,19 +425,45 @@ def _now() -> str:
     return datetime.now().isoformat(timespec="seconds")
 
 
+STOP_CHECK_STEPS = 10  # DDP: the ranks agree on a stop request every this many optimizer steps
+
+
 class StopRequest:
     """SIGTERM / SIGINT -> finish the current step, write last.pt, exit as ``stopped``.
 
-    A second Ctrl-C interrupts at once.
+    A second Ctrl-C interrupts at once. Under DDP a signal may reach one rank only (``mabe stop``
+    signals rank 0, the pid in status.json) or reach the ranks at different steps (torchrun forwards
+    its SIGTERM to every rank): ``check(step)`` all-reduces the flag (MAX) every ``STOP_CHECK_STEPS``
+    optimizer steps, a step number every rank shares, so all ranks leave the loop after the same
+    step and rank 0 writes the one checkpoint. One process reads its own flag every step, for free.
     """
 
-    def __init__(self, log: RunLog):
+    def __init__(self, log: RunLog, world: int = 1, device: torch.device | None = None,
+                 every: int = STOP_CHECK_STEPS):
         self.requested = False
         self.log = log
+        self.world, self.device, self.every = world, device, max(int(every), 1)
         self._old: dict[int, Any] = {}
         if threading_main():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
+
+    def check(self, step: int) -> bool:
+        """Stop after optimizer step ``step``? The same answer on every rank (a collective every
+        ``every`` steps under DDP, so every rank must call it after every step)."""
+        if self.world == 1:
+            return self.requested
+        return step % self.every == 0 and self.agree()
+
+    def agree(self) -> bool:
+        """Whether any rank was asked to stop (every rank must call it at the same point)."""
+        if self.world == 1:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() > 0:
+            self.requested = True
+        return self.requested
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
@@ -467,8 +498,96 @@ def init_distributed() -> tuple[int, int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group(backend=backend)
+        timeout = timedelta(seconds=float(os.environ.get("MABE_DIST_TIMEOUT_S", 3600)))  # rank 0 may prepare the cache
+        torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return rank, local_rank, world
+
+
+def all_reduce_sum(values: list[float], device: torch.device, world: int) -> list[float]:
+    """Sum ``values`` over the ranks (float64; identity for one process)."""
+    if world == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_floats(values: list[float], device: torch.device, world: int) -> list[float]:
+    """Rank 0's ``values`` on every rank: decisions (best epoch, plateau, early stop) must agree even
+    where a non-deterministic kernel made two ranks' validation differ in the last bit."""
+    if world == 1:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, src=0)
+    return t.tolist()
+
+
+def gather_rng_states(world: int) -> list | None:
+    """Every rank's ``ckpt.rng_state()`` (rank order) for the checkpoint; None for one process.
+    A collective: every rank calls it at the same point."""
+    if world == 1:
+        return None
+    out: list = [None] * world
+    torch.distributed.all_gather_object(out, ckpt.rng_state())
+    return out
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """``ckpt.save`` with a full, read-only or failing disk as a TrainingError naming the file; the
+    write is atomic, so the previous checkpoint at ``path`` is still there and still complete."""
+    try:
+        return ckpt.save(path, state)
+    except OSError as err:
+        why = err.strerror or str(err)
+        raise TrainingError(
+            f"cannot write checkpoint {path}: {why} (errno {err.errno}); the previous {path.name} is kept "
+            f"intact. Free space or make {path.parent} writable, then resume") from err
+
+
+def _lr_factor(kind: str, processes_x_accum: int) -> float:
+    """``train.lr_scaling``: the learning rate is ``train.lr`` times this, for a global batch of
+    ``batch_size * world * grad_accum`` (relative to ``batch_size``, the batch ``train.lr`` was tuned for)."""
+    return {"none": 1.0, "linear": float(processes_x_accum), "sqrt": math.sqrt(processes_x_accum)}[kind]
+
+
+def adapt_resume(
+    state: dict, cfg: Config, world: int, schedule: LRSchedule, step: int, start_micro: int, steps_per_epoch: int,
+    log: RunLog,
+) -> tuple[int, int]:
+    """A checkpoint written with another global batch (N processes resumed with M, or another batch
+    size / grad_accum): convert the position and the learning rate, return ``(step, start_micro)``.
+
+    - micro-batch: the ranks take strided shares of one global plan, so the first k micro-batches of N
+      processes are the first ``k * batch * N`` windows of the epoch's plan whatever N is; the resumed
+      run starts at the micro-batch holding that many windows (rounded down to an accumulation group:
+      at most one group's windows are seen twice);
+    - step: rescaled by old / new global batch, so warmup keeps its progress in epochs; warmup length
+      is recomputed for the new steps per epoch;
+    - lr: the current rate (after any plateau reductions) times new / old ``train.lr_scaling`` factor.
+
+    Adam's moments are kept as they are. The run is then not bit-identical to an uninterrupted one.
+    """
+    tc = cfg.train
+    old_tc = state[ckpt.CONFIG_KEY].get("train", {})
+    old_world = int(state.get(ckpt.WORLD_KEY) or 1)
+    old_b, old_accum = int(old_tc.get("batch_size", tc.batch_size)), int(old_tc.get("grad_accum", tc.grad_accum))
+    b, accum = tc.batch_size, tc.grad_accum
+    if (old_world, old_b, old_accum) == (world, b, accum):
+        return step, start_micro
+    micro = start_micro * old_b * old_world // (b * world)
+    micro -= micro % accum
+    new_step = round(step * (old_b * old_accum * old_world) / (b * accum * world))
+    old_factor = _lr_factor(old_tc.get("lr_scaling", tc.lr_scaling), old_accum * old_world)
+    new_factor = _lr_factor(tc.lr_scaling, accum * world)
+    lr = schedule.lr * new_factor / old_factor
+    schedule.base_lr = tc.lr * new_factor
+    schedule.warmup_steps = round(tc.warmup_epochs * steps_per_epoch)
+    schedule._set(lr)
+    schedule.before_step(new_step)  # inside warmup: the warmup rate of the converted step
+    log.print(f"resuming a checkpoint of {old_world} process(es) x batch {old_b} x accum {old_accum} with {world} x "
+              f"{b} x {accum}: step {step} -> {new_step}, micro-batch {start_micro} -> {micro}, lr x "
+              f"{new_factor / old_factor:g} ({tc.lr_scaling} scaling); not bit-identical to an uninterrupted run")
+    return new_step, micro
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -534,25 +653,62 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     master = rank == 0
     device = pick_device(cfg.train.device, local_rank)
     precision = resolve_precision(cfg.train.precision, device)
+    stale: list[Path] = []
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        stale = ckpt.clean_partial(run_dir / "checkpoints")  # writes a kill interrupted; never read
     state = ckpt.load(run_dir / "checkpoints" / "last.pt") if resume else None
     log = RunLog(run_dir, cfg, master, resume_epoch=state[ckpt.EPOCH_KEY] if state else None)
+    if stale:
+        log.print(f"removed {len(stale)} partial checkpoint file(s) left by an interrupted write: "
+                  + ", ".join(p.name for p in stale))
     started = _now()
     log.status(state="running", pid=os.getpid(), epoch=state[ckpt.EPOCH_KEY] if state else 0,
                epochs=cfg.train.epochs, device=str(device), started=started, message="preparing data")
+    threads = torch.get_num_threads()  # train.num_threads changes it for the run only
     try:
         summary = _train(cfg, run_dir, state, log, rank, world, device, precision)
+    except TrainingError as err:  # say what is left to resume from
+        err = TrainingError(f"{err}; {last_checkpoint_note(run_dir)}")
+        log.status(state="failed", message=f"TrainingError: {err}"[:500])
+        raise err from None
     except BaseException as err:
         msg = f"{type(err).__name__}: {err}"
         log.status(state="failed", message=msg[:500])
         raise
     finally:
         log.close()
+        torch.set_num_threads(threads)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return summary
+
+
+def last_checkpoint_note(run_dir: Path) -> str:
+    """Where a failed run can be resumed from: its last complete checkpoint, or that there is none."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return f"no checkpoint was written yet ({last})"
+    try:
+        state = ckpt.load(last)
+        where = f"epoch {int(state[ckpt.EPOCH_KEY])}" + (f", micro-batch {int(state[ckpt.BATCH_KEY])}"
+                                                         if state.get(ckpt.BATCH_KEY) else "")
+    except (MabeError, KeyError, TypeError, ValueError):
+        return f"{last} is there but unreadable"
+    return f"the last good checkpoint is intact: {last} ({where}); resume with: mabe train --resume {run_dir}"
+
+
+def cpu_threads(requested: int) -> int:
+    """``train.num_threads`` capped at the CPUs this process may run on, shared among the ranks of
+    this machine (torchrun's LOCAL_WORLD_SIZE): more intra-op threads than cores only makes OpenMP
+    threads wait for each other."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(min(requested, cpus // local), 1)
 
 
 def _train(
@@ -561,16 +717,18 @@ def _train(
 ) -> dict:
     master = rank == 0
     tc = cfg.train
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls (the LSTM)
+    accel.setup_backends(device, deterministic=tc.deterministic)  # CUDA: TF32, cudnn.benchmark unless deterministic
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    if tc.cuda_graphs:
-        warnings.warn("train.cuda_graphs is not implemented yet; training without CUDA graphs", stacklevel=2)
+    if tc.num_threads is not None:
+        torch.set_num_threads(cpu_threads(tc.num_threads))  # train() puts the old value back
     seed_everything(tc.seed + rank)
 
     # ---- data
+    if world > 1:  # rank 0 prepares a missing cache alone (shared filesystem); the others wait, then read it
+        if master:
+            ensure_cache(cfg, Path(cfg.data), ["train"])
+        torch.distributed.barrier()
     saved_stats = {k: v.numpy() for k, v in state[ckpt.NORM_KEY].items()} if state else None
     train_ts, val_ts, stats = prepare_data(cfg, log, saved_stats)
     if state is not None and list(state[ckpt.OUTPUTS_KEY]) != train_ts.names:
@@ -587,17 +745,24 @@ def _train(
     if path == "auto" or path == "gpu":
         path = "resident"  # CUDA: whole TrackSet on the GPU; CPU: the same gather in-process
     batches = Batches(train_ts, windows, weights, cfg, device, path, n_draw, rank, world)
+    if path == "resident":
+        log.print(batches.store.message)
     val_arrays = val_ts.tensors(device)
 
     # ---- model, loss, optimizer, schedule
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
     raw_model = models.create(cfg.model.name, train_ts.n_features, train_ts.n_outputs, cfg.model).to(device)
+    if getattr(cfg.model, "norm", "batch") == "sync_batch" and world > 1:
+        if device.type == "cuda":  # batch statistics over the global batch (same state_dict keys)
+            raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
+        else:
+            log.print("model.norm=sync_batch: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process")
     n_params = sum(p.numel() for p in raw_model.parameters())
     model: nn.Module = raw_model
     if world > 1:
         model = nn.parallel.DistributedDataParallel(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc.compile and hasattr(raw_model, "compile_stem"):
-        raw_model.compile_stem()
+    if tc.compile and accum > 1 and device.type == "cuda":
+        accel.compile_parts(raw_model)  # grad_accum 1: accel.make_train_step compiles (CUDA only too)
 
     class_weight = pos_weight = None
     if cfg.task.mode == "scene" and cfg.task.class_weights is not None:
@@ -607,10 +772,12 @@ def _train(
             np.full(train_ts.n_outputs, float(cfg.task.pos_weight), np.float32)
         pos_weight = torch.from_numpy(pw).to(device)
 
-    scale = {"none": 1.0, "linear": accum * world, "sqrt": math.sqrt(accum * world)}[tc.lr_scaling]
-    fused = tc.fused_adamw and device.type == "cuda"
-    optimizer = torch.optim.AdamW(param_groups(raw_model, tc.weight_decay), lr=tc.lr * scale,
-                                  betas=tuple(tc.betas), fused=fused or None)
+    scale = _lr_factor(tc.lr_scaling, accum * world)  # global batch B * world * accum, relative to B
+    # one CUDA graph per step: static shapes and one process; mixup's lambda is a Python float
+    use_graphs = (tc.cuda_graphs and device.type == "cuda" and world == 1 and accum == 1
+                  and cfg.augment.mixup_alpha == 0)
+    optimizer = accel.make_optimizer(param_groups(raw_model, tc.weight_decay), tc.lr * scale, betas=tc.betas,
+                                     fused=tc.fused_adamw, capturable=use_graphs)
     n_micro = batches.n_micro(0)
     steps_per_epoch = math.ceil(n_micro / accum)
     schedule = LRSchedule(optimizer, tc.lr * scale, round(tc.warmup_epochs * steps_per_epoch), tc)
@@ -621,21 +788,32 @@ def _train(
     partial: dict = {}
     if state is not None:
         raw_model.load_state_dict(state[ckpt.MODEL_KEY])
-        optimizer.load_state_dict(state[ckpt.OPTIMIZER_KEY])
+        load_optimizer_state(optimizer, state[ckpt.OPTIMIZER_KEY])
         schedule.load_state_dict(state[ckpt.SCHEDULER_KEY])
         start_epoch, step = int(state[ckpt.EPOCH_KEY]), int(state[ckpt.STEP_KEY])
         start_micro = int(state.get(ckpt.BATCH_KEY) or 0)
         partial = state.get(ckpt.EPOCH_STATE_KEY) or {}
         best_f1, best_epoch = float(state[ckpt.BEST_METRIC_KEY]), int(state[ckpt.BEST_EPOCH_KEY])
         since_best = int(state[ckpt.EARLY_STOP_KEY])
-        ckpt.set_rng_state(state[ckpt.RNG_KEY])
+        if rank > 0:  # the saved partial sums are every rank's: rank 0 carries them on, the others start at 0
+            partial = dict(partial, loss_sum=0.0, n_loss=0.0, windows=0)
+        rank_rngs = state.get(ckpt.RANK_RNG_KEY)
+        if rank_rngs is not None and len(rank_rngs) == world:  # DDP with as many ranks: each its own RNGs
+            ckpt.set_rng_state(rank_rngs[rank])
+        else:
+            ckpt.set_rng_state(state[ckpt.RNG_KEY])
+            if rank > 0:  # more ranks than the checkpoint had: not rank 0's dropout draws
+                seed_everything(tc.seed + rank + 7919 * (step + 1))
+        step, start_micro = adapt_resume(state, cfg, world, schedule, step, start_micro, steps_per_epoch, log)
         log.print(f"resumed {run_dir} at epoch {start_epoch}" + (f", micro-batch {start_micro}" if start_micro else "")
                   + f", step {step}, best F1 {best_f1:.4f} (epoch {best_epoch})")
     log.print(f"model: {cfg.model.name}, {n_params:,} parameters | device {device}, {precision}, "
-              f"data path {path} | batch {B} x accum {accum} x {world} process(es) | {len(windows):,} windows, "
+              f"data path {path} | batch {B} x accum {accum} x {world} process(es), lr {tc.lr:g} x {scale:g} "
+              f"({tc.lr_scaling} scaling) | {len(windows):,} windows, "
               f"{n_micro} micro-batches ({steps_per_epoch} steps) per epoch, warmup {schedule.warmup_steps} steps")
 
-    def checkpoint_state(epoch_done: int, micro: int = 0, epoch_state: dict | None = None, metrics: dict | None = None) -> dict:
+    def checkpoint_state(epoch_done: int, micro: int = 0, epoch_state: dict | None = None, metrics: dict | None = None,
+                         rank_rngs: list | None = None) -> dict:
         return {
             ckpt.MODEL_KEY: raw_model.state_dict(),
             ckpt.OPTIMIZER_KEY: optimizer.state_dict(),
@@ -650,6 +828,7 @@ def _train(
             ckpt.OUTPUTS_KEY: list(train_ts.names), ckpt.MODE_KEY: cfg.task.mode,
             ckpt.IN_FEATURES_KEY: train_ts.n_features, ckpt.N_OUTPUTS_KEY: train_ts.n_outputs,
             ckpt.VERSION_KEY: mabe.__version__, ckpt.KIND_KEY: "train", ckpt.METRICS_KEY: metrics or {},
+            ckpt.WORLD_KEY: world, ckpt.RANK_RNG_KEY: rank_rngs,
         }
 
     def loss_of(logits: torch.Tensor, b: dict, mix: tuple | None) -> torch.Tensor:
@@ -671,14 +850,36 @@ def _train(
         m = trackset_metrics(val_ts, probs)
         cw = np.asarray(cfg.task.class_weights) if cfg.task.class_weights else None
         m["loss"] = prob_loss(val_ts, probs, cw, pos_weight.cpu().numpy() if pos_weight is not None else None)
+        # every rank validates the same weights on the same videos; rank 0's numbers decide for all
+        m["f1_macro"], m["accuracy"], m["loss"] = broadcast_floats([m["f1_macro"], m["accuracy"], m["loss"]],
+                                                                   device, world)
         m["score"] = competition_score(val_ts, probs, cfg.data, cfg.postprocess) if master else None
         return m | {"probs": probs}
 
     # ---- the loop
-    stop = StopRequest(log)
+    stop = StopRequest(log, world, device)
     gen = torch.Generator(device=device)
     params = [p for p in raw_model.parameters() if p.requires_grad]
+    fused = all(bool(g.get("fused")) for g in optimizer.param_groups)
     check_every = tc.max_nonfinite_steps
+
+    def step_loss(logits: torch.Tensor, b: dict) -> torch.Tensor:
+        """``loss_of`` as accel's step calls it: a mixup draw travels in the batch (eager only)."""
+        return loss_of(logits, b, (b["mix_lam"], b["mix_perm"]) if "mix_perm" in b else None)
+
+    step_fn = None  # grad_accum 1: accel's step, built after the checkpoint was loaded
+    if accum == 1:
+        step_fn = accel.make_train_step(model, step_loss, optimizer, precision=precision, grad_clip=tc.grad_clip,
+                                        cuda_graphs=use_graphs, compile=tc.compile)
+        log.print(f"step: {step_fn.describe()}")
+    else:
+        log.print(f"step: eager, gradient accumulation over {accum} micro-batches, "
+                  + ("fused AdamW (non-finite steps skipped on the device)" if fused else "AdamW"))
+    # grad_accum > 1: BatchNorm running stats of a skipped step are put back (accel's step does the same)
+    bufs = [buf for buf in raw_model.buffers() if buf.is_floating_point()] if step_fn is None else []
+    saved_bufs = [torch.empty_like(buf) for buf in bufs]
+    if tc.cuda_graphs and device.type == "cuda" and not use_graphs:
+        log.print("train.cuda_graphs needs one process, grad_accum 1 and augment.mixup_alpha 0: running eagerly")
     outcome = "finished"
     epoch = start_epoch
     log.status(message="training")
@@ -688,11 +889,15 @@ def _train(
             model.train()
             n_micro = batches.n_micro(epoch)
             first = start_micro if epoch == start_epoch else 0
-            loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
-            n_loss = torch.tensor(float(partial.get("n_loss", 0.0)), device=device)
-            skipped = torch.tensor(int(partial.get("skipped", 0)), device=device)
-            streak = torch.zeros((), dtype=torch.int64, device=device)
-            worst = torch.zeros((), dtype=torch.int64, device=device)
+            if step_fn is not None:  # the epoch's counters live in the step (device tensors, filled in place)
+                step_fn.set_stats(loss_sum=float(partial.get("loss_sum", 0.0)), n_finite=int(partial.get("n_loss", 0)),
+                                  steps=first, skipped=int(partial.get("skipped", 0)))
+            else:
+                loss_sum = torch.tensor(float(partial.get("loss_sum", 0.0)), device=device)
+                n_loss = torch.tensor(float(partial.get("n_loss", 0.0)), device=device)
+                skipped = torch.tensor(int(partial.get("skipped", 0)), device=device)
+                streak = torch.zeros((), dtype=torch.int64, device=device)
+                worst = torch.zeros((), dtype=torch.int64, device=device)
             n_windows = int(partial.get("windows", 0))
             t_train = float(partial.get("train_s", 0.0))
             phase = partial.get("phase") or ("warmup" if schedule.in_warmup(step) else "train")
@@ -701,12 +906,29 @@ def _train(
                        disable=not master or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
             stopped_at = None
             for j, b in batches.epoch(epoch, first):
-                group_start = j - j % accum
-                group_size = min(accum, n_micro - group_start)
                 rng = batch_rng(tc.seed, rank, epoch, j)
                 gen.manual_seed(int(rng.integers(2**62)))
                 b, mix = augment(b, cfg.augment, gen, rng)
+                if step_fn is not None:  # one call: forward, backward, clip, AdamW, counters; no host sync
+                    if mix is not None:
+                        b["mix_lam"], b["mix_perm"] = mix
+                    schedule.before_step(step)
+                    step_fn(b)
+                    n_windows += b["x"].shape[0]
+                    bar.update(1)
+                    step += 1
+                    if step % check_every == 0 and int(step_fn.worst) >= tc.max_nonfinite_steps:
+                        raise TrainingError(nonfinite_message(int(step_fn.worst), step))
+                    if stop.check(step):  # DDP: every rank leaves after the same step
+                        stopped_at = j + 1
+                        break
+                    continue
+                # ---- grad_accum > 1: micro-batches accumulate, then one optimizer step
+                group_start = j - j % accum
+                group_size = min(accum, n_micro - group_start)
                 last_micro = j == group_start + group_size - 1
+                if j == group_start and bufs:
+                    torch._foreach_copy_(saved_bufs, bufs)
                 sync = model.no_sync() if world > 1 and not last_micro else contextlib.nullcontext()
                 with sync:
                     with autocast_for(device, precision):
@@ -725,43 +947,53 @@ def _train(
                 gnorm = nn.utils.clip_grad_norm_(params, tc.grad_clip if tc.grad_clip > 0 else float("inf"))
                 finite = torch.isfinite(gnorm) & ok
                 if fused:  # skipped on the device when found_inf is set: no host sync
-                    optimizer.found_inf = (~finite).float().reshape(1)
-                    optimizer.step()
+                    optimizer.found_inf = (~finite).float()  # 0-d, like the fused kernel's step counters
+                    try:
+                        optimizer.step()
+                    finally:
+                        del optimizer.found_inf  # never leak the flag into a later step
                 elif bool(finite):  # off the GPU the check is free
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                for buf, kept in zip(bufs, saved_bufs):
+                    buf.copy_(torch.where(finite, buf, kept))
                 bad = (~finite).long()
                 skipped += bad
                 streak = (streak + 1) * bad
                 worst = torch.maximum(worst, streak)
                 step += 1
                 if step % check_every == 0 and int(worst) >= tc.max_nonfinite_steps:
-                    raise TrainingError(
-                        f"{int(worst)} optimizer steps in a row had a non-finite loss or gradient (at step {step}); "
-                        f"try a lower train.lr or longer train.warmup_epochs")
-                if stop.requested:
+                    raise TrainingError(nonfinite_message(int(worst), step))
+                if stop.check(step):  # DDP: every rank leaves after the same step
                     stopped_at = j + 1
                     break
             bar.close()
             t_train += time.perf_counter() - t0
-            if int(worst) >= tc.max_nonfinite_steps:
-                raise TrainingError(f"{int(worst)} optimizer steps in a row had a non-finite loss or gradient")
+            if step_fn is not None:  # the epoch's one sync
+                st = step_fn.stats(reset=True)
+                ep_loss, ep_n, ep_skipped, ep_worst = st["loss_sum"], float(st["n_finite"]), st["skipped"], st["worst_streak"]
+            else:
+                ep_loss, ep_n, ep_skipped, ep_worst = float(loss_sum), float(n_loss), int(skipped), int(worst)
+            if ep_worst >= tc.max_nonfinite_steps:
+                raise TrainingError(nonfinite_message(ep_worst, step))
 
             if stopped_at is not None and stopped_at < n_micro:  # mid-epoch: save and leave
-                epoch_state = {"loss_sum": float(loss_sum), "n_loss": float(n_loss), "skipped": int(skipped),
-                               "windows": n_windows, "train_s": t_train, "phase": phase}
+                # DDP: the sums of every rank; a resume (with any number of processes) adds to them on rank 0
+                ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss, ep_n, n_windows], device, world)
+                epoch_state = {"loss_sum": ep_loss, "n_loss": ep_n, "skipped": ep_skipped,
+                               "windows": int(n_windows), "train_s": t_train, "phase": phase}
+                rank_rngs = gather_rng_states(world)
                 if master:
-                    ckpt.save(run_dir / "checkpoints" / "last.pt", checkpoint_state(epoch, stopped_at, epoch_state))
+                    save_checkpoint(run_dir / "checkpoints" / "last.pt",
+                                    checkpoint_state(epoch, stopped_at, epoch_state, rank_rngs=rank_rngs))
                 outcome = "stopped"
                 break
 
             # ---- end of epoch: one sync, validation, schedule, checkpoints
-            if world > 1:  # the mean training loss over every rank's batches
-                sums = torch.stack([loss_sum, n_loss])
-                torch.distributed.all_reduce(sums)
-                loss_sum, n_loss = sums[0], sums[1]
-            train_loss = float(loss_sum / n_loss.clamp(min=1))
-            row: dict = {"epoch": epoch + 1, "phase": phase, "loss": train_loss, "skipped_steps": int(skipped),
+            # DDP: the mean training loss over every rank's batches; the windows of every rank
+            ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss, ep_n, n_windows], device, world)
+            train_loss = ep_loss / max(ep_n, 1.0)
+            row: dict = {"epoch": epoch + 1, "phase": phase, "loss": train_loss, "skipped_steps": ep_skipped,
                          "windows_per_s": n_windows / max(t_train, 1e-9)}
             val = None
             if (epoch + 1) % tc.val_every == 0 or epoch + 1 == tc.epochs:
@@ -778,15 +1010,19 @@ def _train(
             log.epoch(row)
             log.print(epoch_line(row, tc.epochs))
             early = tc.early_stopping_patience > 0 and since_best >= tc.early_stopping_patience
-            done = epoch + 1 == tc.epochs or early or stop.requested
+            stopping = stop.agree()  # DDP: a collective, so every rank takes the same branch below
+            done = epoch + 1 == tc.epochs or early or stopping
+            rank_rngs = gather_rng_states(world)
             if master:
                 metrics = {k: v for k, v in row.items()}
                 if val is not None and best_epoch == epoch + 1:
-                    ckpt.save(run_dir / "checkpoints" / "best.pt", checkpoint_state(epoch + 1, metrics=metrics))
+                    save_checkpoint(run_dir / "checkpoints" / "best.pt",
+                                    checkpoint_state(epoch + 1, metrics=metrics, rank_rngs=rank_rngs))
                 if (epoch + 1) % tc.save_freq == 0 or done:
-                    ckpt.save(run_dir / "checkpoints" / "last.pt", checkpoint_state(epoch + 1, metrics=metrics))
+                    save_checkpoint(run_dir / "checkpoints" / "last.pt",
+                                    checkpoint_state(epoch + 1, metrics=metrics, rank_rngs=rank_rngs))
             log.status(epoch=epoch + 1, best_f1=best_f1, best_epoch=best_epoch, message=f"epoch {epoch + 1} done")
-            if stop.requested:
+            if stopping:
                 outcome = "stopped"
                 break
             if early:
@@ -809,6 +1045,11 @@ def _train(
     log.print(f"done: best validation F1 {best_f1:.4f} at epoch {best_epoch}; run directory {run_dir}")
     return {"state": outcome, "best_f1": best_f1, "best_epoch": best_epoch, "epochs": epoch + 1,
             "run_dir": str(run_dir)}
+
+
+def nonfinite_message(worst: int, step: int) -> str:
+    return (f"{worst} optimizer steps in a row had a non-finite loss or gradient (at step {step}); "
+            "try a lower train.lr or longer train.warmup_epochs")
 
 
 def finish_eval(

@@ -1,6 +1,6 @@
 """The reference frame classifier: a Conv1d stem, a bidirectional LSTM, a per-frame linear head.
 
-(B, W, F) -> 3 x [Conv1d(k=3) -> BatchNorm1d -> ReLU -> Dropout] (64, 128, 256 channels)
+(B, W, F) -> 3 x [Conv1d(k=3) -> BatchNorm1d (model.norm) -> ReLU -> Dropout] (64, 128, 256 channels)
 -> LSTM(256, hidden 256, 2 layers, bidirectional) -> Dropout -> Linear(512, C) -> (B, W, C) logits.
 At the reference size (F=288, C=4) this is 2,811,204 parameters.
 
@@ -20,6 +20,19 @@ from mabe.config import ModelConfig
 from mabe.models import register
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    """The conv block's normalisation (``model.norm``); sync_batch is a BatchNorm1d that the trainer
+    converts to SyncBatchNorm under DDP on CUDA, so every kind has the same state_dict keys as batch
+    apart from group (weight, bias only) and none (nothing)."""
+    if kind in ("batch", "sync_batch"):
+        return nn.BatchNorm1d(channels)
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"model.norm must be batch, sync_batch, group or none, got {kind!r}")
+
+
 class Conv1dBiLSTM(nn.Module):
     def __init__(self, in_features: int, n_outputs: int, cfg: ModelConfig):
         super().__init__()
@@ -28,7 +41,7 @@ class Conv1dBiLSTM(nn.Module):
         for c_out in cfg.conv_channels:
             layers += [
                 nn.Conv1d(c_in, c_out, cfg.kernel_size, padding="same"),
-                nn.BatchNorm1d(c_out),
+                _norm(getattr(cfg, "norm", "batch"), c_out),
                 nn.ReLU(inplace=True),
                 nn.Dropout(cfg.dropout),
             ]
