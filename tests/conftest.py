@@ -11,6 +11,17 @@ REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mabe202
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared, busy CPU two OpenMP threads stall each other for seconds."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 

@@ -20,12 +20,8 @@ from mabe.windows import TrackSet, gather, window_index
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU two OpenMP threads stall each other for seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one intra-op thread (see conftest)."""
 
 
 W = 20

@@ -14,12 +14,8 @@ from mabe.config import ModelConfig
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, busy CPU two OpenMP threads stall each other for seconds."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here runs with one intra-op thread (see conftest)."""
 
 
 def tiny_setup() -> bench.BenchSetup:

@@ -289,7 +289,12 @@ class Batches:
         """This rank's share of the epoch's windows and shifts (every rank computes the same plan)."""
         order, shift = epoch_plan(len(self.windows), self.n_draw, epoch, self.cfg.train.seed, self.weights,
                                   self.cfg.augment.temporal_jitter)
-        return order[self.rank :: self.world], shift[self.rank :: self.world]
+        # DDP: rank r takes windows r, r + world, ... so micro-batch j of all ranks together is windows
+        # [j * B * world, (j + 1) * B * world) of the plan, as for one process with batch B * world.
+        # The plan is cut to a multiple of world first: equal shares, hence the same number of steps
+        # on every rank (one extra step on one rank would hang the others in its all-reduce).
+        n = len(order) - len(order) % self.world
+        return order[self.rank : n : self.world], shift[self.rank : n : self.world]
 
     def n_micro(self, epoch: int) -> int:
         """Micro-batches per epoch: full batches only (a last partial one is dropped), at least one."""
@@ -1146,6 +1151,27 @@ def _resolve_run(run: str, runs_root: str) -> Path:
         return p if p.is_dir() else Path(runs_root) / run
 
 
+def _run_forwarding_signals(cmd: list[str]) -> int:
+    """Run torchrun and pass SIGTERM / SIGINT on to it (it forwards them to every rank, which stop
+    gracefully): ``kill`` on this wrapper must not leave an orphaned training behind."""
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum: int, frame: Any) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)} if threading_main() else {}
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:  # pragma: no cover - only without our handler
+                proc.send_signal(signal.SIGINT)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def main_from_args(args: Any) -> int:
     """``mabe train``: resolve the config and run directory, then detach, relaunch or train here."""
     nproc = getattr(args, "nproc", None)
@@ -1156,7 +1182,7 @@ def main_from_args(args: Any) -> int:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "mabe", *argv]
         print("launching:", " ".join(cmd))
-        return subprocess.call(cmd)
+        return _run_forwarding_signals(cmd)
 
     if getattr(args, "resume", None):
         base = load_config(args.config, None) if getattr(args, "config", None) else Config()
