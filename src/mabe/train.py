@@ -800,8 +800,8 @@ def _train(
         partial = state.get(ckpt.EPOCH_STATE_KEY) or {}
         best_f1, best_epoch = float(state[ckpt.BEST_METRIC_KEY]), int(state[ckpt.BEST_EPOCH_KEY])
         since_best = int(state[ckpt.EARLY_STOP_KEY])
-        if rank > 0:  # the saved partial sums are every rank's: rank 0 carries them on, the others start at 0
-            partial = dict(partial, loss_sum=0.0, n_loss=0.0, windows=0)
+        if rank > 0:  # the saved window count is every rank's: rank 0 carries it on (loss sums are per step)
+            partial = dict(partial, windows=0)
         rank_rngs = state.get(ckpt.RANK_RNG_KEY)
         if rank_rngs is not None and len(rank_rngs) == world:  # DDP with as many ranks: each its own RNGs
             ckpt.set_rng_state(rank_rngs[rank])
@@ -983,8 +983,9 @@ def _train(
                 raise TrainingError(nonfinite_message(ep_worst, step))
 
             if stopped_at is not None and stopped_at < n_micro:  # mid-epoch: save and leave
-                # DDP: the sums of every rank; a resume (with any number of processes) adds to them on rank 0
-                ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss, ep_n, n_windows], device, world)
+                # DDP: loss sums per step (the mean over ranks, as one process with the global batch would
+                # count them) and the windows of every rank, so a resume with any number of processes adds up
+                ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss / world, ep_n / world, n_windows], device, world)
                 epoch_state = {"loss_sum": ep_loss, "n_loss": ep_n, "skipped": ep_skipped,
                                "windows": int(n_windows), "train_s": t_train, "phase": phase}
                 rank_rngs = gather_rng_states(world)
@@ -996,7 +997,7 @@ def _train(
 
             # ---- end of epoch: one sync, validation, schedule, checkpoints
             # DDP: the mean training loss over every rank's batches; the windows of every rank
-            ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss, ep_n, n_windows], device, world)
+            ep_loss, ep_n, n_windows = all_reduce_sum([ep_loss / world, ep_n / world, n_windows], device, world)
             train_loss = ep_loss / max(ep_n, 1.0)
             row: dict = {"epoch": epoch + 1, "phase": phase, "loss": train_loss, "skipped_steps": ep_skipped,
                          "windows_per_s": n_windows / max(t_train, 1e-9)}
@@ -1152,21 +1153,19 @@ def _resolve_run(run: str, runs_root: str) -> Path:
 
 
 def _run_forwarding_signals(cmd: list[str]) -> int:
-    """Run torchrun and pass SIGTERM / SIGINT on to it (it forwards them to every rank, which stop
-    gracefully): ``kill`` on this wrapper must not leave an orphaned training behind."""
+    """Run torchrun; pass a SIGTERM on to it (it forwards it to every rank, which stop gracefully), so
+    ``kill`` on this wrapper leaves no orphaned training behind. A terminal's Ctrl-C already reaches
+    torchrun (same process group): the wrapper only waits, since a second SIGINT would make torchrun
+    abandon its graceful shutdown."""
     proc = subprocess.Popen(cmd)
 
     def forward(signum: int, frame: Any) -> None:
-        if proc.poll() is None:
+        if signum == signal.SIGTERM and proc.poll() is None:
             proc.send_signal(signum)
 
     old = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)} if threading_main() else {}
     try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:  # pragma: no cover - only without our handler
-                proc.send_signal(signal.SIGINT)
+        return proc.wait()
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
