@@ -27,12 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from mabe import cli, prepare
 from mabe.config import FeatureConfig
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from mabe.config import load_config
 from mabe.errors import TrainingError
 from test_windows import make_fake_cache
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
 
 
 def _raw(tmp_path: Path, **train) -> dict:

@@ -39,9 +39,8 @@ from mabe import train as T
 from mabe.config import load_config
 from test_windows import make_fake_cache
 
-torch.set_num_threads(1)
-
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 ATOL_WEIGHTS = 1e-5
 RTOL_METRICS = 1e-5
@@ -175,7 +174,8 @@ def test_stop_flag_and_lr_scaling_units():
     assert T._lr_factor("none", 8) == 1.0 and T._lr_factor("linear", 8) == 8.0
     assert T._lr_factor("sqrt", 4) == 2.0
     stop = T.StopRequest.__new__(T.StopRequest)  # no signal handlers: the flag logic alone
-    stop.requested, stop.world, stop.every = False, 1, 10
+    stop.requested, stop.world, stop.every, stop.announced = False, 1, 10, False
+    stop.signal_name, stop.log = "SIGTERM", T.RunLog(Path("."), None, enabled=False)
     assert not stop.check(10)
     stop.requested = True
     assert stop.check(3) and stop.agree()  # one process: every step, no collective

@@ -446,6 +446,8 @@ class StopRequest:
     def __init__(self, log: RunLog, world: int = 1, device: torch.device | None = None,
                  every: int = STOP_CHECK_STEPS):
         self.requested = False
+        self.signal_name: str | None = None
+        self.announced = False
         self.log = log
         self.world, self.device, self.every = world, device, max(int(every), 1)
         self._old: dict[int, Any] = {}
@@ -457,24 +459,33 @@ class StopRequest:
         """Stop after optimizer step ``step``? The same answer on every rank (a collective every
         ``every`` steps under DDP, so every rank must call it after every step)."""
         if self.world == 1:
-            return self.requested
+            return self.requested and self._announce()
         return step % self.every == 0 and self.agree()
 
     def agree(self) -> bool:
         """Whether any rank was asked to stop (every rank must call it at the same point)."""
-        if self.world == 1:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() > 0:
-            self.requested = True
-        return self.requested
+        if self.world > 1:
+            flag = torch.tensor([1.0 if self.requested else 0.0], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() > 0:
+                self.requested = True
+        return self.requested and self._announce()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
-        self.log.print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving checkpoints/last.pt")
+        # no print here: a handler that writes while the interrupted code is inside a write to the same
+        # stream raises "reentrant call" (and under DDP that one rank's error aborts the others)
+        self.signal_name = signal.Signals(signum).name
+
+    def _announce(self) -> bool:
+        """Say once, from the training loop, that the run is stopping; returns True."""
+        if not self.announced:
+            self.announced = True
+            why = self.signal_name or "stop requested on another rank"
+            self.log.print(f"\n{why}: finishing the current step, then saving checkpoints/last.pt")
+        return True
 
     def restore(self) -> None:
         for sig, old in self._old.items():
