@@ -274,3 +274,29 @@ def test_window_weights_do_not_depend_on_window_order(rng):
     perm = rng.permutation(len(windows))
     q = window_weights(ts, windows[perm], 10, 0.5)
     np.testing.assert_allclose(q, p[perm])
+
+
+def test_resampled_tracks_map_back_to_every_video_frame():
+    """A cache resampled to another fps: predictions come back on the video's own frames, nearest row."""
+    from mabe.windows import nearest_rows, rows_to_video_frames
+
+    # 10 video frames at 30 fps resampled to 15 fps: rows sit on frames 0, 2, 4, 6, 8.
+    frames = np.array([0, 2, 4, 6, 8])
+    assert nearest_rows(frames, 10).tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert nearest_rows(np.array([0, 3]), 5).tolist() == [0, 0, 1, 1, 1]
+    assert nearest_rows(np.array([0]), 3).tolist() == [0, 0, 0]
+
+    xs = [np.zeros((5, 2), np.float32), np.zeros((3, 2), np.float32)]
+    ys = [np.zeros((5, 1), np.uint8), np.zeros((3, 1), np.uint8)]
+    ts = TrackSet.from_tracks("pair", ["sniff"], xs, ys, fps=[15.0, 30.0])
+    ts.to_video = [(frames, 10, 30.0), None]  # the second track was not resampled
+    rows = np.arange(8, dtype=np.float32)[:, None]  # row r carries the value r
+    out, offsets, fps = rows_to_video_frames(ts, rows)
+    assert offsets.tolist() == [0, 10, 13]
+    assert out[:10, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert out[10:, 0].tolist() == [5, 6, 7]
+    assert fps.tolist() == [30.0, 30.0]
+    # Not resampled at all: the arrays pass through untouched.
+    ts.to_video = None
+    same, offsets2, _ = rows_to_video_frames(ts, rows)
+    assert same is rows and offsets2 is ts.offsets

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mabe.errors import MabeError
-from mabe.windows import TrackSet, gather, window_index
+from mabe.windows import TrackSet, gather, rows_to_video_frames, window_index
 
 __all__ = [
     "frame_metrics",
@@ -213,13 +213,16 @@ def competition_score(ts: TrackSet, probs: np.ndarray, data_root: str | Path, pp
 
 
 def _prediction_arrays(ts: TrackSet, probs: np.ndarray, with_labels: bool) -> dict[str, np.ndarray]:
+    # Rows of a resampled cache (features.target_fps) are not video frames: map them back, so that
+    # intervals, submissions and scores are in the video's own frames.
+    probs_v, offsets, fps = rows_to_video_frames(ts, probs)
     out = {
-        "probs": probs.astype(np.float16), "offsets": ts.offsets, "video_id": ts.video_id,
+        "probs": probs_v.astype(np.float16), "offsets": offsets, "video_id": ts.video_id,
         "lab_id": ts.lab_id.astype(str), "agent_id": ts.agent_id, "target_id": ts.target_id,
-        "actions": np.asarray(ts.names, dtype=str), "labeled": ts.label_mask, "fps": ts.fps,
+        "actions": np.asarray(ts.names, dtype=str), "labeled": ts.label_mask, "fps": fps,
     }
     if with_labels:
-        out["labels"] = ts.Y
+        out["labels"] = rows_to_video_frames(ts, ts.Y)[0]
     return out
 
 
@@ -236,7 +239,7 @@ def save_predictions(
 
     if ts.mode == "scene" and allow_scene:
         a = _prediction_arrays(ts, probs, with_labels=False)
-        labels = np.eye(ts.n_outputs, dtype=np.uint8)[ts.Y] if with_labels else None
+        labels = np.eye(ts.n_outputs, dtype=np.uint8)[rows_to_video_frames(ts, ts.Y)[0]] if with_labels else None
         return predictions.save(path, a["probs"], a["offsets"], a["video_id"], a["lab_id"], a["agent_id"],
                                 a["target_id"], a["actions"], a["labeled"], a["fps"], labels=labels)
     if ts.mode != "pair":

@@ -64,6 +64,9 @@ class TrackSet:
     target_id: np.ndarray  # (n_tracks,) int8; == agent for self; -1 in scene mode
     fps: np.ndarray  # (n_tracks,) float64
     norm: dict[str, np.ndarray] | None = field(default=None)  # stats applied by normalize_
+    # Resampled caches (features.target_fps): per track None, or (frames (T_t,) original video_frame
+    # of each row, n_video_frames, video_fps), so predictions can be mapped back to video frames.
+    to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
 
     @property
     def n_tracks(self) -> int:
@@ -232,11 +235,14 @@ def load_trackset(
         names = _check_actions(actions, "actions")
     cols = np.array([ACTION_INDEX[a] for a in names]) if task.mode == "pair" else None
 
-    xs, ys, masks, meta = [], [], [], []
+    xs, ys, masks, meta, to_video = [], [], [], [], []
     for (lab, vid), group in rows.groupby(["lab_id", "video_id"], sort=True):
         v = _load_video(cache_dir, lab, vid)
         labeled = np.asarray(v["labeled"], dtype=bool)  # (n_pairs, 37)
         fps = float(group["fps"].iloc[0])
+        vmeta = v.get("meta") or {}
+        back = ((np.asarray(v["frames"], dtype=np.int64), int(vmeta["n_video_frames"]), float(vmeta["video_fps"]))
+                if vmeta.get("resampled") else None)
         if task.mode == "scene":
             if drop_unlabeled and not labeled.any():
                 continue
@@ -244,6 +250,7 @@ def load_trackset(
             ys.append(scene_labels(np.asarray(v["labels"]), task.classes))
             masks.append(np.full(len(names), labeled.any()))
             meta.append((lab, vid, -1, -1, fps))
+            to_video.append(back)
             continue
         for row in group.sort_values("pair_index").itertuples(index=False):
             p = int(row.pair_index)
@@ -254,13 +261,48 @@ def load_trackset(
             ys.append(np.asarray(v["labels"][p][:, cols], dtype=np.uint8))
             masks.append(mask)
             meta.append((lab, vid, int(row.agent_id), int(row.target_id), fps))
+            to_video.append(back)
     if not xs:
         raise MabeError(f"{cache_dir}: no {task.mode} tracks with labels among {len(wanted)} videos")
     lab_id, video_id, agent_id, target_id, fps = zip(*meta)
-    return TrackSet.from_tracks(
+    ts = TrackSet.from_tracks(
         task.mode, names, xs, ys, np.stack(masks), lab_id=lab_id, video_id=video_id,
         agent_id=agent_id, target_id=target_id, fps=fps,
     )
+    if any(b is not None for b in to_video):
+        ts.to_video = to_video
+    return ts
+
+
+def nearest_rows(frames: np.ndarray, n_video_frames: int) -> np.ndarray:
+    """Sorted row frames (T,) -> (n_video_frames,) index of the row nearest in time to each video frame."""
+    frames = np.asarray(frames, dtype=np.int64)
+    if len(frames) == 1:
+        return np.zeros(n_video_frames, dtype=np.int64)
+    v = np.arange(n_video_frames, dtype=np.int64)
+    right = np.searchsorted(frames, v).clip(1, len(frames) - 1)
+    left = right - 1
+    return np.where(v - frames[left] <= frames[right] - v, left, right)
+
+
+def rows_to_video_frames(ts: TrackSet, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row arrays (N, ...) of ``ts`` -> (per-video-frame arrays, offsets, fps) for the predictions file.
+
+    A resampled track's rows are spread back over every frame of its video (nearest row in time);
+    other tracks are unchanged (row == video_frame).
+    """
+    if ts.to_video is None:
+        return rows, ts.offsets, ts.fps
+    parts, lengths, fps = [], [], ts.fps.astype(np.float64).copy()
+    for t, back in enumerate(ts.to_video):
+        seg = rows[ts.offsets[t]:ts.offsets[t + 1]]
+        if back is not None:
+            frames, n_video, fps[t] = back
+            seg = seg[nearest_rows(frames, n_video)]
+        parts.append(seg)
+        lengths.append(len(seg))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return np.concatenate(parts), offsets, fps
 
 
 # ----------------------------------------------------------------------------- normalisation
