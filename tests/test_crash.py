@@ -10,7 +10,6 @@ the end the metrics and weights must equal those of an uninterrupted run exactly
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
 import json
 import os
@@ -30,6 +29,7 @@ from mabe import models
 from mabe import train as T
 from mabe.config import load_config
 from mabe.errors import TrainingError
+from test_distributed import _rows  # metrics.csv rows without the timing columns
 from test_windows import make_fake_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
@@ -50,14 +50,6 @@ def _raw(tmp_path: Path, **train) -> dict:
 @pytest.fixture
 def cache(tmp_path):
     return make_fake_cache(tmp_path / "cache")
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        del r["epoch_time_s"], r["windows_per_s"]
-    return rows
 
 
 def _weights(path: Path) -> dict:
