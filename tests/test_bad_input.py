@@ -461,7 +461,7 @@ def test_skip_bad_finishes_and_lists_what_it_skipped(data, tmp_path, capsys):
 
 TRAIN_SETTINGS = [
     "model.conv_channels=[8]", "model.lstm_hidden=8", "model.lstm_layers=1", "train.epochs=1",
-    "train.batch_size=8", "train.tensorboard=false", "train.device=cpu",
+    "train.batch_size=8", "train.tensorboard=false", "train.report=false", "train.device=cpu",
 ]
 
 

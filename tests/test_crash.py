@@ -42,7 +42,7 @@ def _raw(tmp_path: Path, **train) -> dict:
         "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
         "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
         "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu",
+                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu",
                   "steps_per_epoch": 30, **train},
     }
 

@@ -54,7 +54,7 @@ def _config(tmp_path: Path, **train) -> dict:
         "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1, "dropout": 0.0, "norm": "group"},
         "augment": {"noise_std": 0.0, "temporal_jitter": 2, "mixup_alpha": 0.0},
         "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu", **train},
+                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu", **train},
     }
 
 

@@ -130,7 +130,7 @@ def _cfg(tmp_path, **train) -> Config:
         "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
         "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
         "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "plateau_patience": 0, "min_lr": 1e-4, **train},
+                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, **train},
     }
     return load_config(None, overrides)
 

@@ -158,6 +158,7 @@ class TrainConfig:
     val_every: int = 1  # validate every this many epochs
     deterministic: bool = False
     tensorboard: bool = True
+    report: bool = True  # write report.html (figures) when the run ends
 
 
 @dataclass

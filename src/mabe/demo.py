@@ -2,8 +2,8 @@
 
 synthetic MABe data -> train (prepares the feature cache first) -> evaluate -> honest validation
 submission + competition score -> thresholds fitted on validation -> test predictions -> submission
--> report. Each step is printed as its ``mabe ...`` command and run through the same CLI, so the
-demo exercises exactly what users run.
+-> offline export (train also writes report.html). Each step is printed as its ``mabe ...`` command
+and run through the same CLI, so the demo exercises exactly what users run.
 """
 
 from __future__ import annotations
@@ -73,8 +73,7 @@ def run_demo(args: Any) -> int:
     _run(["predict", str(run), "--data", str(data), "--split", "test", "--out", str(out / "test_predictions.npz")])
     _run(["submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "fit" / "thresholds.json"),
           "--out", str(out / "submission.csv"), "-c", str(config)])
-    _run(["export", str(run), "--out", str(out / "model.mabe")])
-    _run(["report", str(run)])
+    _run(["export", str(run), "--out", str(out / "model.mabe")])  # `mabe train` already wrote report.html
 
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     for what, path in [

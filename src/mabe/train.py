@@ -1053,6 +1053,8 @@ def _train(
     if outcome == "stopped":
         log.status(state="stopped", message="stopped by signal; checkpoints/last.pt written")
         log.print(f"stopped; resume with: mabe train --resume {run_dir}")
+        if master:
+            write_run_report(cfg, run_dir, log)
         return {"state": "stopped", "best_f1": best_f1, "best_epoch": best_epoch, "run_dir": str(run_dir)}
 
     # ---- final evaluation of the best model
@@ -1060,8 +1062,22 @@ def _train(
         finish_eval(cfg, run_dir, raw_model, val_ts, val_arrays, device, precision, log)
     log.status(state="finished", message=f"{outcome.replace('_', ' ')}: best F1 {best_f1:.4f} at epoch {best_epoch}")
     log.print(f"done: best validation F1 {best_f1:.4f} at epoch {best_epoch}; run directory {run_dir}")
+    if master:
+        write_run_report(cfg, run_dir, log)
     return {"state": outcome, "best_f1": best_f1, "best_epoch": best_epoch, "epochs": epoch + 1,
             "run_dir": str(run_dir)}
+
+
+def write_run_report(cfg: Config, run_dir: Path, log: RunLog) -> None:
+    """report.html at the end of a run; a figure that fails must not fail a finished run."""
+    if not cfg.train.report:
+        return
+    from mabe import report
+
+    try:
+        log.print(f"report: {report.write_report(run_dir)}")
+    except Exception as err:  # noqa: BLE001 - the checkpoints are written; the report is a view of them
+        log.print(f"report: not written ({type(err).__name__}: {err}); retry with `mabe report {run_dir}`")
 
 
 def nonfinite_message(worst: int, step: int) -> str:
