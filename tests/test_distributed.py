@@ -46,10 +46,10 @@ ATOL_WEIGHTS = 1e-5
 RTOL_METRICS = 1e-5
 
 
-def _config(tmp_path: Path, **train) -> dict:
+def _config(tmp_path: Path, task: dict | None = None, **train) -> dict:
     return {
         "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
-        "task": {"mode": "scene"},
+        "task": task or {"mode": "scene"},
         "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
         "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1, "dropout": 0.0, "norm": "group"},
         "augment": {"noise_std": 0.0, "temporal_jitter": 2, "mixup_alpha": 0.0},
@@ -105,10 +105,13 @@ def cache(tmp_path):
     return make_fake_cache(tmp_path / "cache")
 
 
-def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path, cache):
+@pytest.mark.parametrize("task", [
+    {"mode": "scene", "class_weights": [1.0, 5.0, 8.0, 8.0]},  # weighted mean over both ranks' frames
+    {"mode": "pair"},  # ranks hold different numbers of labelled cells: the masked mean is global
+], ids=["scene-weighted", "pair-masked"])
+def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path, cache, task):
     """2 ranks x batch 8 with linear lr scaling (lr 1.5e-3 x 2) == 1 process x batch 16 at lr 3e-3."""
-    cfg2 = _write(tmp_path, "ddp.yaml", _config(tmp_path, lr=1.5e-3, lr_scaling="linear"))
-    t0 = time.perf_counter()
+    cfg2 = _write(tmp_path, "ddp.yaml", _config(tmp_path, task, lr=1.5e-3, lr_scaling="linear"))
     out = subprocess.run(torchrun("train", "--config", str(cfg2), "--name", "ddp"), env=_env(), capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -119,10 +122,9 @@ def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path, cache):
     state = ckpt.load(ddp / "checkpoints" / "last.pt")
     assert state[ckpt.WORLD_KEY] == 2 and len(state[ckpt.RANK_RNG_KEY]) == 2
 
-    one = T.train(load_config(None, _config(tmp_path, batch_size=16)), tmp_path / "runs" / "one")
+    one = T.train(load_config(None, _config(tmp_path, task, batch_size=16)), tmp_path / "runs" / "one")
     assert one["state"] == "finished"
     assert_same_run(ddp, tmp_path / "runs" / "one")
-    assert time.perf_counter() - t0 < 60
 
 
 def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, cache):

@@ -154,10 +154,15 @@ def scene_loss(
 ) -> torch.Tensor:
     """(B, W, C) logits, (B, W) classes (IGNORE_INDEX on padding) -> weighted cross-entropy."""
     C = logits.shape[-1]
-    return F.cross_entropy(
-        logits.reshape(-1, C).float(), y.reshape(-1), weight=weight, ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing,
+    y = y.reshape(-1)
+    total = F.cross_entropy(
+        logits.reshape(-1, C).float(), y, weight=weight, ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing, reduction="sum",
     )
+    valid = y != IGNORE_INDEX
+    # the denominator of cross_entropy's weighted mean: the weights of the valid frames' classes
+    count = weight[y.clamp(min=0)].mul(valid).sum() if weight is not None else valid.sum().float()
+    return global_mean(total, count)
 
 
 def pair_loss(
@@ -173,7 +178,22 @@ def pair_loss(
         target = target * (1 - label_smoothing) + 0.5 * label_smoothing
     per = F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight, reduction="none")
     m = mask.float()  # (B, W, A)
-    return (per * m).sum() / m.sum().clamp(min=1.0)
+    return global_mean((per * m).sum(), m.sum())
+
+
+def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``total / count``, with ``count`` summed over every DDP rank (times the world size, since DDP
+    averages gradients), so that W ranks of batch b train exactly like one process of batch W*b even
+    when ranks hold different numbers of labelled cells. One all-reduce of a scalar, no host sync.
+    """
+    count = count.detach().float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world = torch.distributed.get_world_size()
+        if world > 1:
+            count = count.clone()
+            torch.distributed.all_reduce(count)
+            return total * world / count.clamp(min=1.0)
+    return total / count.clamp(min=1.0)
 
 
 def auto_pos_weight(ts: TrackSet, cap: float) -> np.ndarray:
