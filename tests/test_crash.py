@@ -112,7 +112,6 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, cache):
-    t0 = time.perf_counter()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(_raw(tmp_path)))
     ref = subprocess.run(_mabe("train", "--config", str(cfg), "--name", "ref"), env=_env(), capture_output=True,
@@ -163,7 +162,6 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, ca
     a, b = _weights(ckdir / "last.pt"), _weights(tmp_path / "runs" / "ref" / "checkpoints" / "last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    assert time.perf_counter() - t0 < 90
 
 
 # ----------------------------------------------------------------------------- in-process failures

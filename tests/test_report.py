@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -192,9 +191,7 @@ def _referenced(html_text: str) -> set[str]:
 @pytest.mark.parametrize("mode", ["pair", "scene"])
 def test_full_report(tmp_path, mode):
     run_dir = make_fake_run(tmp_path / "runs", mode=mode)
-    t0 = time.perf_counter()
     out = report.write_report(run_dir)
-    assert time.perf_counter() - t0 < 30  # < 10 s on an idle machine; tests share 2 cores
     assert out == run_dir / "report.html" and out.is_file()
     text = out.read_text()
 
