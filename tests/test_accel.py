@@ -412,3 +412,70 @@ def test_device_store_cuda_fp16():
     windows = torch.from_numpy(window_index(ts.lengths, W, 9)).cuda()
     b = store.batch(windows[:4], W)
     assert b["x"].is_cuda and b["x"].dtype == torch.float16
+
+
+# ----------------------------------------------------------------------------- clipping that bites
+
+
+def test_clip_with_norm_scales_gradients_like_clip_grad_norm():
+    """A gradient of norm ~31.6 clipped to 1.0 ends at norm 1.0, exactly as ``clip_grad_norm_`` does."""
+    a, b = torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(10))
+    ref_a, ref_b = torch.nn.Parameter(torch.zeros(10)), torch.nn.Parameter(torch.zeros(10))
+    g = torch.full((10,), 10.0)
+    for p in (a, b, ref_a, ref_b):
+        p.grad = g.clone()
+    norm = accel._total_norm([a.grad, b.grad])
+    assert float(norm) > 30.0  # the condition the test names occurs: the clip must bite
+    accel._clip_with_norm([a, b], 1.0, norm)
+    torch.nn.utils.clip_grad_norm_([ref_a, ref_b], 1.0)
+    torch.testing.assert_close(a.grad, ref_a.grad)
+    torch.testing.assert_close(b.grad, ref_b.grad)
+    assert float(accel._total_norm([a.grad, b.grad])) == pytest.approx(1.0, rel=1e-5)
+
+
+def _first_grad_norm(model: torch.nn.Module, b: dict) -> float:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    loss_fn(model(b["x"]), b).backward()
+    norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+    model.zero_grad(set_to_none=True)
+    return norm
+
+
+def test_engaged_clip_changes_training_and_matches_reference():
+    """With a clip far below the gradient norm, the fast step follows the clipped reference step and
+    differs from an unclipped run: a no-op clip fails both halves."""
+    ts = tiny_ts()
+    bs = batches(ts, 4)
+    clip = 1e-3
+    assert _first_grad_norm(make_model(), bs[0]) > 100 * clip  # the clip engages on every step
+
+    def run_fast(c: float) -> torch.nn.Module:
+        model = make_model()
+        step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-2, fused=True),
+                                     precision="fp32", grad_clip=c)
+        torch.manual_seed(123)
+        for b in bs:
+            step(b)
+        return model
+
+    ref_model = make_model()
+    # plain SGD without decay: each update is exactly lr times the clipped gradient
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-2)
+    fast_sgd = make_model()
+    step = accel.make_train_step(fast_sgd, loss_fn, torch.optim.SGD(fast_sgd.parameters(), lr=1e-2),
+                                 precision="fp32", grad_clip=clip)
+    torch.manual_seed(123)
+    ref = [reference_step(ref_model, loss_fn, ref_opt, b, clip) for b in bs]
+    torch.manual_seed(123)
+    fast = torch.stack([step(b).clone() for b in bs]).tolist()
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-7)
+    for (name, p), q in zip(ref_model.named_parameters(), fast_sgd.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    # each SGD update moved the parameters by lr * clip at most: a no-op clip moves them far more
+    start = make_model()
+    moved = torch.sqrt(sum(((p - q) ** 2).sum() for p, q in zip(fast_sgd.parameters(), start.parameters())))
+    assert float(moved) <= len(bs) * 1e-2 * clip * (1 + 1e-4)
+
+    m1, m2 = run_fast(clip), run_fast(0.0)
+    assert any(not torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))

@@ -382,10 +382,12 @@ def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _clip_with_norm(params: list[torch.Tensor], max_norm: float, norm: torch.Tensor) -> None:
-    grads = [p.grad for p in params if p.grad is not None]
+    """Scale the gradients of ``params`` (parameters, not gradients) so their total norm is <= max_norm."""
     if hasattr(nn.utils, "clip_grads_with_norm_"):
-        nn.utils.clip_grads_with_norm_(grads, max_norm, norm)
+        # it reads ``p.grad`` of each entry: handing it the gradients themselves clips nothing
+        nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norm)
         return
+    grads = [p.grad for p in params if p.grad is not None]  # pragma: no cover
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)  # pragma: no cover
     torch._foreach_mul_(grads, coef)  # pragma: no cover
 
