@@ -793,6 +793,9 @@ def _train(
             raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
         else:
             log.print("model.norm=sync_batch: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process")
+    lstm_precision = accel.resolve_lstm_precision(tc.lstm_precision, device)
+    if not models.set_lstm_precision(raw_model, lstm_precision):
+        log.print(f"train.lstm_precision={lstm_precision}: model {cfg.model.name} has no LSTM precision to set")
     n_params = sum(p.numel() for p in raw_model.parameters())
     model: nn.Module = raw_model
     if world > 1:
