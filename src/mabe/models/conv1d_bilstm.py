@@ -12,7 +12,7 @@ autocast of the convolutions and the head alone touches ~6% of the step.
 
 LSTM precision (``train.lstm_precision``, set with ``set_lstm_precision``): autocast's op list casts
 cuDNN's ``lstm`` to *fp16* whatever dtype was asked for, so the LSTM always runs outside autocast,
-in the dtype chosen here: ``fp32`` (TF32 tensor cores on CUDA, the default), ``bf16`` (cuDNN's bf16
+in the dtype chosen here: ``fp32`` (TF32 tensor cores on CUDA; what a new model runs), ``bf16`` (cuDNN's bf16
 RNN kernels, torch >= 2.10 with cuDNN >= 9.13 on sm80+; older cuDNN falls back to a slow non-cuDNN
 path) or ``fp16`` (the trainer then scales the loss, see ``accel.TrainStep``). In bf16/fp16 the
 weights are cast per forward from the fp32 master copy (gradients flow back to it in fp32) and the
