@@ -38,6 +38,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from mabe import features as F
+from mabe import paths
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
 from mabe.errors import MabeDataError, MabeError
 
@@ -68,8 +69,11 @@ def cache_dir_for(cache_root: str | Path, fcfg: FeatureConfig) -> Path:
 
 
 def video_dir(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
-    """``cache_dir/videos/<lab>/<video_id>``."""
-    return Path(cache_dir) / "videos" / str(lab) / str(video_id)
+    """``cache_dir/videos/<lab>/<video_id>``; lab and video must be plain names (paths.safe_name)."""
+    where = Path(cache_dir) / "index.parquet"  # the names come from the metadata, through the index
+    lab = paths.safe_name(str(lab), where, "lab_id")
+    vid = paths.safe_name(_plain(video_id) if isinstance(video_id, np.generic) else video_id, where, "video_id")
+    return Path(cache_dir) / "videos" / lab / vid
 
 
 def _slots(fcfg: FeatureConfig) -> list[str]:
