@@ -13,8 +13,13 @@ track, i.e. per ordered pair of present mice) and one folder per video ``videos/
   n_video_frames, pairs [[agent, target], ...] (1-based mouse ids, target == agent for self),
   pix_per_cm, has_labels, resampled
 
-A video is written to a hidden temporary folder and renamed into place, so a folder with a
-``meta.json`` is always complete; a second run skips complete videos (resume after a kill).
+  layout (CACHE_LAYOUT), files {name.npy: bytes}; written last
+
+A video is written to a hidden temporary folder (under a per-video lock, ``videos/<lab>/.<video>.lock``)
+and renamed into place. A folder is complete when :func:`check_video` finds nothing wrong: meta.json
+parses, every array is there with the size meta.json recorded and its ``.npy`` header promises, and
+the shapes agree with meta.json. A second run skips complete videos (resume after a kill) and
+rebuilds damaged ones (a truncated copy, a full disk); readers raise a MabeError naming the video.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "video_fps", "has_labels",
 )
 _TMP_PREFIX = ".tmp-"
+CACHE_LAYOUT = 2  # 2: meta.json records file sizes; layout-1 folders are still read (checked by header)
+_ARRAYS = ("scene", "pair", "labels", "labeled", "frames")
 
 
 # ----------------------------------------------------------------------------- paths
@@ -74,6 +81,77 @@ def video_dir(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
     lab = paths.safe_name(str(lab), where, "lab_id")
     vid = paths.safe_name(_plain(video_id) if isinstance(video_id, np.generic) else video_id, where, "video_id")
     return Path(cache_dir) / "videos" / lab / vid
+
+
+def video_lock_path(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
+    """The lock file a process holds while it writes one cached video: ``videos/<lab>/.<video>.lock``."""
+    folder = video_dir(cache_dir, lab, video_id)
+    return folder.parent / f".{folder.name}.lock"
+
+
+def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
+    """(shape, the size in bytes the file must have) from a ``.npy`` header; ValueError when unreadable."""
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)  # np.save writes version 1.0 (2.0 only for headers over 64 KiB)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not a cache format")
+        return tuple(shape), f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def check_video(folder: str | Path) -> str | None:
+    """None when ``folder`` holds a complete cached video, else what is wrong with it (one phrase).
+
+    Cheap (a stat and a header read per array): sizes against meta.json's record and against what
+    each ``.npy`` header promises, shapes against meta.json. Catches truncated, emptied or missing
+    files and a broken meta.json; not bit flips inside an array.
+    """
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return "no meta.json (never finished)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        n_frames, n_pairs = int(meta["n_frames"]), len(meta["pairs"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        return f"meta.json unreadable ({type(err).__name__}: {str(err)[:80]})"
+    recorded = meta.get("files")
+    if recorded is not None:
+        wanted = {n.removesuffix(".npy") for n in recorded}
+    else:  # layout 1: no record; what the meta implies
+        wanted = {"scene", "labels", "labeled"} | ({"frames"} if meta.get("resampled") else set())
+        if meta.get("n_pair_features", 0) or (folder / "pair.npy").exists():
+            wanted.add("pair")
+    n_act = None
+    for name in _ARRAYS:
+        if name not in wanted:
+            continue
+        path = folder / f"{name}.npy"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name}.npy is missing"
+        if recorded is not None and size != recorded.get(f"{name}.npy"):
+            return f"{name}.npy is {size:,} bytes, meta.json recorded {recorded.get(f'{name}.npy'):,}"
+        try:
+            shape, expected = _npy_bytes(path)
+        except (OSError, ValueError, EOFError) as err:
+            return f"{name}.npy unreadable ({str(err)[:80]})"
+        if size != expected:
+            return f"{name}.npy is {size:,} bytes, its header promises {expected:,}"
+        want = {"scene": (n_frames, None), "pair": (n_pairs, n_frames, None), "labels": (n_pairs, n_frames, n_act),
+                "labeled": (n_pairs, n_act), "frames": (n_frames,)}[name]
+        if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
+            return f"{name}.npy has shape {shape}, meta.json implies {tuple('*' if w is None else w for w in want)}"
+        if name == "labels":
+            n_act = shape[2]
+    return None
+
+
+def _damaged(folder: Path, reason: str) -> MabeError:
+    return MabeError(f"cached video {folder.parent.name}/{folder.name} is damaged: {reason} ({folder}); "
+                     f"`mabe prepare` with the same data, --cache and features rebuilds it, or delete {folder}")
 
 
 def _slots(fcfg: FeatureConfig) -> list[str]:
@@ -286,7 +364,8 @@ def _write_video(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        _write_json(tmp / "meta.json", meta)
+        files = {f"{name}.npy": (tmp / f"{name}.npy").stat().st_size for name in arrays}
+        _write_json(tmp / "meta.json", {**meta, "layout": CACHE_LAYOUT, "files": files})  # last: the marker
         if out.exists():  # an incomplete folder (no meta.json) from something else: replace it
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -307,12 +386,30 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
         "lab_id": task["lab_id"], "video_id": task["video_id"], "split": task["split"],
         "file": str(task.get("tracking_path")), "warnings": [], "status": "ok",
     }
-    with warnings.catch_warnings(record=True) as caught:
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        held = paths.lock(out.parent / f".{out.name}.lock", f"cached video {task['lab_id']}/{task['video_id']}")
+    except MabeError as err:  # another process writes this video (paths.LockedError) or no lock possible
+        result.update(status="busy", reason=str(err), seconds=time.perf_counter() - t0)
+        return result
+    with held, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            arrays, meta = _compute_video(task, fcfg)
-            _write_video(Path(out), arrays, meta)
+            if check_video(out) is None:  # finished by another process meanwhile
+                meta = json.loads((out / "meta.json").read_text())
+            else:
+                arrays, meta = _compute_video(task, fcfg)
+                try:
+                    _write_video(out, arrays, meta)
+                except OSError as err:  # full disk, read-only cache: not the input's fault, never skipped
+                    raise _WriteError(f"cannot write cached video {task['lab_id']}/{task['video_id']} to "
+                                      f"{out}: {err.strerror or err} (errno {err.errno}); free space or fix "
+                                      "the cache folder and run `mabe prepare` again (complete videos are "
+                                      "kept)") from None
             result.update(n_frames=meta["n_frames"], n_video_frames=meta["n_video_frames"])
+        except _WriteError as err:
+            result.update(status="write_failed", reason=str(err))
         except MabeDataError as err:
             result.update(status="bad", file=err.file, field=err.field, expected=err.expected,
                           got=None if err.got is None else str(err.got), reason=str(err))
@@ -322,6 +419,10 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
     result["warnings"] = [(str(w.message), w.category) for w in caught]
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+class _WriteError(Exception):
+    """Writing the cache failed (OSError from the file system, not from reading the input)."""
 
 
 def _arrow_error() -> type[BaseException]:
@@ -418,6 +519,10 @@ def _build_index(cache_dir: Path) -> pd.DataFrame:
     for meta_path in sorted((cache_dir / "videos").glob("*/*/meta.json")):
         if meta_path.parent.name.startswith(_TMP_PREFIX):
             continue
+        reason = check_video(meta_path.parent)
+        if reason is not None:  # left damaged by a failed rebuild (--skip-bad): not indexed
+            warnings.warn(f"{_damaged(meta_path.parent, reason)}; left out of the index", stacklevel=2)
+            continue
         meta = json.loads(meta_path.read_text())
         rel = meta_path.parent.relative_to(cache_dir).as_posix()
         for i, (agent, target) in enumerate(meta["pairs"]):
@@ -456,16 +561,22 @@ def prepare_dataset(
 
     bad_rows: list[dict] | None = [] if skip_bad else None
     tasks = _tasks(root, split_list, bad_rows)
-    todo, done = [], 0
+    todo, done, damaged = [], 0, []
     for task in tasks:
         out = video_dir(cache_dir, task["lab_id"], task["video_id"])
-        if (out / "meta.json").is_file():
+        reason = check_video(out)
+        if reason is None:
             done += 1
         else:
             todo.append((task, out))
+            if out.exists():
+                damaged.append(f"{task['lab_id']}/{task['video_id']}: {reason}")
     todo.sort(key=lambda item: -_file_size(item[0]["tracking_path"]))  # big videos first: balanced pool
     print(f"prepare: {len(tasks)} videos ({', '.join(split_list)}) -> {cache_dir}; "
           f"{done} already prepared, {len(todo)} to do")
+    if damaged:
+        print(f"prepare: rebuilding {len(damaged)} damaged cached video(s): " + "; ".join(damaged[:10])
+              + (f" (+{len(damaged) - 10} more)" if len(damaged) > 10 else ""))
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     fdict = asdict(fcfg)
@@ -491,6 +602,8 @@ def prepare_dataset(
         if res["status"] == "ok":
             frames += res["n_video_frames"]
             return
+        if res["status"] in ("busy", "write_failed"):  # not a bad video: never skipped
+            raise MabeError(res["reason"])
         if not skip_bad:
             raise MabeDataError(res["file"], res.get("field"), res["expected"], res.get("got"))
         skipped.append({k: res.get(k) for k in ("lab_id", "video_id", "split", "file", "reason")})
@@ -520,8 +633,9 @@ def prepare_dataset(
 
     elapsed = time.perf_counter() - t0
     index = _build_index(cache_dir)
-    index.to_parquet(cache_dir / "index.parquet.tmp", index=False)
-    os.replace(cache_dir / "index.parquet.tmp", cache_dir / "index.parquet")
+    tmp_index = cache_dir / f"index.parquet.{os.getpid()}.tmp"
+    index.to_parquet(tmp_index, index=False)
+    os.replace(tmp_index, cache_dir / "index.parquet")
     _write_json(cache_dir / "skipped.json", skipped)
     if todo:
         rate = frames / elapsed if elapsed > 0 else float("inf")
@@ -546,16 +660,32 @@ def open_cache(cache_dir: str | Path) -> tuple[FeatureConfig, pd.DataFrame]:
     if not cfg_path.is_file() or not index_path.is_file():
         raise MabeError(f"{cache_dir}: not a prepared feature cache (no config.json / index.parquet); "
                         "run `mabe prepare` first")
-    fcfg = FeatureConfig(**json.loads(cfg_path.read_text()))
-    return fcfg, pd.read_parquet(index_path)
+    try:
+        fcfg = FeatureConfig(**json.loads(cfg_path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise MabeError(f"{cfg_path}: damaged cache configuration ({type(err).__name__}: {str(err)[:80]}); "
+                        f"delete {cache_dir} and run `mabe prepare` again") from None
+    try:
+        index = pd.read_parquet(index_path)
+    except (OSError, ValueError, _arrow_error()) as err:
+        raise MabeError(f"{index_path}: damaged cache index ({type(err).__name__}: {str(err)[:80]}); "
+                        "`mabe prepare` with the same data, --cache and features rebuilds it") from None
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise MabeError(f"{index_path}: damaged cache index (no column(s) {missing}); `mabe prepare` rebuilds it")
+    return fcfg, index
 
 
 def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True) -> dict[str, Any]:
     """One cached video -> dict: scene, [pair], labels, labeled, frames (arrays; memory-mapped) and meta."""
     folder = video_dir(cache_dir, lab, video_id)
     meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise MabeError(f"{folder}: no complete cached video there; run `mabe prepare`")
+    if not folder.is_dir():
+        raise MabeError(f"{folder}: no cached video there (listed in {Path(cache_dir) / 'index.parquet'}); "
+                        "run `mabe prepare` with the same data, --cache and features")
+    reason = check_video(folder)
+    if reason is not None:
+        raise _damaged(folder, reason)
     mode = "r" if mmap else None
     out: dict[str, Any] = {"meta": json.loads(meta_path.read_text())}
     for name in ("scene", "pair", "labels", "labeled", "frames"):
