@@ -448,6 +448,11 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
     found = [s for s in ("train", "test") if (root / f"{s}.csv").is_file()]
     if not found:
         raise MabeDataError(root, None, "train.csv and/or test.csv", "neither")
+    if "train" not in found:
+        from mabe.data import MabeDataWarning
+
+        warnings.warn(f"{root / 'train.csv'}: no such file; preparing {', '.join(found)} only (mabe train and "
+                      "evaluate need train.csv)", MabeDataWarning, stacklevel=3)
     return found
 
 
@@ -462,6 +467,10 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
         for bad in bad_rows or []:
             bad.setdefault("split", split)
         skipped = {f"{b['lab_id']}/{b['video_id']}.parquet" for b in bad_rows or [] if b["split"] == split}
+        if not len(meta) and not skipped and len(splits) > 1:  # one split asked for: the error below says it
+            warnings.warn(f"{root / f'{split}.csv'}: no video rows (only a header); nothing of {split} is prepared"
+                          + (" and mabe train will refuse this folder" if split == "train" else ""),
+                          data.MabeDataWarning, stacklevel=3)
         _warn_orphans(root, split, meta, skipped)
         for row in meta.to_dict("records"):
             labeled = [(int(a), int(t), str(act)) for a, t, act in (row.get("labeled") or [])]
