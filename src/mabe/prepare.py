@@ -482,6 +482,12 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
                 "annotation_path": _path_or_none(row.get("annotation_path")),
                 "has_annotation": bool(row.get("has_annotation", False)) and split != "test",
             })
+    split_of: dict[Any, str] = {}
+    for task in tasks:  # one cache folder and one index key per video: ids must not repeat across splits
+        first = split_of.setdefault(task["video_id"], task["split"])
+        if first != task["split"]:
+            raise MabeDataError(f"{root / f'{first}.csv'} and {root / (task['split'] + '.csv')}", "video_id",
+                                "video ids unique across the splits", f"{task['video_id']} in both")
     if not tasks and not bad_rows:
         csvs = ", ".join(str(root / f"{s}.csv") for s in splits)
         raise MabeDataError(csvs, None, "at least one video row", "no video rows (an empty dataset)")
@@ -572,7 +578,7 @@ def prepare_dataset(
     tasks = _tasks(root, split_list, bad_rows)
     todo, done, damaged = [], 0, []
     for task in tasks:
-        out = video_dir(cache_dir, task["lab_id"], task["video_id"])
+        out = paths.within(cache_dir, video_dir(cache_dir, task["lab_id"], task["video_id"]))  # no symlinked exit
         reason = check_video(out)
         if reason is None:
             done += 1

@@ -1,0 +1,67 @@
+"""The next problems a careful user hits after the obvious ones (issue 15, "go beyond")."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mabe import cli, prepare
+from mabe.config import FeatureConfig
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _error_line(rc: int, err: str, command: str) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    out = tmp_path / "data"
+    shutil.copytree(tiny_data, out)
+    return out
+
+
+def test_a_video_id_in_both_train_and_test_is_an_error(data, tmp_path, capsys):
+    """Both rows would share one cache folder (the second 'already prepared'), and the index is keyed
+    by video id: the test video would silently be the train video's features and labels."""
+    train = pd.read_csv(data / "train.csv")
+    test = pd.read_csv(data / "test.csv")
+    lab, vid = train.loc[0, "lab_id"], train.loc[0, "video_id"]
+    old_lab, old_vid = test.loc[0, "lab_id"], test.loc[0, "video_id"]
+    test.loc[0, ["lab_id", "video_id"]] = [lab, vid]
+    test.to_csv(data / "test.csv", index=False)
+    (data / "test_tracking" / lab).mkdir(parents=True, exist_ok=True)
+    shutil.move(data / "test_tracking" / old_lab / f"{old_vid}.parquet", data / "test_tracking" / lab / f"{vid}.parquet")
+
+    rc, out, err = _run(["prepare", str(data), "--cache", str(tmp_path / "c"), "--workers", "1"], capsys)
+    line = _error_line(rc, err, "prepare")
+    assert "train.csv" in line and "test.csv" in line and "video_id" in line and str(vid) in line, line
+
+
+def test_prepare_does_not_write_through_a_symlink_out_of_the_cache(data, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache_dir = prepare.cache_dir_for(cache, FeatureConfig())
+    lab = pd.read_csv(data / "train.csv").loc[0, "lab_id"]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (cache_dir / "videos").mkdir(parents=True)
+    (cache_dir / "videos" / lab).symlink_to(outside)
+    rc, out, err = _run(["prepare", str(data), "--cache", str(cache), "--workers", "1"], capsys)
+    line = _error_line(rc, err, "prepare")
+    assert "outside" in line and lab in line
+    assert not list(outside.iterdir())
