@@ -65,3 +65,19 @@ def test_prepare_does_not_write_through_a_symlink_out_of_the_cache(data, tmp_pat
     line = _error_line(rc, err, "prepare")
     assert "outside" in line and lab in line
     assert not list(outside.iterdir())
+
+
+def test_cache_root_that_is_a_file_is_one_clear_error(data, tmp_path, capsys):
+    (tmp_path / "cache").write_text("not a folder")
+    rc, out, err = _run(["prepare", str(data), "--cache", str(tmp_path / "cache"), "--workers", "1"], capsys)
+    line = _error_line(rc, err, "prepare")
+    assert "cannot create" in line and str(tmp_path / "cache") in line and "Not a directory" in line, line
+
+
+def test_runs_root_that_is_a_file_is_one_clear_error(data, tmp_path, capsys):
+    (tmp_path / "runs").write_text("not a folder")
+    rc, out, err = _run(["train", "--data", str(data), "--name", "r", "--set", f"runs={tmp_path / 'runs'}",
+                         "--set", f"cache={tmp_path / 'cache'}", "--set", "train.epochs=1",
+                         "--set", "train.device=cpu"], capsys)
+    line = _error_line(rc, err, "train")
+    assert "cannot create" in line and str(tmp_path / "runs" / "r") in line, line

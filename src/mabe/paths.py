@@ -18,7 +18,7 @@ from typing import Any
 
 from mabe.errors import MabeDataError, MabeError
 
-__all__ = ["NAME_RULE", "safe_name", "is_safe_name", "within", "lock", "Lock", "LockedError"]
+__all__ = ["NAME_RULE", "safe_name", "is_safe_name", "within", "make_dir", "lock", "Lock", "LockedError"]
 
 # Real names: lab ids like AdaptableSnail, CalMS21_task1; integer video ids; timestamps as run
 # names (20251102-141500). No separators, no leading dot (hidden, "." and ".."), no leading "-"
@@ -65,6 +65,19 @@ def within(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     if path_r != root_r and root_r not in path_r.parents:
         raise MabeError(f"refusing to write {path}: it resolves to {path_r}, outside {root_r}")
     return Path(path)
+
+
+def make_dir(path: str | os.PathLike, what: str) -> Path:
+    """``mkdir -p path``; an OSError (a file in the way, no permission, read-only, full) becomes one
+    MabeError naming ``what`` and the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MabeError(f"cannot create {what} {path}: {err.strerror or err} (errno {err.errno}"
+                        + (f", at {err.filename}" if err.filename and str(err.filename) != str(path) else "")
+                        + ")") from None
+    return path
 
 
 class LockedError(MabeError):

@@ -571,7 +571,7 @@ def prepare_dataset(
     root = Path(data_root)
     split_list = _splits_present(root, splits)
     cache_dir = cache_dir_for(cache_root, fcfg)
-    (cache_dir / "videos").mkdir(parents=True, exist_ok=True)
+    paths.make_dir(cache_dir / "videos", "the cache folder (--cache or the config's cache)")
     _write_json(cache_dir / "config.json", config_to_dict(fcfg))
 
     bad_rows: list[dict] | None = [] if skip_bad else None

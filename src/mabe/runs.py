@@ -77,8 +77,7 @@ def lock_run(run_dir: str | os.PathLike, resume: bool = False) -> paths.Lock:
     two runs started at once with one name both pass the earlier check, only one gets the lock, and
     the loser must not start over a run that finished meanwhile. Release with ``.release()``; the
     kernel releases it when the process dies."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = paths.make_dir(run_dir, "the run directory")
     held = paths.lock(run_dir / LOCK_FILE, f"run {run_dir}")
     if not resume and (run_dir / "checkpoints" / "last.pt").is_file():
         held.release()
