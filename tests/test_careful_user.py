@@ -81,3 +81,36 @@ def test_runs_root_that_is_a_file_is_one_clear_error(data, tmp_path, capsys):
                          "--set", "train.device=cpu"], capsys)
     line = _error_line(rc, err, "train")
     assert "cannot create" in line and str(tmp_path / "runs" / "r") in line, line
+
+
+def _predictions(path: Path, lab: str = "LabA") -> Path:
+    from mabe import predictions
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((200, 2)).astype(np.float16)
+    return predictions.save(path, probs, [0, 100, 200], [5, 5], [lab, lab], [1, 1], [2, 1], ["sniff", "rear"],
+                            np.array([[True, False], [False, True]]), [30.0, 30.0])
+
+
+@pytest.mark.parametrize("thresholds, warned", [
+    ({"LabB": {"sniff": 0.3, "rear": 0.4}}, "no threshold for 2 of the 2"),  # another data set's labs
+    ({"LabA": {"sniff": 0.3, "attack": 0.4}}, "no threshold for 1 of the 2"),  # another model's actions
+    ({"LabA": {"sniff": 0.3, "rear": None}}, None),
+])
+def test_submit_warns_when_thresholds_do_not_cover_the_predictions(tmp_path, capsys, thresholds, warned):
+    import json
+
+    preds = _predictions(tmp_path / "test.npz")
+    (tmp_path / "thr.json").write_text(json.dumps(thresholds))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = cli.main(["submit", str(preds), "--out", str(tmp_path / "sub.csv"), "--thresholds",
+                       str(tmp_path / "thr.json")])
+    assert rc == 0, capsys.readouterr().err
+    hits = [str(w.message) for w in caught if "no threshold for" in str(w.message)]
+    if warned is None:
+        assert not hits
+    else:
+        assert len(hits) == 1 and warned in hits[0] and "thr.json" in hits[0], hits
