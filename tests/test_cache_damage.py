@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRAIN_SETTINGS = [  # as tests/test_bad_input.py: a tiny model, one epoch
     "model.conv_channels=[8]", "model.lstm_hidden=8", "model.lstm_layers=1", "train.epochs=1",
-    "train.batch_size=8", "train.tensorboard=false", "train.report=false", "train.device=cpu",
+    "train.batch_size=8", "train.tensorboard=false", "train.report=false", "train.device=cpu", "train.steps_per_epoch=4",
 ]
 
 

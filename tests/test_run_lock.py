@@ -64,9 +64,8 @@ def test_lock_is_released_when_its_process_is_killed(tmp_path):
         assert err.value.pid == holder.pid and "the thing" in str(err.value)
     finally:
         _kill(holder)
-    with paths.lock(tmp_path / "l.lock", "the thing"):
-        with pytest.raises(paths.LockedError):  # flock: a second descriptor conflicts even in one process
-            paths.lock(tmp_path / "l.lock", "the thing")
+    with paths.lock(tmp_path / "l.lock", "the thing"), pytest.raises(paths.LockedError):
+        paths.lock(tmp_path / "l.lock", "the thing")  # flock: a second descriptor conflicts even in one process
     paths.lock(tmp_path / "l.lock", "the thing").release()  # released by the with block
 
 

@@ -111,9 +111,9 @@ class Lock:
         self.release()
 
     def __del__(self) -> None:  # a forgotten lock must not outlive its object
-        try:
+        try:  # noqa: SIM105 - at interpreter exit module globals (contextlib) may be gone
             self.release()
-        except Exception:  # noqa: BLE001 - at interpreter exit module globals may be gone
+        except Exception:
             pass
 
 

@@ -49,6 +49,8 @@ from mabe.errors import MabeDataError, MabeError
 
 __all__ = [
     "prepare_dataset",
+    "ensure_prepared",
+    "check_video",
     "prepare_video",
     "cache_dir_for",
     "open_cache",
@@ -65,6 +67,7 @@ INDEX_COLUMNS: tuple[str, ...] = (
 _TMP_PREFIX = ".tmp-"
 CACHE_LAYOUT = 2  # 2: meta.json records file sizes; layout-1 folders are still read (checked by header)
 _ARRAYS = ("scene", "pair", "labels", "labeled", "frames")
+SOURCE_FILE = "source.json"  # which data folder and csvs (sha256 per split) the cache was last prepared from
 
 
 # ----------------------------------------------------------------------------- paths
@@ -87,6 +90,67 @@ def video_lock_path(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
     """The lock file a process holds while it writes one cached video: ``videos/<lab>/.<video>.lock``."""
     folder = video_dir(cache_dir, lab, video_id)
     return folder.parent / f".{folder.name}.lock"
+
+
+def video_source(task: dict) -> str:
+    """A fingerprint of what one cached video is computed from: its metadata row's values (split, fps,
+    scale, frame size, behaviors_labeled) and the sizes of its tracking and annotation files. Sizes,
+    not contents or mtimes: a stat per video, and a copied or moved data folder keeps them."""
+    import hashlib
+
+    keys = ("lab_id", "video_id", "split", "fps", "pix_per_cm", "width", "height", "labeled", "has_annotation")
+    parts = {k: task.get(k) for k in keys}
+    parts["files"] = [_file_size(task.get("tracking_path")), _file_size(task.get("annotation_path"))
+                      if task.get("has_annotation") else None]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def _stale(folder: Path, task: dict) -> str | None:
+    """Why a complete cached video no longer matches its task (edited metadata, replaced files), or None.
+    Folders from before fingerprints (no ``source`` in meta.json) are taken as they are."""
+    try:
+        recorded = json.loads((folder / "meta.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None  # check_video reports it
+    if recorded is None or recorded == video_source(task):
+        return None
+    return "its metadata row or files changed since it was prepared"
+
+
+def _csv_digests(root: Path, splits: Iterable[str]) -> dict[str, str | None]:
+    import hashlib
+
+    out: dict[str, str | None] = {}
+    for split in splits:
+        try:
+            out[split] = hashlib.sha256((root / f"{split}.csv").read_bytes()).hexdigest()
+        except OSError:
+            out[split] = None
+    return out
+
+
+def _read_source(cache_dir: Path) -> dict:
+    try:
+        src = json.loads((cache_dir / SOURCE_FILE).read_text())
+        return src if isinstance(src, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def ensure_prepared(data_root: str | Path, fcfg: FeatureConfig, cache_root: str | Path, splits: list[str]) -> Path:
+    """The cache folder of ``fcfg`` for ``data_root``: as it is when it was prepared from these csvs for
+    ``splits``, else (missing split, other data folder, edited csv) ``prepare_dataset`` brings it up to
+    date first (only videos whose metadata or files differ are recomputed)."""
+    cache_dir = cache_dir_for(cache_root, fcfg)
+    if (cache_dir / "index.parquet").is_file():
+        _, index = open_cache(cache_dir)
+        recorded = _read_source(cache_dir).get("csv")
+        current = _csv_digests(Path(data_root), splits)
+        # no record (an older cache) or no csv here (a cache copied without its data): use it as it is
+        same = recorded is None or all(current[s] is None or recorded.get(s) == current[s] for s in splits)
+        if same and all((index["split"] == s).any() for s in splits):
+            return cache_dir
+    return prepare_dataset(data_root, fcfg, cache_root=cache_root, splits=splits)
 
 
 def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
@@ -350,6 +414,7 @@ def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarra
         "resampled": bool(resampled),
         "n_scene_features": int(arrays["scene"].shape[1]),
         "n_pair_features": int(arrays["pair"].shape[2]) if "pair" in arrays else 0,
+        "source": video_source(task),
     }
     return arrays, meta
 
@@ -396,7 +461,7 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
     with held, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            if check_video(out) is None:  # finished by another process meanwhile
+            if check_video(out) is None and _stale(out, task) is None:  # finished by another process meanwhile
                 meta = json.loads((out / "meta.json").read_text())
             else:
                 arrays, meta = _compute_video(task, fcfg)
@@ -528,8 +593,10 @@ def _file_size(path: str | None) -> int:
         return 0
 
 
-def _build_index(cache_dir: Path) -> pd.DataFrame:
-    """One row per track of every complete video folder in the cache."""
+def _build_index(cache_dir: Path, listed: dict[str, set[tuple[str, str]]] | None = None) -> pd.DataFrame:
+    """One row per track of every complete video folder in the cache; for the splits in ``listed``
+    only the (lab, video) listed there (the rows of the csv just prepared: not a removed row, nor a
+    video of another data folder prepared into the same cache)."""
     rows = []
     for meta_path in sorted((cache_dir / "videos").glob("*/*/meta.json")):
         if meta_path.parent.name.startswith(_TMP_PREFIX):
@@ -539,6 +606,8 @@ def _build_index(cache_dir: Path) -> pd.DataFrame:
             warnings.warn(f"{_damaged(meta_path.parent, reason)}; left out of the index", stacklevel=2)
             continue
         meta = json.loads(meta_path.read_text())
+        if listed is not None and meta["split"] in listed and (str(meta["lab"]), str(meta["video"])) not in listed[meta["split"]]:
+            continue
         rel = meta_path.parent.relative_to(cache_dir).as_posix()
         for i, (agent, target) in enumerate(meta["pairs"]):
             rows.append((meta["lab"], meta["video"], meta["split"], meta["n_frames"], meta["fps"],
@@ -576,19 +645,30 @@ def prepare_dataset(
 
     bad_rows: list[dict] | None = [] if skip_bad else None
     tasks = _tasks(root, split_list, bad_rows)
-    todo, done, damaged = [], 0, []
+    todo, done, damaged, stale = [], 0, [], []
+    source = _read_source(cache_dir)
+    here = str(root.resolve())
+    if source.get("data") not in (None, here):
+        print(f"prepare: {cache_dir} was last prepared from {source['data']}; now from {here}: videos whose "
+              f"metadata or files differ are recomputed and the index lists only {root}'s videos")
     for task in tasks:
         out = paths.within(cache_dir, video_dir(cache_dir, task["lab_id"], task["video_id"]))  # no symlinked exit
         reason = check_video(out)
-        if reason is None:
+        why_stale = _stale(out, task) if reason is None else None
+        if reason is None and why_stale is None:
             done += 1
         else:
             todo.append((task, out))
-            if out.exists():
+            if why_stale:
+                stale.append(f"{task['lab_id']}/{task['video_id']}")
+            elif out.exists():
                 damaged.append(f"{task['lab_id']}/{task['video_id']}: {reason}")
     todo.sort(key=lambda item: -_file_size(item[0]["tracking_path"]))  # big videos first: balanced pool
     print(f"prepare: {len(tasks)} videos ({', '.join(split_list)}) -> {cache_dir}; "
           f"{done} already prepared, {len(todo)} to do")
+    if stale:
+        print(f"prepare: recomputing {len(stale)} video(s) whose metadata row or files changed: "
+              + ", ".join(stale[:10]) + (f" (+{len(stale) - 10} more)" if len(stale) > 10 else ""))
     if damaged:
         print(f"prepare: rebuilding {len(damaged)} damaged cached video(s): " + "; ".join(damaged[:10])
               + (f" (+{len(damaged) - 10} more)" if len(damaged) > 10 else ""))
@@ -647,11 +727,20 @@ def prepare_dataset(
         bar.close()
 
     elapsed = time.perf_counter() - t0
-    index = _build_index(cache_dir)
+    # the index lists the videos of this data folder's csvs: of the splits just prepared, their rows;
+    # of the others, what is there only while their csv is still the one it was prepared from
+    prev = source.get("csv", {}) if source.get("data") == here else {}
+    now = _csv_digests(root, ("train", "test"))
+    keep_other = {s for s in ("train", "test") if s not in split_list and (not source or prev.get(s) == now[s])}
+    rows_now = {(t["split"], str(t["lab_id"]), str(t["video_id"])) for t in tasks}
+    listed = {s: {(lab, vid) for sp, lab, vid in rows_now if sp == s} for s in ("train", "test") if s not in keep_other}
+    index = _build_index(cache_dir, listed)
     tmp_index = cache_dir / f"index.parquet.{os.getpid()}.tmp"
     index.to_parquet(tmp_index, index=False)
     os.replace(tmp_index, cache_dir / "index.parquet")
     _write_json(cache_dir / "skipped.json", skipped)
+    _write_json(cache_dir / SOURCE_FILE, {"data": here, "csv": {
+        s: now[s] for s in ("train", "test") if s in split_list or (s in keep_other and s in prev)}})
     if todo:
         rate = frames / elapsed if elapsed > 0 else float("inf")
         print(f"prepare: {len(todo) - len(skipped) + len(bad_rows or [])} videos, {frames:,} frames in {elapsed:.1f} s "

@@ -43,9 +43,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mabe
-from mabe import accel, models
+from mabe import accel, models, runs
 from mabe import checkpoint as ckpt
-from mabe import runs
 from mabe.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides
 from mabe.errors import MabeError, TrainingError
 from mabe.evaluate import (
