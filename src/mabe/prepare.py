@@ -137,7 +137,9 @@ def _read_source(cache_dir: Path) -> dict:
         return {}
 
 
-def ensure_prepared(data_root: str | Path, fcfg: FeatureConfig, cache_root: str | Path, splits: list[str]) -> Path:
+def ensure_prepared(
+    data_root: str | Path, fcfg: FeatureConfig, cache_root: str | Path, splits: list[str]
+) -> Path:
     """The cache folder of ``fcfg`` for ``data_root``: as it is when it was prepared from these csvs for
     ``splits``, else (missing split, other data folder, edited csv) ``prepare_dataset`` brings it up to
     date first (only videos whose metadata or files differ are recomputed)."""
@@ -204,10 +206,11 @@ def check_video(folder: str | Path) -> str | None:
             return f"{name}.npy unreadable ({str(err)[:80]})"
         if size != expected:
             return f"{name}.npy is {size:,} bytes, its header promises {expected:,}"
-        want = {"scene": (n_frames, None), "pair": (n_pairs, n_frames, None), "labels": (n_pairs, n_frames, n_act),
-                "labeled": (n_pairs, n_act), "frames": (n_frames,)}[name]
+        want = {"scene": (n_frames, None), "pair": (n_pairs, n_frames, None),
+                "labels": (n_pairs, n_frames, n_act), "labeled": (n_pairs, n_act), "frames": (n_frames,)}[name]
         if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
-            return f"{name}.npy has shape {shape}, meta.json implies {tuple('*' if w is None else w for w in want)}"
+            implied = tuple("*" if w is None else w for w in want)
+            return f"{name}.npy has shape {shape}, meta.json implies {implied}"
         if name == "labels":
             n_act = shape[2]
     return None
@@ -606,7 +609,8 @@ def _build_index(cache_dir: Path, listed: dict[str, set[tuple[str, str]]] | None
             warnings.warn(f"{_damaged(meta_path.parent, reason)}; left out of the index", stacklevel=2)
             continue
         meta = json.loads(meta_path.read_text())
-        if listed is not None and meta["split"] in listed and (str(meta["lab"]), str(meta["video"])) not in listed[meta["split"]]:
+        key = (str(meta["lab"]), str(meta["video"]))
+        if listed is not None and meta["split"] in listed and key not in listed[meta["split"]]:
             continue
         rel = meta_path.parent.relative_to(cache_dir).as_posix()
         for i, (agent, target) in enumerate(meta["pairs"]):
@@ -733,7 +737,8 @@ def prepare_dataset(
     now = _csv_digests(root, ("train", "test"))
     keep_other = {s for s in ("train", "test") if s not in split_list and (not source or prev.get(s) == now[s])}
     rows_now = {(t["split"], str(t["lab_id"]), str(t["video_id"])) for t in tasks}
-    listed = {s: {(lab, vid) for sp, lab, vid in rows_now if sp == s} for s in ("train", "test") if s not in keep_other}
+    listed = {s: {(lab, vid) for sp, lab, vid in rows_now if sp == s}
+              for s in ("train", "test") if s not in keep_other}
     index = _build_index(cache_dir, listed)
     tmp_index = cache_dir / f"index.parquet.{os.getpid()}.tmp"
     index.to_parquet(tmp_index, index=False)
