@@ -284,12 +284,7 @@ def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
     """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
     from mabe import prepare
 
-    cache_dir = prepare.cache_dir_for(cfg.cache, cfg.features)
-    if (cache_dir / "index.parquet").is_file():
-        _, index = prepare.open_cache(cache_dir)
-        if all((index["split"] == s).any() for s in splits):
-            return cache_dir
-    return prepare.prepare_dataset(data_root, cfg.features, cache_root=cfg.cache, splits=splits)
+    return prepare.ensure_prepared(data_root, cfg.features, cfg.cache, splits)
 
 
 def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:

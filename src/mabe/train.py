@@ -43,7 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import mabe
-from mabe import accel, models
+from mabe import accel, models, runs
 from mabe import checkpoint as ckpt
 from mabe.config import Config, ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides
 from mabe.errors import MabeError, TrainingError
@@ -690,6 +690,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     device = pick_device(cfg.train.device, local_rank)
     precision = resolve_precision(cfg.train.precision, device)
     stale: list[Path] = []
+    held = runs.lock_run(run_dir, resume) if master else None  # one trainer per run dir; dies with us
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -715,6 +716,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         raise
     finally:
         log.close()
+        if held is not None:
+            held.release()
         torch.set_num_threads(threads)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -1246,14 +1249,12 @@ def main_from_args(args: Any) -> int:
         if getattr(args, "name", None):
             cfg.name = args.name
         name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(cfg.runs) / name
+        run_dir = runs.run_dir_for(cfg.runs, name)  # a plain name, under cfg.runs
         if (run_dir / "checkpoints" / "last.pt").is_file():
             raise MabeError(f"run {run_dir} already exists; continue it with `mabe train --resume {run_dir}` "
                             "or pick another --name")
 
     if getattr(args, "detach", False):
-        from mabe import runs
-
         return runs.detach(_argv_from_args(args) + (["--name", run_dir.name] if not args.resume else []), run_dir)
 
     summary = train(cfg, run_dir, resume=bool(getattr(args, "resume", None)))
