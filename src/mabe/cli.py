@@ -127,6 +127,20 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return runs.stop(args.run, runs_root=args.runs, wait=not args.no_wait)
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from mabe import config
+
+    if args.copy is not None:
+        for path in config.copy_configs(args.copy, args.names, overwrite=args.force):
+            print(f"wrote {path}")
+        return 0
+    for name, path in config.packaged_configs().items():
+        if not args.names or name in args.names or f"{name}.yaml" in args.names:
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            print(f"{name:<10} {path}  {first}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -147,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: synthesise data, prepare, train, evaluate, submit, score")
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
-    p.add_argument("--config", "-c", type=Path, default=None, help="training config (default configs/demo.yaml)")
+    p.add_argument("--config", "-c", type=Path, default=None, help="training config (default: the shipped demo config)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--fresh", action="store_true", help="regenerate the synthetic data even if present")
     p.set_defaults(func=cmd_demo)
@@ -213,7 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")
     p.add_argument("submission", type=Path, help="submission CSV")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the final, per-lab and per-action scores here as JSON (full precision)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("configs", help="list the shipped configs (or copy them to a folder to edit)")
+    p.add_argument("names", nargs="*", help="config names (default: all), e.g. demo h100")
+    p.add_argument("--copy", type=Path, default=None, metavar="DIR", help="copy them into DIR")
+    p.add_argument("--force", action="store_true", help="with --copy: overwrite existing files")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("export", help="one offline file with weights, config, classes and normalisation")
     p.add_argument("run", help="run directory, name or checkpoint")
