@@ -141,6 +141,13 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from mabe import importer
+
+    importer.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -181,6 +188,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="directory holding train.csv / test.csv")
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="your own DeepLabCut / SLEAP / NWB / LightningPose tracking -> a MABe-layout folder",
+                       description="Convert pose files (one per video) and optionally their behaviour labels into "
+                                   "a MABe-layout folder that every mabe command reads. Nothing is written when "
+                                   "any file is bad.")
+    p.add_argument("pose", nargs="+", type=Path, help="pose files: DLC .csv/.h5, SLEAP .h5/.slp, NWB .nwb, LightningPose .csv")
+    p.add_argument("--out", type=Path, required=True, help="MABe-layout folder to create or add to")
+    p.add_argument("--format", default="auto", choices=["auto", "dlc", "lightningpose", "sleap", "nwb"],
+                   help="pose file format (default: from extension and content)")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (required unless the file says, e.g. NWB)")
+    p.add_argument("--pix-per-cm", type=float, default=None, required=True, help="pixels per cm in the video")
+    p.add_argument("--lab", default="lab", help="lab id (a folder name; default: lab)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="train (labelled or not) or test")
+    p.add_argument("--bodyparts", type=Path, default=None, metavar="MAP.yaml",
+                   help="YAML: their body-part name -> mabe's (or null to leave out); common DLC / SLEAP names "
+                        "(snout, leftear, tailbase, centroid, ...) map by default")
+    p.add_argument("--min-likelihood", type=float, default=None,
+                   help="points scored below this become missing (default: keep all)")
+    p.add_argument("--frame-size", default=None, metavar="WxH", help="video size in px (default: file, else tracked extent)")
+    p.add_argument("--arena-cm", default=None, metavar="WxH", help="arena size in cm (default: frame size / pix-per-cm)")
+    p.add_argument("--annotations", type=Path, action="append", default=None, metavar="FILE",
+                   help="labels: CSV (video, agent, target, behaviour, start_frame/stop_frame or start_s/stop_s) "
+                        "or a BORIS export (repeatable)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("prepare", help="compute features for every video into the on-disk cache")
     p.add_argument("data", type=Path, help="MABe-layout directory")
