@@ -148,6 +148,20 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ethogram(args: argparse.Namespace) -> int:
+    from mabe import ethogram
+
+    ethogram.main_from_args(args)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from mabe import bundle
+
+    bundle.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -211,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", type=Path, action="append", default=None, metavar="FILE",
                    help="labels: CSV (video, agent, target, behaviour, start_frame/stop_frame or start_s/stop_s) "
                         "or a BORIS export (repeatable)")
+    p.add_argument("--behaviours", default=None, metavar="A,B,...",
+                   help="MABe actions listed as labelled (behaviors_labeled): what `mabe predict` predicts on "
+                        "test videos (default: all 37) or what the labels cover on train videos (default: "
+                        "the annotated ones)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("prepare", help="compute features for every video into the on-disk cache")
@@ -255,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("ethogram", help="predictions -> per-video behaviour intervals (CSV, frames and seconds) + PNGs")
+    p.add_argument("predictions", type=Path, help="file written by `mabe predict`")
+    p.add_argument("--out", type=Path, required=True, help="folder for intervals.csv and ethogram_<lab>_<video>.png")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the data folder (from `mabe import`): names videos and animals as the pose files did")
+    p.add_argument("--thresholds", type=Path, default=None, help="per-(lab, action) thresholds JSON (mabe submit --fit)")
+    p.add_argument("--no-png", action="store_true", help="intervals.csv only")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ethogram)
+
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")
     p.add_argument("submission", type=Path, help="submission CSV")
@@ -272,6 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory, name or checkpoint")
     p.add_argument("--out", type=Path, required=True, help="output file (.mabe or .pt)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bundle", help="one Kaggle dataset folder for an internet-off notebook: wheel, models, "
+                                      "thresholds, predict_and_submit.py")
+    p.add_argument("runs", nargs="+", help="run directories, names, checkpoints or exported .mabe files (pair mode)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write (upload it as one dataset)")
+    p.add_argument("--thresholds", type=Path, default=None, help="fitted thresholds JSON (mabe submit --fit)")
+    p.add_argument("--wheel", type=Path, default=None,
+                   help="mabe's wheel to bundle (default: built from the source tree mabe runs from)")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("bench", help="reference path vs fast path, same run, same device")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

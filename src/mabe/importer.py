@@ -132,6 +132,7 @@ class ImportOptions:
     min_likelihood: float | None = None
     frame_size: tuple[float, float] | None = None
     arena_cm: tuple[float, float] | None = None
+    behaviours: list[str] | None = None  # behaviors_labeled actions; None: annotated ones (train), all 37 (test)
 
 
 @dataclass
@@ -364,12 +365,20 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
     for i, v in enumerate(videos):
         v.video_id = first + i
     ann: dict[int, pd.DataFrame] = {}
-    actions: set[str] = set()
+    actions: set[str] = set(data.ACTIONS) if opt.split == "test" else set()
     if annotations:
         tables = [label_io.read_labels(a) for a in annotations]
         labels = pd.concat(tables, ignore_index=True)
         ann = resolve_labels(labels, videos)
         actions = set(labels["behaviour"])
+    if opt.behaviours is not None:
+        unknown = sorted(set(opt.behaviours) - set(data.ACTIONS))
+        if unknown:
+            raise MabeError(f"--behaviours: {unknown} are not MABe actions ({', '.join(data.ACTIONS)})")
+        missing = sorted(actions - set(opt.behaviours)) if annotations else []
+        if missing:
+            raise MabeError(f"--behaviours leaves out annotated behaviour(s) {missing}")
+        actions = set(opt.behaviours)
     # ----- everything is checked: write
     tdir = out / f"{opt.split}_tracking" / opt.lab
     tdir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +393,9 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
             schema = annotation_schema(int(df["stop_frame"].max()) if len(df) else 0)
             tab = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
             pq.write_table(tab, adir / f"{vid}.parquet", **PARQUET_KW)
-    rows = [_metadata_row(v, opt.lab, labeled_triples(v, actions) if v.video_id in ann else None) for v in videos]
+    # test videos: the behaviours to predict; train videos: labelled only where the labels name the video
+    rows = [_metadata_row(v, opt.lab, labeled_triples(v, actions) if opt.split == "test" or v.video_id in ann
+                          else None) for v in videos]
     new = pd.DataFrame(rows, columns=list(data.METADATA_COLUMNS))
     for split in ("train", "test"):
         if split != opt.split and split in metas:
@@ -426,6 +437,7 @@ def main_from_args(args) -> list[Video]:
         fmt=args.format, fps=args.fps, pix_per_cm=args.pix_per_cm, lab=args.lab, split=args.split,
         bodyparts=load_bodypart_map(args.bodyparts), min_likelihood=args.min_likelihood,
         frame_size=_pair(args.frame_size, "--frame-size"), arena_cm=_pair(args.arena_cm, "--arena-cm"),
+        behaviours=[b.strip() for b in args.behaviours.split(",") if b.strip()] if args.behaviours else None,
     )
     videos = import_videos(args.pose, args.out, opt, args.annotations)
     for v in videos:
