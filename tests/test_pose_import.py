@@ -197,6 +197,21 @@ def test_several_videos_and_adding_later(tmp_path):
     assert cli.main(import_args(out, files[2], fps=15)) == 2  # the same video twice
 
 
+def test_dlc_unique_bodyparts_are_reported_not_imported(tmp_path, capsys):
+    xy, lik = make_xy(10, 3, 4)
+    f = tmp_path / "two mice, one feeder DLC_resnet50_x.csv"
+    write_dlc_csv(f, xy, lik, individuals=["m1", "m2", "single"])
+    df = pd.read_csv(f, header=[0, 1, 2, 3], index_col=0)
+    df = df.drop(columns=[c for c in df.columns if c[1] == "single" and c[2] != "snout"])  # one unique part
+    df.to_csv(f)
+    out = tmp_path / "d"
+    assert cli.main(import_args(out, f, fps=30)) == 0
+    assert "not imported: unique body parts of 'single' (not an animal): snout" in capsys.readouterr().out
+    _, (trk,) = read_back(out)
+    assert_roundtrip(trk, xy[:, :2])
+    assert pd.read_csv(out / importer.SOURCES_FILE)["video_name"][0] == "two mice, one feeder"
+
+
 def test_bodypart_map(tmp_path):
     xy, lik = make_xy(10, 1, 4)
     f = tmp_path / "v.csv"

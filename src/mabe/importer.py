@@ -28,7 +28,7 @@ SOURCES_FILE = "import_sources.csv"
 SOURCES_COLUMNS: tuple[str, ...] = (
     "split", "lab_id", "video_id", "video_name", "source", "format", "individuals", "bodyparts", "fps", "n_frames")
 SAFE_LAB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # a folder name: no separators, no dots first
-SAFE_VIDEO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")  # names are matched, not used as paths
+SAFE_VIDEO = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,200}$")  # names are matched and printed, never used as paths
 
 # ----------------------------------------------------------------------------- body parts
 
@@ -168,7 +168,7 @@ def convert(pose: pose_io.Pose, opt: ImportOptions) -> Video:
     where = pose.path
     name = pose_io.video_name(where)
     if not SAFE_VIDEO.match(name):
-        raise MabeDataError(where, "video name", "a file name of letters, digits and . _ + -", repr(name))
+        raise MabeDataError(where, "video name", "a name without control characters or slashes", repr(name))
     N = len(pose.individuals)
     if N == 0 or pose.n_frames == 0:
         raise MabeDataError(where, "tracks", "at least one animal and one frame", f"{N} animals, {pose.n_frames} frames")

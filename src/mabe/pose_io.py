@@ -367,7 +367,7 @@ def video_name(path: Path) -> str:
         if new == stem or not new:
             break
         stem = new
-    return stem
+    return stem.strip()  # labels match names with their cells stripped
 
 
 def read_pose(path: str | Path, fmt: str = "auto") -> Pose:
