@@ -157,7 +157,7 @@ class Video:
 
 def _positive(value: float | None, where: Path, fld: str, hint: str) -> float:
     if value is None:
-        raise MabeDataError(where, fld, f"a value: the file has none, pass {hint}", "none")
+        raise MabeDataError(where, fld, f"a value; the file has none, so pass {hint}")
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise MabeDataError(where, fld, "a finite number > 0", value)
     return float(value)
@@ -326,6 +326,11 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
 
 def _existing(out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     metas = {s: pd.read_csv(out / f"{s}.csv") for s in ("train", "test") if (out / f"{s}.csv").is_file()}
+    for s, m in metas.items():  # adding to a folder: it must already be MABe metadata
+        missing = [c for c in data.METADATA_COLUMNS if c not in m.columns]
+        if missing:
+            raise MabeDataError(out / f"{s}.csv", "columns", "MABe metadata columns (to add videos to it)",
+                                f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     src = out / SOURCES_FILE
     sources = pd.read_csv(src) if src.is_file() else pd.DataFrame(columns=list(SOURCES_COLUMNS))
     return metas, sources
