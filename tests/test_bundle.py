@@ -105,15 +105,46 @@ def test_ethogram_intervals_and_pngs(lab_project, capsys):
     assert len(pngs) == len(set(got["video_id"])) and all(p.stat().st_size > 5000 for p in pngs)
 
 
-def test_bundle_runs_offline_in_a_fresh_venv(lab_project, tmp_path):
-    root = lab_project
-    thr = {("mylab", "sniff"): 0.3}
-    postprocess.save_thresholds(tmp_path / "thr.json", thr)
+def _bundle(root, tmp_path):
+    postprocess.save_thresholds(tmp_path / "thr.json", {("mylab", "sniff"): 0.3})
     bundle = tmp_path / "bundle"
     assert cli.main(["bundle", str(root / "runs" / "lab"), "--out", str(bundle), "--thresholds",
                      str(tmp_path / "thr.json")]) == 0
     assert sorted(p.name for p in bundle.iterdir()) == ["config.yaml", "models", "predict_and_submit.py",
                                                          "thresholds.json", "wheels"]
+    return bundle
+
+
+def test_bundle_contents_predict_from_the_working_folder(lab_project, tmp_path, monkeypatch):
+    """What predict_and_submit.py runs after its pip step, in this process (the slow test below runs the
+    script itself in a fresh venv)."""
+    import zipfile
+
+    from mabe import checkpoint
+
+    bundle = _bundle(lab_project, tmp_path)
+    (wheel,) = (bundle / "wheels").glob("mabe-*-py3-none-any.whl")
+    assert {"mabe/configs/demo.yaml", "mabe/configs/h100.yaml", "mabe/bundle.py"} <= set(zipfile.ZipFile(wheel).namelist())
+    (model,) = (bundle / "models").glob("*.mabe")
+    assert checkpoint.load(model)[checkpoint.CONFIG_KEY]["cache"] == "mabe_cache"
+    assert postprocess.load_thresholds(bundle / "thresholds.json") == {("mylab", "sniff"): 0.3}
+    compile((bundle / "predict_and_submit.py").read_text(), "predict_and_submit.py", "exec")
+    work = tmp_path / "working"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert cli.main(["predict", str(model), "--data", str(lab_project / "data"), "--out", "p.npz"]) == 0
+    assert (work / "mabe_cache").is_dir()  # relative cache: the working folder, not the training machine's path
+    assert cli.main(["submit", "p.npz", "--out", "submission.csv", "-c", str(bundle / "config.yaml"),
+                     "--thresholds", str(bundle / "thresholds.json")]) == 0
+    submit.validate_submission(pd.read_csv(work / "submission.csv"), data.load_metadata(lab_project / "data", "test"))
+
+
+@pytest.mark.slow
+def test_bundle_runs_offline_in_a_fresh_venv(lab_project, tmp_path):
+    """The issue's acceptance check (~40 s on a busy 2-core box): the bundle's own script, pip --no-index
+    into a fresh venv, on a MABe-layout test folder, gives the same submission as predict + submit here."""
+    root = lab_project
+    bundle = _bundle(root, tmp_path)
     # reference: the same models, thresholds and config, in this process
     ref_preds = tmp_path / "ref.npz"
     model = next((bundle / "models").glob("*.mabe"))
