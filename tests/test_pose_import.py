@@ -48,7 +48,7 @@ def write_dlc_csv(path, xy, lik, individuals=None, bodyparts=BP, scorer="DLC_res
 
 def write_sleap_analysis(path, xy, lik, names, nodes=BP):
     """A SLEAP analysis .h5 as sleap-convert writes it (matlab layout: tracks (N, 2, K, T))."""
-    import h5py
+    h5py = pytest.importorskip("h5py")
 
     with h5py.File(path, "w") as f:
         f["tracks"] = xy.transpose(1, 3, 2, 0)
