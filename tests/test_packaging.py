@@ -73,10 +73,10 @@ def test_score_json_full_precision(tmp_path, capsys):
 
 
 def _build_wheel(dest: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(dest), str(REPO)], check=True, capture_output=True, text=True)
-    (wheel,) = dest.glob("mabe-*.whl")
-    return wheel
+    from mabe import bundle
+
+    assert bundle.source_tree() == REPO
+    return bundle.build_wheel(dest)
 
 
 def fresh_venv_with_wheel(tmp: Path) -> tuple[Path, dict]:
@@ -111,6 +111,7 @@ def test_wheel_in_fresh_venv_finds_its_configs(tmp_path):
     listed = subprocess.run([str(vbin / "mabe"), "configs"], cwd=elsewhere, env=env, check=True,
                             capture_output=True, text=True).stdout
     assert "demo" in listed and "h100" in listed and str(tmp_path / "venv") in listed
+    assert not (REPO / "build").exists()  # the wheel is built from a copy: nothing left in the checkout
 
 
 @pytest.mark.slow

@@ -103,16 +103,22 @@ def build_wheel(dest: Path, wheel: str | Path | None = None) -> Path:
     if root is None:
         raise MabeError("mabe is installed without its source tree, so its wheel cannot be built here: "
                         "pass --wheel mabe-<version>-py3-none-any.whl")
-    build = dest.parent / ".wheel-build"
-    shutil.rmtree(build, ignore_errors=True)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(build), str(root)], capture_output=True, text=True)
-    wheels = sorted(build.glob("mabe-*.whl"))
-    if res.returncode != 0 or len(wheels) != 1:
-        raise MabeError(f"building mabe's wheel from {root} failed: {(res.stderr or res.stdout).strip()[-800:]}")
-    target = dest / wheels[0].name
-    shutil.move(str(wheels[0]), target)
-    shutil.rmtree(build, ignore_errors=True)
+    import tempfile
+
+    # Built from a clean copy: setuptools' in-tree build/ keeps files deleted since the last build and
+    # would ship them, and the user's checkout gets no build/ or egg-info from us.
+    with tempfile.TemporaryDirectory(prefix="mabe-wheel-") as tmp:
+        copy = Path(tmp) / "src-copy"
+        shutil.copytree(root / "src", copy / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, copy / name)
+        res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                              "-w", str(Path(tmp) / "dist"), str(copy)], capture_output=True, text=True)
+        wheels = sorted((Path(tmp) / "dist").glob("mabe-*.whl"))
+        if res.returncode != 0 or len(wheels) != 1:
+            raise MabeError(f"building mabe's wheel from {root} failed: {(res.stderr or res.stdout).strip()[-800:]}")
+        target = dest / wheels[0].name
+        shutil.move(str(wheels[0]), target)
     return target
 
 
