@@ -101,6 +101,8 @@ def test_ethogram_intervals_and_pngs(lab_project, capsys):
     assert all(n == names[v] for n, v in zip(got["video_name"], got["video_id"]))  # the pose files' names
     animals = {v: json.loads(i) for v, i in zip(src["video_id"], src["individuals"])}
     assert all(a == animals[v][i - 1] for a, v, i in zip(got["agent"], got["video_id"], got["agent_id"]))
+    for v, part in table.groupby("video_id"):  # the per-video files split intervals.csv, rows as there
+        pd.testing.assert_frame_equal(pd.read_csv(out / f"intervals_mylab_{v}.csv"), part.reset_index(drop=True))
     pngs = sorted(out.glob("ethogram_mylab_*.png"))
     assert len(pngs) == len(set(got["video_id"])) and all(p.stat().st_size > 5000 for p in pngs)
 

@@ -81,7 +81,9 @@ def decisions(preds, intervals: pd.DataFrame):
 
 def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Path | None = None,
                     cfg=None, thresholds=None, png: bool = True) -> tuple[Path, list[Path]]:
-    """Predictions file -> ``out/intervals.csv`` (+ ``out/ethogram_<lab>_<video_id>.png``); returns the paths."""
+    """Predictions file -> ``out/intervals.csv`` (all videos), ``out/intervals_<lab>_<video_id>.csv`` and
+    ``out/ethogram_<lab>_<video_id>.png`` per video; returns (intervals.csv, PNG paths). Ids, not names, in
+    file names: lab ids are checked folder names, video names come from users' files."""
     from tqdm.auto import tqdm
 
     from mabe import postprocess, predictions
@@ -99,6 +101,8 @@ def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Pat
     tmp = csv.with_name(csv.name + ".tmp")
     table.to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(csv)
+    for (lab, video), part in table.groupby(["lab_id", "video_id"], sort=True):  # one file per video too
+        part.to_csv(out / f"intervals_{lab}_{video}.csv", index=False, lineterminator="\n")
     pngs: list[Path] = []
     if png:
         drawn = decisions(preds, intervals)
