@@ -271,11 +271,12 @@ def test_boris_aggregated_and_tabular_exports(tmp_path):
                   "Behavior type": ["STATE", "STATE", "POINT"], "Start (s)": [1.0, 2.5, 3.0],
                   "Stop (s)": [1.5, 3.0, 3.0]}).to_csv(agg, sep="\t", index=False)
     tab = tmp_path / "boris_events.csv"
+    tab.write_text("Observation id,o2\nObservation date,2025-01-01\nTime offset (s),0\n\n")  # older BORIS preamble
     pd.DataFrame({"Observation id": ["o2"] * 4, "Media file path": ["cageB.avi"] * 4, "FPS": [20] * 4,
                   "Subject": ["intruder", "intruder", "resident", "resident"],
                   "Behavior": ["attack", "attack", "rear", "rear"], "Modifiers": ["", "", "", ""],
                   "Behavior type": ["START", "STOP", "START", "STOP"], "Time": [0.0, 0.25, 0.1, 0.5]}).to_csv(
-        tab, index=False)
+        tab, index=False, mode="a")
     out = tmp_path / "d"
     assert cli.main(import_args(out, *files, fps=20, annotations=agg) + ["--annotations", str(tab)]) == 0
     meta = data.load_metadata(out, "train")

@@ -33,7 +33,12 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise MabeDataError(path, None, "an annotation file", "no such file")
     sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else None  # None: sniff , or ;
     try:
-        return pd.read_csv(path, sep=sep, engine="python", dtype=str, keep_default_na=False)
+        with open(path, encoding="utf-8-sig") as f:
+            head = [next(f, "") for _ in range(40)]
+        # older BORIS exports put observation details above the table: start at its header line
+        skip = next((i for i, line in enumerate(head) if "Behavior" in line and ("Time" in line or "Start (s)" in line)), 0)
+        return pd.read_csv(path, sep=sep, engine="python", dtype=str, keep_default_na=False, skiprows=skip,
+                           encoding="utf-8-sig")
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise MabeDataError(path, None, "a readable CSV / TSV", str(err).strip()) from None
 
