@@ -107,10 +107,10 @@ def test_ethogram_intervals_and_pngs(lab_project, capsys):
     assert len(pngs) == len(set(got["video_id"])) and all(p.stat().st_size > 5000 for p in pngs)
 
 
-def _bundle(root, tmp_path):
+def _bundle(root, tmp_path, runs=("lab",)):
     postprocess.save_thresholds(tmp_path / "thr.json", {("mylab", "sniff"): 0.3})
     bundle = tmp_path / "bundle"
-    assert cli.main(["bundle", str(root / "runs" / "lab"), "--out", str(bundle), "--thresholds",
+    assert cli.main(["bundle", *(str(root / "runs" / r) for r in runs), "--out", str(bundle), "--thresholds",
                      str(tmp_path / "thr.json")]) == 0
     assert sorted(p.name for p in bundle.iterdir()) == ["config.yaml", "models", "predict_and_submit.py",
                                                          "thresholds.json", "wheels"]
@@ -124,17 +124,18 @@ def test_bundle_contents_predict_from_the_working_folder(lab_project, tmp_path, 
 
     from mabe import checkpoint
 
-    bundle = _bundle(lab_project, tmp_path)
+    bundle = _bundle(lab_project, tmp_path, runs=("lab", "lab"))  # an ensemble of two
     (wheel,) = (bundle / "wheels").glob("mabe-*-py3-none-any.whl")
     assert {"mabe/configs/demo.yaml", "mabe/configs/h100.yaml", "mabe/bundle.py"} <= set(zipfile.ZipFile(wheel).namelist())
-    (model,) = (bundle / "models").glob("*.mabe")
-    assert checkpoint.load(model)[checkpoint.CONFIG_KEY]["cache"] == "mabe_cache"
+    models = sorted((bundle / "models").glob("*.mabe"))
+    assert [m.name for m in models] == ["00_lab.mabe", "01_lab.mabe"]
+    assert all(checkpoint.load(m)[checkpoint.CONFIG_KEY]["cache"] == "mabe_cache" for m in models)
     assert postprocess.load_thresholds(bundle / "thresholds.json") == {("mylab", "sniff"): 0.3}
     compile((bundle / "predict_and_submit.py").read_text(), "predict_and_submit.py", "exec")
     work = tmp_path / "working"
     work.mkdir()
     monkeypatch.chdir(work)
-    assert cli.main(["predict", str(model), "--data", str(lab_project / "data"), "--out", "p.npz"]) == 0
+    assert cli.main(["predict", *map(str, models), "--data", str(lab_project / "data"), "--out", "p.npz"]) == 0
     assert (work / "mabe_cache").is_dir()  # relative cache: the working folder, not the training machine's path
     assert cli.main(["submit", "p.npz", "--out", "submission.csv", "-c", str(bundle / "config.yaml"),
                      "--thresholds", str(bundle / "thresholds.json")]) == 0
