@@ -162,11 +162,14 @@ def test_sleap_io_files(tmp_path):
     labels = sio.Labels(labeled_frames=frames, videos=[video], skeletons=[sk], tracks=tracks)
     sio.save_slp(labels, str(tmp_path / "v1.slp"))
     sio.save_analysis_h5(labels, str(tmp_path / "v2.analysis.h5"))
-    out = tmp_path / "d"
-    assert cli.main(import_args(out, tmp_path / "v1.slp", tmp_path / "v2.analysis.h5", fps=30)) == 0
-    _, trks = read_back(out)
-    for trk in trks:
+    ids = []
+    for f in ("v1.slp", "v2.analysis.h5"):
+        out = tmp_path / ("data_" + f)
+        assert cli.main(import_args(out, tmp_path / f, fps=30)) == 0
+        meta, (trk,) = read_back(out)
         assert_roundtrip(trk, xy)
+        ids.append(int(meta["video_id"][0]))
+    assert ids[0] == ids[1]  # both files hold the same pose, so the same content id
 
 
 @pytest.mark.filterwarnings("ignore:The .dimensions. constructor argument:DeprecationWarning")
@@ -192,9 +195,17 @@ def test_several_videos_and_adding_later(tmp_path):
     assert cli.main(import_args(out, *files[:2], fps=30)) == 0
     assert cli.main(import_args(out, files[2], fps=15)) == 0
     meta = data.load_metadata(out, "train")
-    assert meta["video_id"].tolist() == [1, 2, 3] and meta["frames_per_second"].tolist() == [30, 30, 15]
+    assert meta["frames_per_second"].tolist() == [30, 30, 15]
     assert [data.read_tracking(p).n_frames for p in meta["tracking_path"]] == [10, 11, 12]
     assert cli.main(import_args(out, files[2], fps=15)) == 2  # the same video twice
+    # ids come from the content: the same import elsewhere gives the same ids, other settings other ids, so
+    # a feature cache shared by several folders (keyed by lab and video id) never mixes two videos up
+    ids = meta["video_id"].tolist()
+    assert len(set(ids)) == 3 and all(10**9 <= i < 10**10 for i in ids)
+    assert cli.main(import_args(tmp_path / "again", files[0], fps=30)) == 0
+    assert data.load_metadata(tmp_path / "again", "train")["video_id"].tolist() == ids[:1]
+    assert cli.main(import_args(tmp_path / "other", files[0], fps=25)) == 0
+    assert data.load_metadata(tmp_path / "other", "train")["video_id"].tolist() != ids[:1]
 
 
 def test_dlc_unique_bodyparts_are_reported_not_imported(tmp_path, capsys):

@@ -214,14 +214,14 @@ def convert(pose: pose_io.Pose, opt: ImportOptions) -> Video:
 # ----------------------------------------------------------------------------- labels
 
 
-def resolve_labels(labels: pd.DataFrame, videos: list[Video]) -> dict[int, pd.DataFrame]:
-    """Label table (label_io.LABEL_COLUMNS) -> {video_id: annotation frame (data.ANNOTATION_COLUMNS)}.
+def resolve_labels(labels: pd.DataFrame, videos: list[Video]) -> dict[str, pd.DataFrame]:
+    """Label table (label_io.LABEL_COLUMNS) -> {video name: annotation frame (data.ANNOTATION_COLUMNS)}.
 
     Videos are matched by name; agent / target by the file's animal names or ``mouseN``; an empty or
     ``self`` target is the agent; a pair behaviour with no target in a two-animal video is the other one.
     """
     by_name = {v.name: v for v in videos}
-    out: dict[int, list] = {}
+    out: dict[str, list] = {}
     for r in labels.itertuples(index=False):
         where = f"{r.source} (row {r.row})"
         v = by_name.get(r.video)
@@ -254,9 +254,9 @@ def resolve_labels(labels: pd.DataFrame, videos: list[Video]) -> dict[int, pd.Da
         if not 0 <= start < stop <= T:
             raise MabeDataError(where, "start, stop", f"0 <= start < stop <= {T} frames (stop exclusive; "
                                 f"{T / v.fps:.2f} s at {v.fps:g} fps)", f"{r.start}..{r.stop} {r.unit}")
-        out.setdefault(v.video_id, []).append((agent, target, r.behaviour, start, stop))
-    return {vid: pd.DataFrame(rows, columns=list(data.ANNOTATION_COLUMNS)).sort_values(["start_frame", "agent_id"])
-            .reset_index(drop=True) for vid, rows in out.items()}
+        out.setdefault(v.name, []).append((agent, target, r.behaviour, start, stop))
+    return {name: pd.DataFrame(rows, columns=list(data.ANNOTATION_COLUMNS)).sort_values(["start_frame", "agent_id"])
+            .reset_index(drop=True) for name, rows in out.items()}
 
 
 def _animal(token: str, v: Video, where: str, fld: str) -> int:
@@ -366,10 +366,7 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
     if clash:
         raise MabeDataError(out / SOURCES_FILE, "video_name", f"videos not imported into lab {opt.lab} before",
                             f"already there: {clash}")
-    first = 1 + max([int(m["video_id"].max()) for m in metas.values() if len(m)] + [0])
-    for i, v in enumerate(videos):
-        v.video_id = first + i
-    ann: dict[int, pd.DataFrame] = {}
+    ann: dict[str, pd.DataFrame] = {}
     actions: set[str] = set(data.ACTIONS) if opt.split == "test" else set()
     if annotations:
         tables = [label_io.read_labels(a) for a in annotations]
@@ -384,6 +381,15 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
         if missing:
             raise MabeError(f"--behaviours leaves out annotated behaviour(s) {missing}")
         actions = set(opt.behaviours)
+    # test videos: the behaviours to predict; train videos: labelled only where the labels name the video
+    triples = {v.name: labeled_triples(v, actions) if opt.split == "test" or v.name in ann else None for v in videos}
+    taken = {int(i) for m in metas.values() for i in m["video_id"]}
+    for v in videos:
+        v.video_id = content_id(v, opt.lab, ann.get(v.name), triples[v.name])
+        if v.video_id in taken:
+            raise MabeDataError(v.source, "video_id", f"a video not in {out} yet",
+                                f"the same tracking, settings and labels are there as video_id {v.video_id}")
+        taken.add(v.video_id)
     # ----- everything is checked: write
     tdir = out / f"{opt.split}_tracking" / opt.lab
     tdir.mkdir(parents=True, exist_ok=True)
@@ -394,13 +400,13 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
     if ann:
         adir = out / "train_annotation" / opt.lab
         adir.mkdir(parents=True, exist_ok=True)
-        for vid, df in ann.items():
-            schema = annotation_schema(int(df["stop_frame"].max()) if len(df) else 0)
-            tab = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-            pq.write_table(tab, adir / f"{vid}.parquet", **PARQUET_KW)
-    # test videos: the behaviours to predict; train videos: labelled only where the labels name the video
-    rows = [_metadata_row(v, opt.lab, labeled_triples(v, actions) if opt.split == "test" or v.video_id in ann
-                          else None) for v in videos]
+        for v in videos:
+            if v.name in ann:
+                df = ann[v.name]
+                schema = annotation_schema(int(df["stop_frame"].max()) if len(df) else 0)
+                tab = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+                pq.write_table(tab, adir / f"{v.video_id}.parquet", **PARQUET_KW)
+    rows = [_metadata_row(v, opt.lab, triples[v.name]) for v in videos]
     new = pd.DataFrame(rows, columns=list(data.METADATA_COLUMNS))
     for split in ("train", "test"):
         if split != opt.split and split in metas:
@@ -416,6 +422,24 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
         "fps": v.fps, "n_frames": v.xy.shape[0]} for v in videos], columns=list(SOURCES_COLUMNS))
     _atomic_csv(pd.concat([sources, src_rows], ignore_index=True) if len(sources) else src_rows, out / SOURCES_FILE)
     return videos
+
+
+def content_id(v: Video, lab: str, ann: pd.DataFrame | None, triples: list[str] | None) -> int:
+    """A 10-digit video_id from everything the feature cache derives from the video (tracking, body parts,
+    fps, scale, frame and arena size, labels, labelled triples) and its lab.
+
+    Why not 1, 2, 3: the cache (prepare.py) keys videos by (lab_id, video_id) alone, so two imported
+    folders numbering their videos alike would silently share each other's features. With content ids a
+    shared cache entry is the same video with the same settings, i.e. correct to reuse."""
+    import hashlib
+
+    h = hashlib.sha1()
+    h.update(json.dumps([lab, v.parts, v.fps, v.pix_per_cm, list(v.frame_size), list(v.arena_cm), triples]).encode())
+    h.update(np.ascontiguousarray(v.xy).tobytes())
+    h.update(str(v.xy.shape).encode())
+    if ann is not None:
+        h.update(ann.to_csv(index=False).encode())
+    return 1_000_000_000 + int(h.hexdigest()[:12], 16) % 9_000_000_000
 
 
 def video_names(root: str | Path) -> dict[tuple[str, int], str]:
