@@ -46,6 +46,7 @@ __all__ = [
     "n_resampled_rows",
     "source_length",
     "gather_positions",
+    "MISSING_CODE",
     "window_features",
 ]
 
@@ -345,18 +346,32 @@ def _source_start(start_row: torch.Tensor, ratio: torch.Tensor, n_frames: torch.
     return torch.minimum(first, n_frames.long() - 1) - halo_frames
 
 
+MISSING_CODE = -32768  # poscache.MISSING: an int16 store's code of a missing coordinate
+
+
 def gather_positions(
     store: torch.Tensor, offsets: torch.Tensor, video: torch.Tensor, src_start: torch.Tensor, length: int,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, quantum: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flat positions (N, M, S, 2) of all videos (video v = rows offsets[v]:offsets[v+1]) -> (B, length, M, S, 2)
-    of each window's frames ``src_start + 0..length-1`` in ``dtype``; frames outside the video are NaN."""
+    of each window's frames ``src_start + 0..length-1`` in ``dtype``; frames outside the video are NaN.
+
+    ``store``: float cm (NaN = missing), or int16 codes of the position cache with ``quantum`` (V,) cm per code.
+    """
     first = offsets[video]
     n = offsets[video + 1] - first
     t = src_start[:, None] + torch.arange(length, device=store.device)[None, :]
     inside = (t >= 0) & (t < n[:, None])
     rows = first[:, None] + t.clamp(min=0).minimum(n[:, None] - 1)
-    x = store[rows].to(dtype)
+    raw = store[rows]
+    if store.is_floating_point():
+        x = raw.to(dtype)
+    else:
+        if quantum is None:
+            raise ValueError("an integer position store needs its per-video quantum")
+        inside = inside[..., None, None, None] & (raw != MISSING_CODE)
+        x = raw.to(dtype) * quantum.to(dtype)[video].reshape(-1, 1, 1, 1, 1)
+        return torch.where(inside, x, math.nan)
     return torch.where(inside[..., None, None, None], x, math.nan)
 
 
@@ -391,11 +406,12 @@ def window_features(
     store: torch.Tensor, offsets: torch.Tensor, video: torch.Tensor, start_row: torch.Tensor, length: int,
     fps: torch.Tensor, fcfg: FeatureConfig, slots: Sequence[str], *, mode: str = "pair",
     agent: torch.Tensor | None = None, target: torch.Tensor | None = None, ratio: torch.Tensor | None = None,
-    max_ratio: float = 1.0, dtype: torch.dtype = torch.float32,
+    max_ratio: float = 1.0, dtype: torch.dtype = torch.float32, quantum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of windows -> (features (B, length, F), valid (B, length) bool), F = the scene or pair vector.
 
-    ``store`` (N, M, S, 2) arena-centred cm of every video (NaN = missing, any float dtype, e.g. fp16),
+    ``store`` (N, M, S, 2) arena-centred cm of every video (NaN = missing, any float dtype), or the
+    position cache's int16 codes with ``quantum`` (V,) cm per code,
     ``offsets`` (V + 1,) its video boundaries, ``video`` / ``start_row`` (B,) each window's video and first
     row, ``fps`` (V,) each video's own frame rate, ``ratio`` (V,) source frames per row (fps /
     target_fps; None = 1, no resampling; ``max_ratio`` its maximum, which fixes the gather length).
@@ -409,7 +425,7 @@ def window_features(
     resampled = ratio is not None and bool((r != 1).any())
     L = source_length(length, max_ratio if resampled else 1.0, h)
     src = _source_start(start_row, rw, n_frames, h) if resampled else start_row.long() - h
-    cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype), fcfg.max_gap)
+    cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum), fcfg.max_gap)
     if mode == "scene":
         feat = scene_from_cm(pad_mice(cm, fcfg.n_mice), fw, fcfg.smooth_window)
     else:
