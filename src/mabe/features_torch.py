@@ -42,6 +42,7 @@ __all__ = [
     "scene_features",
     "mouse_kinematics",
     "pair_features",
+    "pair_features_of",
     "resample_rows",
     "n_resampled_rows",
     "source_length",
@@ -98,6 +99,29 @@ def to_cm(xy_px: torch.Tensor, pix_per_cm: Scalar, centre_px: Scalar | None = No
     return x * _per_window(inv, x, x.ndim, x.dtype)
 
 
+def _nearest_present(idx: torch.Tensor, val: torch.Tensor, reach: int, forward: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, C) frame numbers (+-inf where missing) and values -> the nearest present frame at or before t
+    (``forward``; else at or after) within ``reach`` frames, and its value; +-inf / NaN where there is none.
+
+    Log-step doubling (shifts 1, 2, 4, ... summing to >= reach): a few whole-tensor ops, where a cummax and
+    a gather along time are several times slower on CPU."""
+    shift, covered = 1, 0
+    while covered < reach:
+        new_idx, new_val = idx.clone(), val.clone()
+        if forward:
+            cand_i, cand_v, dst = idx[:, :-shift], val[:, :-shift], (slice(None), slice(shift, None))
+            better = cand_i > idx[dst]
+        else:
+            cand_i, cand_v, dst = idx[:, shift:], val[:, shift:], (slice(None), slice(None, -shift))
+            better = cand_i < idx[dst]
+        new_idx[dst] = torch.where(better, cand_i, idx[dst])
+        new_val[dst] = torch.where(better, cand_v, val[dst])
+        idx, val = new_idx, new_val
+        covered += shift
+        shift *= 2
+    return idx, val
+
+
 def interpolate_gaps(x: torch.Tensor, max_gap: int) -> torch.Tensor:
     """(B, T, ...) -> same: linear fill of NaN runs of <= max_gap frames between present frames; edges stay NaN."""
     B, T = x.shape[:2]
@@ -105,13 +129,13 @@ def interpolate_gaps(x: torch.Tensor, max_gap: int) -> torch.Tensor:
         return x.clone()
     flat = x.reshape(B, T, -1)
     ok = ~torch.isnan(flat)
-    t = torch.arange(T, device=x.device).reshape(1, T, 1).expand_as(flat)
-    prev = torch.where(ok, t, -1).cummax(dim=1).values  # last present frame at or before t
-    nxt = torch.where(ok, t, T).flip(1).cummin(dim=1).values.flip(1)  # first present frame at or after t
-    fill = ~ok & (prev >= 0) & (nxt < T) & (nxt - prev - 1 <= max_gap)
-    lo = flat.gather(1, prev.clamp(min=0))
-    hi = flat.gather(1, nxt.clamp(max=T - 1))
-    w = (t - prev).to(x.dtype) / (nxt - prev).clamp(min=1).to(x.dtype)
+    # frame numbers as floats (exact below 2^24), +-inf where missing
+    t = torch.arange(T, dtype=torch.float32 if x.dtype == torch.float16 else x.dtype, device=x.device)
+    t = t.reshape(1, T, 1).expand_as(flat)
+    prev, lo = _nearest_present(torch.where(ok, t, -math.inf), flat, max_gap, forward=True)
+    nxt, hi = _nearest_present(torch.where(ok, t, math.inf), flat, max_gap, forward=False)
+    fill = ~ok & (nxt - prev - 1 <= max_gap)  # inf - (-inf): no present frame near enough on one side
+    w = ((t - prev) / (nxt - prev)).to(x.dtype)
     return torch.where(fill, lo + w * (hi - lo), flat).reshape(x.shape)
 
 
@@ -300,6 +324,17 @@ def pair_features(
     target = torch.as_tensor(target, dtype=torch.long, device=xy_cm.device).reshape(-1).expand(B)
     b = torch.arange(B, device=xy_cm.device)
     sub = torch.stack([xy_cm[b, :, agent], xy_cm[b, :, target]], dim=2)  # (B, T, 2, S, 2): agent, target
+    return pair_features_of(sub, fps, agent == target, slots, smooth_window)
+
+
+def pair_features_of(
+    sub: torch.Tensor, fps: Scalar, is_self: torch.Tensor, slots: Sequence[str], smooth_window: int = 1
+) -> torch.Tensor:
+    """(B, T, 2, S, 2) cm of each window's agent and target (the same mouse twice for a self pair), (B,) bool
+    self -> (B, T, 4S + 18) pair features (``pair_features`` once the two mice are picked)."""
+    B, T, _, S = sub.shape[:4]
+    if len(slots) != S:
+        raise ValueError(f"{len(slots)} slot names for {S} keypoint slots")
     kin = mouse_kinematics(sub, fps, slots, smooth_window)
     c, f, k = kin["centre"], kin["front"], kin["back"]
     ca, ct, fa, ft, ba, bt = c[:, :, 0], c[:, :, 1], f[:, :, 0], f[:, :, 1], k[:, :, 0], k[:, :, 1]
@@ -308,7 +343,7 @@ def pair_features(
     body = _norm(ca - ct)
     seen = _rotate(ct, ca, ha)
     norm = torch.maximum(_norm(seen), torch.tensor(_EPS, dtype=seen.dtype, device=seen.device))
-    is_self = (agent == target).to(xy_cm.dtype)[:, None].expand(B, T)
+    is_self = is_self.to(sub.dtype)[:, None].expand(B, T)
     cols = [
         _norm(fa - ft), _norm(fa - bt), _norm(fa - ct), body, _norm(ba - ft),
         kin["speed"][:, :, 0], kin["speed"][:, :, 1], time_derivative(body, fps),
@@ -351,19 +386,20 @@ MISSING_CODE = -32768  # poscache.MISSING: an int16 store's code of a missing co
 
 def gather_positions(
     store: torch.Tensor, offsets: torch.Tensor, video: torch.Tensor, src_start: torch.Tensor, length: int,
-    dtype: torch.dtype = torch.float32, quantum: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32, quantum: torch.Tensor | None = None, mice: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Flat positions (N, M, S, 2) of all videos (video v = rows offsets[v]:offsets[v+1]) -> (B, length, M, S, 2)
     of each window's frames ``src_start + 0..length-1`` in ``dtype``; frames outside the video are NaN.
 
     ``store``: float cm (NaN = missing), or int16 codes of the position cache with ``quantum`` (V,) cm per code.
+    ``mice`` (B, K): gather only these mouse slots of each window -> (B, length, K, S, 2).
     """
     first = offsets[video]
     n = offsets[video + 1] - first
     t = src_start[:, None] + torch.arange(length, device=store.device)[None, :]
     inside = (t >= 0) & (t < n[:, None])
     rows = first[:, None] + t.clamp(min=0).minimum(n[:, None] - 1)
-    raw = store[rows]
+    raw = store[rows] if mice is None else store[rows[:, :, None], mice[:, None, :]]
     if store.is_floating_point():
         x = raw.to(dtype)
     else:
@@ -425,13 +461,15 @@ def window_features(
     resampled = ratio is not None and bool((r != 1).any())
     L = source_length(length, max_ratio if resampled else 1.0, h)
     src = _source_start(start_row, rw, n_frames, h) if resampled else start_row.long() - h
-    cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum), fcfg.max_gap)
     if mode == "scene":
+        cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum), fcfg.max_gap)
         feat = scene_from_cm(pad_mice(cm, fcfg.n_mice), fw, fcfg.smooth_window)
     else:
         if agent is None or target is None:
             raise ValueError("pair mode needs agent and target mouse slots")
-        feat = pair_features(cm, fw, agent, target, slots, fcfg.smooth_window)
+        mice = torch.stack([agent, target], dim=1).long()  # only the two mice the pair reads
+        cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum, mice), fcfg.max_gap)
+        feat = pair_features_of(cm, fw, agent == target, slots, fcfg.smooth_window)
     n_rows = n_resampled_rows(n_frames, rw) if resampled else n_frames
     valid = start_row[:, None] + torch.arange(length, device=store.device)[None, :] < n_rows[:, None]
     if resampled:
