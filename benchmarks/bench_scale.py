@@ -170,6 +170,40 @@ def bench_batches(compact: Path, batch: int, length: int, repeats: int, device: 
     return res
 
 
+def bench_precision(data_root: Path, n_videos: int = 3) -> dict:
+    """Largest feature error from stored positions: int16 at the poscache step vs float16 cm, against float64."""
+    from mabe import data, poscache, prepare
+    from mabe import features as F
+
+    slots = list(data.DEFAULT_SLOTS)
+    out: dict = {"int16": {}, "float16": {}}
+    for task in prepare._tasks(data_root, ["train"])[:n_videos]:
+        trk = data.read_tracking(task["tracking_path"], slots, data.MAX_MICE)
+        centre = (task["width"] / 2, task["height"] / 2)
+        cm = F.to_cm(trk.xy.astype(np.float64), task["pix_per_cm"], centre)
+        codes, q, m, s_ = poscache.encode_positions(trk.xy, np.ones(data.MAX_MICE, bool), task["pix_per_cm"], centre)
+        stored = {"int16": poscache.decode_positions(codes, q, m, s_, data.MAX_MICE, len(slots), np.float64),
+                  "float16": cm.astype(np.float16).astype(np.float64)}
+        mice = np.flatnonzero(trk.mice).tolist()
+        pairs = [(a, b) for a in mice for b in mice]
+
+        def feats(x):
+            x = F.interpolate_gaps(x, 10)
+            return (F.scene_from_cm(x, task["fps"]).astype(np.float64),
+                    F.all_pair_features(x, task["fps"], pairs, slots).astype(np.float64))
+
+        ref_scene, ref_pair = feats(cm)
+        n = data.MAX_MICE * len(slots)
+        for kind, x in stored.items():
+            sc, pr = feats(x)
+            d = np.abs(sc - ref_scene)
+            blocks = {"positions_cm": d[:, : 2 * n], "speed_cm_s": d[:, 2 * n : 3 * n], "acc_cm_s2": d[:, 3 * n :],
+                      "pair_any": np.abs(pr - ref_pair)}
+            for k, v in blocks.items():
+                out[kind][k] = max(out[kind].get(k, 0.0), float(np.nanmax(v, initial=0.0)))
+    return out
+
+
 def bench_step(batch: int, length: int, n_features: int, repeats: int = 2) -> dict:
     """One forward + backward + AdamW step of the reference model (conv1d_bilstm) on CPU, best of ``repeats``."""
     import torch
@@ -273,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     res["new"] = {"seconds": new["seconds"], "frames_per_s": frames / new["seconds"], "bytes": new_bytes,
                   "bytes_per_frame": new_bytes / frames, "peak_rss_mib": new["peak_rss_mib"]}
 
+    res["precision"] = bench_precision(work / "data")
     for n in args.threads:
         torch.set_num_threads(n)
         res[f"batches_cpu_{n}t"] = bench_batches(work / "cache_new", args.batch, args.window, args.repeats, "cpu")
@@ -306,6 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
                       f"max |diff| vs numpy {m['max_abs_diff_vs_numpy']:.2e}")
             print(f"  numpy pair features (today's prepare step): {b['numpy_pair_frames_per_s']:,.0f} pair-frames/s; "
                   f"torch pair/numpy {b['pair']['frames_per_s'] / b['numpy_pair_frames_per_s']:.2f}x")
+    for kind, d in res["precision"].items():
+        print(f"  stored as {kind:7}: max |feature error| vs float64 positions: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
     if "train_step_cpu" in res:
         st, ft = res["train_step_cpu"]["seconds"], res["batches_cpu"]["pair"]["seconds"]
         res["feature_share_of_step_cpu"] = ft / (st + ft)

@@ -42,7 +42,7 @@ def test_encode_decode_round_trip_within_half_a_step(rng):
     want = F.to_cm(xy.astype(np.float64), 10.0, (320.0, 240.0))
     np.testing.assert_array_equal(np.isnan(back), np.isnan(want))
     err = np.nanmax(np.abs(back - want))
-    assert 0 < err <= q / 2 + 1e-12 and q <= 2.0**-9  # within +-64 cm of the centre
+    assert 0 < err <= q / 2 + 1e-5 and q <= 2.0**-9  # + float32 px -> cm rounding; within +-64 cm
 
 
 def test_write_read_round_trip_and_bytes_a_frame(tmp_path, rng):
@@ -124,7 +124,7 @@ def test_features_from_quantised_positions_within_the_stated_bounds(rng, fps):
     n = 4 * len(SLOTS)
     diff = np.abs(a - b)
     f32 = 1e-6 * np.nanmax(np.abs(a), axis=0, initial=0.0, where=~np.isnan(a))  # the cache's float32 rounding
-    assert np.nanmax(diff[:, : 2 * n] - f32[: 2 * n]) <= q / 2
+    assert np.nanmax(diff[:, : 2 * n] - f32[: 2 * n]) <= q / 2 + 1e-5  # + the float32 px -> cm conversion
     assert np.nanmax(diff[:, 2 * n : 3 * n] - f32[2 * n : 3 * n]) <= math.sqrt(2) * fps * q
     assert np.nanmax(diff[:, 3 * n :] - f32[3 * n :]) <= 2 * math.sqrt(2) * fps**2 * q
     assert np.nanmax(diff[:, 2 * n : 3 * n]) > 0  # the quantisation did change something
