@@ -198,6 +198,18 @@ def test_synth_tiny_videos_equal_the_numpy_cache(tiny_data):
         _close(got, ref_pair, *TOL[torch.float32])
 
 
+def test_resampling_path_at_ratio_one_equals_the_crop(rng):
+    tracks = [_tracks(rng, n, FOUR) for n in (120, 90)]
+    store, offsets = _store(tracks, [11.5, 8.0])
+    fcfg, fps = FeatureConfig(max_gap=4), torch.tensor([30.0, 25.0], dtype=torch.float64)
+    args = (store, offsets, torch.tensor([0, 0, 1]), torch.tensor([0, 100, 60]), 32, fps, fcfg, FOUR)
+    kw = dict(agent=torch.tensor([0, 1, 1]), target=torch.tensor([1, 1, 0]), dtype=torch.float64)
+    crop, v1 = FT.window_features(*args, **kw)
+    same, v2 = FT.window_features(*args, ratio=torch.ones(2, dtype=torch.float64), **kw)
+    assert torch.equal(v1, v2) and not v1.all()
+    torch.testing.assert_close(same[v2], crop[v1], equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["scene", "pair"])
 def test_windows_on_cuda_equal_cpu(rng, mode):

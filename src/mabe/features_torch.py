@@ -64,12 +64,14 @@ def halo(fcfg: FeatureConfig) -> int:
     return int(fcfg.max_gap) + 2 + smooth
 
 
-def _per_window(v: Scalar, like: torch.Tensor, ndim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A number or (B,) values -> a tensor shaped (B, 1, ..., 1) (``ndim`` dims) on ``like``'s device."""
-    t = torch.as_tensor(v, dtype=dtype or like.dtype, device=like.device)
-    if t.ndim == 0:
-        return t
-    return t.reshape((-1,) + (1,) * (ndim - 1))
+def _per_window(v: Scalar, like: torch.Tensor, ndim: int, factor: float = 1.0) -> float | torch.Tensor:
+    """``factor * v`` for a number (kept a Python float: no host-to-device copy, CUDA-graph safe), or for (B,)
+    values a tensor shaped (B, 1, ..., 1) (``ndim`` dims) in ``like``'s dtype; the product in float64 first,
+    as numpy forms ``dtype(0.5 * fps)``."""
+    if isinstance(v, (int, float)):
+        return float(v) * factor
+    t = (torch.as_tensor(v, device=like.device).double() * factor).to(like.dtype)
+    return t if t.ndim == 0 else t.reshape((-1,) + (1,) * (ndim - 1))
 
 
 def _nan_like(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -95,8 +97,9 @@ def to_cm(xy_px: torch.Tensor, pix_per_cm: Scalar, centre_px: Scalar | None = No
     if centre_px is not None:
         c = torch.as_tensor(centre_px, dtype=x.dtype, device=x.device)
         x = x - (c if c.ndim == 1 else c.reshape((-1,) + (1,) * (x.ndim - 2) + (2,)))
-    inv = 1.0 / torch.as_tensor(pix_per_cm, dtype=torch.float64, device=x.device)
-    return x * _per_window(inv, x, x.ndim, x.dtype)
+    inv = 1.0 / (float(pix_per_cm) if isinstance(pix_per_cm, (int, float)) else
+                 torch.as_tensor(pix_per_cm, device=x.device).double())
+    return x * _per_window(inv, x, x.ndim)
 
 
 def _nearest_present(idx: torch.Tensor, val: torch.Tensor, reach: int, forward: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,10 +166,8 @@ def _central(steps: torch.Tensor, scale: Scalar) -> torch.Tensor:
     pad = _nan_like(steps, (steps.shape[0], 1) + tuple(steps.shape[2:]))
     bwd = torch.cat([pad, steps], dim=1)
     fwd = torch.cat([steps, pad], dim=1)
-    k = torch.as_tensor(scale, dtype=torch.float64, device=steps.device)
-    half = _per_window(0.5 * k, steps, steps.ndim, steps.dtype)
-    mid = (bwd + fwd) * half
-    one = torch.where(torch.isnan(fwd), bwd, fwd) * _per_window(k, steps, steps.ndim, steps.dtype)
+    mid = (bwd + fwd) * _per_window(scale, steps, steps.ndim, 0.5)
+    one = torch.where(torch.isnan(fwd), bwd, fwd) * _per_window(scale, steps, steps.ndim)
     return torch.where(torch.isnan(mid), one, mid)
 
 
@@ -342,7 +343,7 @@ def pair_features_of(
     rot = _rotate(sub, ca, ha).reshape(B, T, 2 * 2 * S)  # agent block, then target block
     body = _norm(ca - ct)
     seen = _rotate(ct, ca, ha)
-    norm = torch.maximum(_norm(seen), torch.tensor(_EPS, dtype=seen.dtype, device=seen.device))
+    norm = torch.clamp(_norm(seen), min=_EPS)  # NaN stays NaN
     is_self = is_self.to(sub.dtype)[:, None].expand(B, T)
     cols = [
         _norm(fa - ft), _norm(fa - bt), _norm(fa - ct), body, _norm(ba - ft),
@@ -450,7 +451,8 @@ def window_features(
     position cache's int16 codes with ``quantum`` (V,) cm per code,
     ``offsets`` (V + 1,) its video boundaries, ``video`` / ``start_row`` (B,) each window's video and first
     row, ``fps`` (V,) each video's own frame rate, ``ratio`` (V,) source frames per row (fps /
-    target_fps; None = 1, no resampling; ``max_ratio`` its maximum, which fixes the gather length).
+    target_fps; None: no resampling, the crop path; a ratio of 1 there gives the same rows; ``max_ratio`` its
+    maximum, which fixes the gather length). No host synchronisation: CUDA-graph capturable.
     Pair mode needs ``agent`` / ``target`` (B,) 0-based mouse slots. Rows past a video's end are
     padding (valid False, features of the last row); normalisation and NaN -> 0 are the caller's.
     """
@@ -458,7 +460,7 @@ def window_features(
     n_frames = (offsets[1:] - offsets[:-1])[video]
     r = torch.ones_like(fps, dtype=torch.float64) if ratio is None else ratio.double()
     rw, fw = r[video], fps[video]
-    resampled = ratio is not None and bool((r != 1).any())
+    resampled = ratio is not None  # decided by the caller, not by a host sync on the values
     L = source_length(length, max_ratio if resampled else 1.0, h)
     src = _source_start(start_row, rw, n_frames, h) if resampled else start_row.long() - h
     if mode == "scene":
