@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -187,10 +186,10 @@ def bench_precision(data_root: Path, n_videos: int = 3) -> dict:
         mice = np.flatnonzero(trk.mice).tolist()
         pairs = [(a, b) for a in mice for b in mice]
 
-        def feats(x):
+        def feats(x, fps=task["fps"], pairs=pairs):
             x = F.interpolate_gaps(x, 10)
-            return (F.scene_from_cm(x, task["fps"]).astype(np.float64),
-                    F.all_pair_features(x, task["fps"], pairs, slots).astype(np.float64))
+            return (F.scene_from_cm(x, fps).astype(np.float64),
+                    F.all_pair_features(x, fps, pairs, slots).astype(np.float64))
 
         ref_scene, ref_pair = feats(cm)
         n = data.MAX_MICE * len(slots)

@@ -16,8 +16,9 @@ from mabe.config import FeatureConfig
 SLOTS = list(data.DEFAULT_SLOTS)
 
 
-def _xy(rng, T=400, M=4, S=len(SLOTS), ppc=10.0, centre=(320.0, 240.0)):
-    """(T, M, S, 2) px random walks within about +-30 cm of the centre, with missing points and parts."""
+def _xy(rng, T=400, M=4, ppc=10.0, centre=(320.0, 240.0)):
+    """(T, M, 18, 2) px random walks within about +-30 cm of the centre, with missing points and parts."""
+    S = len(SLOTS)
     walk = np.cumsum(rng.normal(0, 0.3, (T, M, 1, 2)), axis=0) * ppc
     xy = np.array(centre) + np.clip(walk, -25 * ppc, 25 * ppc) + rng.normal(0, 2.0 * ppc, (1, M, S, 2))
     xy[rng.random((T, M, S)) < 0.05] = np.nan
