@@ -212,3 +212,69 @@ def test_missing_thresholds_file_error_names_it(tmp_path):
     with pytest.raises(MabeDataError) as err:
         pp.load_thresholds(missing)
     assert str(err.value) == f"{missing}: expected a thresholds JSON file, got no such file"
+
+
+# ----------------------------------------------------------------------------- second round (survivors of the first)
+
+
+def _f1_by_hand(total, pos):
+    """F1 at threshold k from bins: predicted = frames in bins > k; written out with loops."""
+    G = total.shape[-1] - 1
+    out = np.zeros(total.shape[:-1] + (G,))
+    for idx in np.ndindex(total.shape[:-1]):
+        n_pos = pos[idx].sum()
+        for k in range(G):
+            pred, tp = total[idx][k + 1 :].sum(), pos[idx][k + 1 :].sum()
+            fp, fn = pred - tp, n_pos - tp
+            out[idx + (k,)] = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0
+    return out
+
+
+def test_f1_from_bins_equals_the_f1_of_each_threshold_for_any_leading_shape():
+    rng = np.random.default_rng(11)
+    total = rng.integers(0, 30, size=(2, 3, 8))
+    pos = rng.integers(0, 1 + total)  # pos <= total in every bin
+    pos[0, 0] = 0
+    total[0, 0] = 0
+    total[0, 0, 0] = 5  # a row with nothing above any threshold and no positive: F1 0 everywhere
+    got = pp._f1_from_bins(total, pos)
+    assert got.shape == (2, 3, 7) and got.dtype == np.float64
+    np.testing.assert_allclose(got, _f1_by_hand(total, pos), rtol=1e-12)
+    assert (got[0, 0] == 0).all()
+
+
+def test_default_grid_is_0_05_to_0_95_in_steps_of_0_05():
+    y = np.zeros((40, 3), np.uint8)
+    y[:20, 0] = 1
+    p = np.zeros((40, 3))
+    p[:20, 0], p[20:, 0] = 0.9, 0.4  # separable at any threshold in [0.4, 0.9) (0.4 in float16 is 0.39990)
+    thr = pp.fit_thresholds(_preds([("A", 1, 1, 2, p, [1, 0, 0])], [y]), PostprocessConfig(smooth_window=1))
+    assert thr[("A", "sniff")] == pytest.approx(0.4, abs=1e-12)  # the lowest grid value that separates
+
+
+def test_frames_to_intervals_returns_int64_whatever_the_code_dtype():
+    for codes in (np.array([0, 0, -1, 1], np.int8), np.array([0.0, 0.0, -1.0, 1.0])):
+        out = pp.frames_to_intervals(codes)
+        assert [a.dtype for a in out] == [np.int64] * 3
+        assert [a.tolist() for a in out] == [[0, 1], [0, 3], [2, 4]]
+
+
+def test_empty_intervals_keep_an_object_action_column():
+    iv = pp.predictions_to_intervals(_preds([("A", 1, 1, 2, np.zeros((5, 3)), [1, 1, 1])]))
+    assert iv["action"].dtype == object
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "expected valid JSON, got Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
+    ("[1, 2]", "expected a mapping {lab: {action: threshold or null}}, got list"),
+    ('{"LabA": 0.5}', "field 'LabA': expected a mapping {action: threshold or null}, got float"),
+    ('{"LabA": {"sniff": "high"}}', "field 'LabA.sniff': expected a number or null, got 'high'"),
+    ('{"LabA": {"sniff": true}}', "field 'LabA.sniff': expected a number or null, got True"),
+])
+def test_bad_thresholds_files_are_named_with_the_field_and_what_was_found(tmp_path, text, message):
+    path = tmp_path / "thr.json"
+    path.write_text(text)
+    with pytest.raises(MabeDataError) as err:
+        pp.load_thresholds(path)
+    expect = f"{path}: {message}" if not message.startswith("field") else f"{path}, {message}"
+    assert str(err.value) == expect
