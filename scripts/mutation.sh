@@ -28,7 +28,7 @@ SRC=src/mabe/$MODULE.py
 case "$MODULE" in
   postprocess) TESTS="tests/test_postprocess.py tests/test_postprocess_behaviour.py tests/test_postprocess_edges.py tests/test_submit.py" ;;
   metric)      TESTS="tests/test_metric.py tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
-  windows)     TESTS="tests/test_windows.py tests/test_augment.py" ;;
+  windows)     TESTS="tests/test_windows.py tests/test_augment.py tests/test_norm.py" ;;
   features)    TESTS="tests/test_features.py tests/test_feature_units.py" ;;
   submit)      TESTS="tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/test_train.py tests/test_losses.py tests/test_augment.py tests/test_train_behaviour.py" ;;
