@@ -127,6 +127,13 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return runs.stop(args.run, runs_root=args.runs, wait=not args.no_wait)
 
 
+def cmd_gbdt(args: argparse.Namespace) -> int:
+    from mabe import gbdt
+
+    gbdt.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -209,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit thresholds on these validation predictions (with labels) first")
     _add_config_args(p)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("gbdt", help="gradient-boosted family: k-fold per-(lab, action) LightGBM, OOF thresholds, submission",
+                       description="Prepare DATA's cache under OUT, train one LightGBM model per (lab, action) in "
+                                   "k folds by video (stratified by lab), write out-of-fold predictions "
+                                   "(OUT/oof_predictions.npz), thresholds fitted on them (OUT/thresholds.json), "
+                                   "test predictions from the mean of the fold models (OUT/test_predictions.npz) "
+                                   "and OUT/submission.csv.")
+    p.add_argument("data", type=Path, help="MABe-layout directory (train split labelled; test split optional)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (cache, models, predictions, submission)")
+    p.add_argument("--folds", type=int, default=None, help="k of the k-fold (default: gbdt.folds of the config)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the feature cache (default: all cores)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_gbdt)
 
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")
