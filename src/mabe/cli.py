@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the exact MABe layout")
     p.add_argument("out", type=Path, help="output directory (created)")
-    p.add_argument("--preset", choices=["tiny", "demo", "real"], default="demo",
-                   help="size preset: tiny (tests), demo (CPU demo), real (the real labelled set's scale)")
+    p.add_argument("--preset", choices=["tiny", "demo", "hard", "real"], default="demo",
+                   help="size preset: tiny (tests), demo (CPU demo), hard (six real lab profiles, 2-minute "
+                        "videos, real rates, tracker faults, unlabelled look-alikes), real (the real "
+                        "labelled set's scale)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument("--videos", type=int, default=None, help="train videos (overrides the preset)")
     p.add_argument("--test-videos", type=int, default=None, help="test videos (overrides the preset)")
