@@ -116,7 +116,7 @@ def run_baseline(d: Path, out: Path) -> Path:
     models = {}
     for lab in sorted(set(LAB.tolist())):
         for j, c in enumerate(cols):
-            sel = (LAB == lab) & L[:, c]
+            sel = (lab == LAB) & L[:, c]
             y = Y[sel, c]
             if sel.sum() and 0 < y.sum() < len(y):
                 models[(lab, actions[j])] = HistGradientBoostingClassifier(max_iter=100, random_state=0).fit(
@@ -217,14 +217,14 @@ def main() -> None:
     for seed in args.seeds:
         base = args.out / f"seed{seed}"
         d, sol = make_split(base, seed, args.preset)
-        todo = [("baseline", lambda: run_baseline(d, base / "baseline")), ("gbdt", lambda: run_gbdt(d, base / "gbdt"))]
+        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt"))]
         if args.network:
-            todo.append(("network", lambda: run_network(d, base / "network")))
-            todo.append(("blend", lambda: run_blend(base / "gbdt", base / "network", base / "blend")))
-        for name, fn in todo:
+            todo.append(("network", run_network, (d, base / "network")))
+            todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
+        for name, fn, fn_args in todo:
             t0, c0 = time.perf_counter(), _cpu()
             try:
-                sub = fn()
+                sub = fn(*fn_args)
                 s = score(sol, sub)
             except Exception as err:  # one pipeline failing must not hide the others' numbers
                 print(f"seed {seed} {name}: failed: {err}", file=sys.stderr)
