@@ -145,3 +145,10 @@ def test_predictions_file_feeds_thresholds_and_submission(true_run):
     assert thr and all(k[0] in set(oof.lab_id.tolist()) for k in thr)
     intervals = postprocess.predictions_to_intervals(test, thresholds=thr)
     assert len(intervals) > 0
+
+
+def test_saved_models_predict_new_data_like_the_run(true_run, small_data, tmp_path):
+    again = gbdt.predict_with(true_run["models"], small_data, tmp_path / "again", "test", workers=1, progress=False)
+    a, b = predictions.load(true_run["test"]), predictions.load(again)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    np.testing.assert_array_equal(a.video_id, b.video_id)

@@ -229,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory (cache, models, predictions, submission)")
     p.add_argument("--folds", type=int, default=None, help="k of the k-fold (default: gbdt.folds of the config)")
     p.add_argument("--workers", type=int, default=None, help="processes for the feature cache (default: all cores)")
+    p.add_argument("--models", type=Path, default=None, metavar="MODELS_DIR",
+                   help="no training: predict DATA's test split with the fold models of an earlier run "
+                        "(its OUT/models) into OUT/test_predictions.npz (then `mabe submit --thresholds`)")
     _add_config_args(p)
     p.set_defaults(func=cmd_gbdt)
 

@@ -387,6 +387,19 @@ def run(data_root: str | Path, out: str | Path, cfg: GbdtConfig, fcfg: FeatureCo
     return paths
 
 
+def predict_with(models_dir: str | Path, data_root: str | Path, out: str | Path, split: str = "test",
+                 fcfg: FeatureConfig | None = None, workers: int | None = None, progress: bool = True) -> Path:
+    """Saved fold models (``OUT/models`` of a run) -> ``out/<split>_predictions.npz`` for another dataset
+    (the mean of the folds; a lab without a model gets probability 0)."""
+    folds, actions = load_models(Path(models_dir))
+    cache_dir = prepare.prepare_dataset(data_root, fcfg or FeatureConfig(), cache_root=Path(out) / "cache",
+                                        splits=[split], workers=workers, progress=progress)
+    _, index = prepare.open_cache(cache_dir)
+    videos = _videos(index, split, labelled_only=False)
+    return predict_cache(cache_dir, videos, lambda lab, vid: folds, actions, Path(out) / f"{split}_predictions.npz",
+                         with_labels=split != "test", progress=progress, desc=f"gbdt {split}")
+
+
 def main_from_args(args: Any) -> dict[str, Path]:
     """``mabe gbdt DATA --out DIR [-c CONFIG] [--set gbdt.folds=5]``: fit, OOF thresholds, submission."""
     from mabe import postprocess, submit
@@ -395,6 +408,10 @@ def main_from_args(args: Any) -> dict[str, Path]:
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     if getattr(args, "folds", None):
         cfg.gbdt.folds = int(args.folds)
+    if getattr(args, "models", None) is not None:  # no training: predict DATA's test split with saved models
+        path = predict_with(args.models, args.data, args.out, "test", cfg.features, getattr(args, "workers", None))
+        print(f"gbdt: test predictions -> {path}")
+        return {"test": path}
     paths = run(args.data, args.out, cfg.gbdt, cfg.features, workers=getattr(args, "workers", None))
     oof = predictions.load(paths["oof"])
     thr = postprocess.fit_thresholds(oof, cfg.postprocess)
