@@ -162,6 +162,13 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gbdt(args: argparse.Namespace) -> int:
+    from mabe import gbdt
+
+    gbdt.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -189,8 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic dataset in the exact MABe layout")
     p.add_argument("out", type=Path, help="output directory (created)")
-    p.add_argument("--preset", choices=["tiny", "demo", "real"], default="demo",
-                   help="size preset: tiny (tests), demo (CPU demo), real (the real labelled set's scale)")
+    p.add_argument("--preset", choices=["tiny", "demo", "hard", "real"], default="demo",
+                   help="size preset: tiny (tests), demo (CPU demo), hard (six real lab profiles, 2-minute "
+                        "videos, real rates, tracker faults, unlabelled look-alikes), real (the real "
+                        "labelled set's scale)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     p.add_argument("--videos", type=int, default=None, help="train videos (overrides the preset)")
     p.add_argument("--test-videos", type=int, default=None, help="test videos (overrides the preset)")
@@ -282,6 +291,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-png", action="store_true", help="intervals.csv only")
     _add_config_args(p)
     p.set_defaults(func=cmd_ethogram)
+
+    p = sub.add_parser("gbdt", help="gradient-boosted family: k-fold per-(lab, action) LightGBM, OOF thresholds, submission",
+                       description="Prepare DATA's cache under OUT, train one LightGBM model per (lab, action) in "
+                                   "k folds by video (stratified by lab), write out-of-fold predictions "
+                                   "(OUT/oof_predictions.npz), thresholds fitted on them (OUT/thresholds.json), "
+                                   "test predictions from the mean of the fold models (OUT/test_predictions.npz) "
+                                   "and OUT/submission.csv.")
+    p.add_argument("data", type=Path, help="MABe-layout directory (train split labelled; test split optional)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (cache, models, predictions, submission)")
+    p.add_argument("--folds", type=int, default=None, help="k of the k-fold (default: gbdt.folds of the config)")
+    p.add_argument("--workers", type=int, default=None, help="processes for the feature cache (default: all cores)")
+    p.add_argument("--models", type=Path, default=None, metavar="MODELS_DIR",
+                   help="no training: predict DATA's test split with the fold models of an earlier run "
+                        "(its OUT/models) into OUT/test_predictions.npz (then `mabe submit --thresholds`)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_gbdt)
 
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")

@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "AugmentConfig",
     "PostprocessConfig",
+    "GbdtConfig",
     "load_config",
     "config_to_dict",
     "config_from_dict",
@@ -176,6 +177,27 @@ class PostprocessConfig:
 
 
 @dataclass
+class GbdtConfig:
+    """The gradient-boosted family (``mabe gbdt``): one LightGBM binary model per (lab, action)."""
+
+    folds: int = 4  # k-fold by video, stratified by lab; out-of-fold predictions fit the thresholds
+    fold_seed: int = 0
+    n_estimators: int = 150  # boosting rounds per model
+    learning_rate: float = 0.08
+    num_leaves: int = 31
+    min_child_samples: int = 40  # LightGBM min_data_in_leaf
+    feature_fraction: float = 0.5
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_bin: int = 63  # histogram bins: fewer is faster, barely less accurate on smooth features
+    pos_hz: float = 15.0  # training frames kept per second where a labelled action happens
+    neg_hz: float = 4.0  # ... and elsewhere (the frames are strongly correlated; more adds time, not information)
+    max_rows: int = 40000  # per (lab, action) model; negatives are dropped first
+    n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -190,6 +212,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    gbdt: GbdtConfig = field(default_factory=GbdtConfig)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -231,6 +254,19 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.max_nonfinite_steps": (1, None),
     "train.steps_per_epoch": (1, None),
     "train.val_every": (1, None),
+    "gbdt.folds": (2, None),
+    "gbdt.n_estimators": (1, None),
+    "gbdt.learning_rate": (1e-6, 1),
+    "gbdt.num_leaves": (2, None),
+    "gbdt.min_child_samples": (1, None),
+    "gbdt.feature_fraction": (1e-3, 1),
+    "gbdt.bagging_fraction": (1e-3, 1),
+    "gbdt.lambda_l2": (0, None),
+    "gbdt.max_bin": (2, 255),
+    "gbdt.pos_hz": (1e-3, None),
+    "gbdt.neg_hz": (1e-3, None),
+    "gbdt.max_rows": (100, None),
+    "gbdt.n_jobs": (1, None),
     "postprocess.smooth_window": (1, None),
     "postprocess.threshold": (0, 1),
     "postprocess.min_length": (1, None),

@@ -916,6 +916,8 @@ class Preset:
     len_clip: tuple[float, float] = (0.0, 600.0)  # interval length limits, s
     min_per_action: int = 0  # at least this many intervals per labelled action per video
     rate_scale: float = 1.0  # multiplies the real rates (fill=None)
+    seconds: tuple[float, float] | None = None  # video length in seconds (overrides ``frames``): fps-fair
+    hard: bool = False  # real-data difficulties: see ``lookalike_triples`` and ``degrade_tracking``
 
 
 PRESETS: dict[str, Preset] = {
@@ -939,6 +941,22 @@ PRESETS: dict[str, Preset] = {
                 "mount", "sniff", "sniffgenital", "rear", "selfgroom")),
         ),
         frames=(2400, 2400), fill=0.5, len_clip=(0.8, 4.0), min_per_action=1,
+    ),
+    # independent-data stand-in (issue 14): six real lab profiles (2-4 mice, 4-18 body parts, 10 to 120
+    # fps), 2-minute videos, the real action rates and durations, per-lab tracker noise (white and
+    # correlated), single-frame outliers, short identity swaps, dropped rows, and unlabelled
+    # look-alike behaviour next to the labelled one
+    "hard": Preset(
+        picks=(
+            LabPick("AdaptableSnail", 5, 2, parts="headpiece"),
+            LabPick("GroovyShrew", 5, 2),
+            LabPick("JovialSwallow", 5, 1),
+            LabPick("LyricalHare", 5, 2),
+            LabPick("CalMS21_task1", 5, 2, require=("sniff",)),
+            LabPick("UppityFerret", 5, 1),
+        ),
+        frames=None, seconds=(110.0, 130.0), fill=None, rate_scale=1.0, len_clip=(0.2, 40.0),
+        min_per_action=1, hard=True,
     ),
     # the real labelled set's scale: every lab, its video count, durations and action rates
     "real": Preset(picks=None, frames=None, n_test=10, fill=None, len_clip=(0.0, 600.0)),
@@ -972,6 +990,7 @@ class VideoSpec:
     len_clip: tuple[float, float] = (0.0, 600.0)
     min_per_action: int = 0
     labeled_empty: bool = False  # behaviors_labeled missing (a tracking-only row)
+    hard: bool = False  # Preset.hard: unlabelled look-alikes and a degraded tracker
 
     def metadata_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"lab_id": self.lab, "video_id": self.video_id}
@@ -1073,6 +1092,8 @@ def _video_spec(rng: np.random.Generator, stats: dict, pick: LabPick, preset: Pr
     fps = float(setup["frames_per_second"])
     if frames is not None:
         n_frames = int(frames)
+    elif preset.seconds is not None:
+        n_frames = int(round(rng.uniform(*preset.seconds) * fps))
     elif preset.frames is not None:
         n_frames = int(rng.integers(preset.frames[0], preset.frames[1] + 1))
     else:  # the lab's duration distribution (piecewise-linear inverse cdf through the stored quantiles)
@@ -1091,7 +1112,7 @@ def _video_spec(rng: np.random.Generator, stats: dict, pick: LabPick, preset: Pr
         arena_shape=setup["arena_shape"], arena_type=setup["arena_type"],
         tracking_method=setup["tracking_method"], parts=parts, n_mice=n_mice, triples=triples, mice=mice,
         rates=rates, lengths=lengths, len_clip=preset.len_clip, min_per_action=preset.min_per_action,
-        labeled_empty=not pat["triples"],
+        labeled_empty=not pat["triples"], hard=preset.hard,
     )
 
 
@@ -1170,12 +1191,119 @@ def simulate(spec: VideoSpec) -> tuple[Scene, list[Interval], np.random.Generato
     objects = arena.random_points(rng, 2)
     sc = Scene(kin, scale, spec.fps, arena, rng, objects)
     sc.labeled = set(spec.triples)
-    intervals = schedule(rng, spec.triples, spec.n_frames, spec.fps, spec.n_mice, spec.rates, spec.lengths,
-                         spec.len_clip, spec.min_per_action)
+    triples, rates = spec.triples, spec.rates
+    if spec.hard:
+        extra = lookalike_triples(spec.triples, spec.n_mice)
+        triples = list(spec.triples) + extra
+        rates = dict(spec.rates)
+        for _, _, alt in extra:
+            rates.setdefault(alt, LOOKALIKE_RATE * max([v for k, v in spec.rates.items()
+                                                         if FAMILY[k] == FAMILY[alt]] or [0.5]))
+    intervals = schedule(rng, triples, spec.n_frames, spec.fps, spec.n_mice, rates, spec.lengths,
+                         spec.len_clip, spec.min_per_action if not spec.hard else 0)
+    if spec.hard and spec.min_per_action:  # the labelled ones at least once; look-alikes only at their rate
+        intervals = _ensure_labelled(rng, intervals, spec)
     labels = apply_behaviours(sc, intervals)
     labels = [iv for iv in labels if (iv.agent, iv.target, iv.action) in sc.labeled and iv.stop > iv.start]
     labels.sort(key=lambda iv: (iv.start, iv.agent, iv.target, iv.action))
     return sc, labels, rng
+
+
+def _ensure_labelled(rng: np.random.Generator, intervals: list[Interval], spec: VideoSpec) -> list[Interval]:
+    """Plant one more interval of each labelled action the schedule left out (where a mouse is free)."""
+    have = {iv.action for iv in intervals if (iv.agent, iv.target, iv.action) in set(spec.triples)}
+    missing = [t for t in spec.triples if t[2] not in have]
+    if not missing:
+        return intervals
+    extra = schedule(rng, missing, spec.n_frames, spec.fps, spec.n_mice, {}, spec.lengths, spec.len_clip, 1)
+    busy = np.zeros((spec.n_mice + 1, spec.n_frames), dtype=bool)
+    tail = int(round(TAIL_S * spec.fps))
+    for iv in intervals:
+        busy[[iv.agent, iv.target], max(iv.start - iv.lead, 0): iv.stop + tail] = True
+    out = list(intervals)
+    placed: set[tuple[int, int]] = set()
+    for iv in extra:
+        span = slice(max(iv.start - iv.lead, 0), iv.stop + tail)
+        if not iv.kinematic:  # a reciprocal label rides on the interval planted just before it
+            if (iv.start, iv.stop) in placed:
+                out.append(iv)
+        elif not busy[[iv.agent, iv.target], span].any():
+            busy[[iv.agent, iv.target], span] = True
+            placed.add((iv.start, iv.stop))
+            out.append(iv)
+    return out
+
+
+# an unlabelled behaviour that moves like a labelled one (same family, other details): real labs
+# annotate some behaviours and the mice do others, so negatives hold look-alikes
+LOOKALIKE: dict[str, str] = {
+    "sniff": "allogroom", "sniffbody": "allogroom", "sniffgenital": "dominancegroom", "sniffface": "reciprocalsniff",
+    "attack": "tussle", "chase": "follow", "follow": "shepherd", "approach": "follow",
+    "mount": "attemptmount", "intromit": "dominancemount", "attemptmount": "dominancemount",
+    "rear": "climb", "climb": "rear", "selfgroom": "genitalgroom", "genitalgroom": "selfgroom",
+    "escape": "avoid", "avoid": "disengage", "defend": "submit", "dig": "exploreobject",
+    "freeze": "rest", "rest": "huddle",
+}
+LOOKALIKE_RATE = 0.6  # look-alike intervals per minute, as a share of the labelled action's rate
+
+
+def lookalike_triples(triples: list[tuple[int, int, str]], n_mice: int) -> list[tuple[int, int, str]]:
+    """Unlabelled (agent, target, action) look-alikes of the labelled ``triples`` (none already labelled)."""
+    labelled = set(triples)
+    acts_of: dict[tuple[int, int], set[str]] = {}
+    for a, t, act in triples:
+        acts_of.setdefault((a, t), set()).add(act)
+    out = []
+    for (a, t), acts in sorted(acts_of.items()):
+        for act in sorted(acts):
+            alt = LOOKALIKE.get(act)
+            if alt is not None and alt not in acts and (a, t, alt) not in labelled and (a, t, alt) not in out:
+                out.append((a, t, alt))
+    return out
+
+
+def tracker_profile(lab: str) -> dict[str, float]:
+    """A lab's tracker quality, fixed per lab name (crc32 seed): the same lab, the same tracker."""
+    import zlib
+
+    r = np.random.default_rng(zlib.crc32(lab.encode()))
+    return {
+        "white_cm": float(r.uniform(0.08, 0.35)),  # per-frame jitter on every point
+        "corr_cm": float(r.uniform(0.2, 0.9)),  # slowly wandering offset per point (tracker bias)
+        "corr_tau_s": float(r.uniform(0.15, 0.6)),
+        "outlier_rate": float(r.uniform(5e-4, 4e-3)),  # single-frame jumps of one point
+        "outlier_cm": float(r.uniform(4.0, 15.0)),
+        "swaps_per_min": float(r.uniform(0.3, 2.5)),  # two mice exchange identities for a moment
+        "swap_s": float(r.uniform(0.1, 0.8)),
+        "drop_rate": float(r.uniform(0.003, 0.03)),  # a mouse's row missing on a frame
+        "gaps_per_min": float(r.uniform(0.2, 1.5)),  # a mouse untracked for a stretch
+    }
+
+
+def degrade_tracking(px: np.ndarray, spec: VideoSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(T, M, P, 2) px of a whole video -> (degraded px, keep (T, M) rows) with the lab's tracker faults."""
+    T, M, P, _ = px.shape
+    prof = tracker_profile(spec.lab)
+    ppc, fps = spec.pix_per_cm, spec.fps
+    px = px + rng.standard_normal(px.shape) * prof["white_cm"] * ppc
+    corr = smooth_noise(rng, (M, P, 2), T, prof["corr_tau_s"] * fps)  # (M, P, 2, T)
+    px += np.moveaxis(corr, -1, 0) * prof["corr_cm"] * ppc
+    out = rng.random((T, M, P)) < prof["outlier_rate"]
+    px[out] += rng.normal(0.0, prof["outlier_cm"] * ppc, (int(out.sum()), 2))
+    if M >= 2:
+        for _ in range(rng.poisson(prof["swaps_per_min"] * T / fps / 60.0)):
+            a, b = rng.choice(M, 2, replace=False)
+            ln = max(1, int(rng.exponential(prof["swap_s"]) * fps))
+            t0 = int(rng.integers(0, max(1, T - ln)))
+            px[t0:t0 + ln, [a, b]] = px[t0:t0 + ln, [b, a]]
+    keep = rng.random((T, M)) >= prof["drop_rate"]
+    for m in range(M):
+        for _ in range(rng.poisson(prof["gaps_per_min"] * T / fps / 60.0)):
+            ln = int(rng.uniform(0.2, 2.0) * fps)
+            t0 = int(rng.integers(1, max(2, T - ln - 1)))
+            keep[t0:t0 + ln, m] = False
+    keep[0] = keep[-1] = True  # the video's length stays visible in the table
+    return px, keep
 
 
 def render_tracking(sc: Scene, spec: VideoSpec, rng: np.random.Generator):
@@ -1203,6 +1331,7 @@ def render_tracking(sc: Scene, spec: VideoSpec, rng: np.random.Generator):
             s = int(rng.integers(1, max(2, T - ln - 1)))
             keep_mouse[s:s + ln, m] = False
     dictionary = pa.array(parts, type=pa.large_string())
+    hard_rng = np.random.default_rng([spec.seed, 0x4A4D]) if spec.hard else None  # other presets: same bytes
     for c0 in range(0, T, CHUNK_FRAMES):
         c1 = min(T, c0 + CHUNK_FRAMES)
         n = c1 - c0
@@ -1215,6 +1344,9 @@ def render_tracking(sc: Scene, spec: VideoSpec, rng: np.random.Generator):
         px[out] += rng.normal(0.0, 12.0 * noise_px, (int(out.sum()), 2))
         px[rng.random((n, M, P)) < p_nan] = np.nan
         mask = keep_frame[c0:c1, None] & keep_mouse[c0:c1]
+        if hard_rng is not None:  # faults within a chunk (65k frames: a whole 2-minute video at 120 fps)
+            px, keep = degrade_tracking(px, spec, hard_rng)
+            mask &= keep
         t_idx, m_idx = np.nonzero(mask)
         xy = px[t_idx, m_idx].reshape(-1, 2).astype(np.float32)
         idx = pa.array(np.tile(np.arange(P, dtype=np.int32), len(t_idx)))

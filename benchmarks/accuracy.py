@@ -1,0 +1,249 @@
+"""Accuracy on data the pipelines were not tuned on: the CPU recipe (gbdt) vs the issue-14 baseline
+(and optionally the reference network), competition score and time side by side, same run.
+
+For each seed: train videos from ``mabe synth --preset hard --seed S``; evaluation videos from the
+same preset with *another* seed (``S + 1000``: other videos, other mice, other schedules), written
+as the test split with their annotations kept aside as the solution. Every pipeline sees only the
+train split (plus the test split's tracking), writes a submission, and the official metric scores it.
+
+Pipelines:
+- ``baseline``: the issue-14 baseline, implemented here: one sklearn HistGradientBoosting per
+  (lab, action) on hand pair features (the 18 scalar pair features of ``mabe.features``) with rolling
+  mean/std over 0.25, 1 and 2 s, trained on labelled triples only, probabilities smoothed (5 frames),
+  one action per frame = the argmax over the labelled actions above 0.5 (no fitted thresholds).
+- ``gbdt``: ``scripts/recipe_cpu.sh`` (``mabe gbdt``): k-fold LightGBM, OOF thresholds.
+- ``network`` (``--network``): the README's real-data recipe with ``configs/demo.yaml`` in pair mode.
+- ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
+
+    PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
+
+Wall times on a shared machine are inflated by other load; CPU time (user + sys of the process and
+its children) is printed next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mabe import data, metric, postprocess, predictions, prepare, submit, synth, tabular
+from mabe.config import FeatureConfig, PostprocessConfig
+from mabe.features import SCALAR_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cpu() -> float:
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def make_split(out: Path, seed: int, preset: str = "hard") -> tuple[Path, Path]:
+    """``out/data`` (train = seed, test = other videos of seed + 1000) and ``out/solution`` (their labels)."""
+    train = synth.write_dataset(out / "train_src", preset=preset, seed=seed, n_test=0, workers=2)
+    evals = synth.write_dataset(out / "solution", preset=preset, seed=seed + 1000, n_train=10, n_test=0, workers=2)
+    d = out / "data"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    shutil.copy(train / "train.csv", d / "train.csv")
+    shutil.copytree(train / "train_tracking", d / "train_tracking")
+    shutil.copytree(train / "train_annotation", d / "train_annotation")
+    test = pd.read_csv(evals / "train.csv")
+    test.to_csv(d / "test.csv", index=False)
+    shutil.copytree(evals / "train_tracking", d / "test_tracking")
+    return d, evals
+
+
+def score(solution_dir: Path, sub_csv: Path) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = metric.load_solution(solution_dir, "train")
+    return float(metric.score(sol, metric.read_submission(sub_csv)).final)
+
+
+# ----------------------------------------------------------------------------- the issue-14 baseline
+
+
+def _baseline_features(pair: np.ndarray, fps: float, n_slots: int) -> np.ndarray:
+    x = np.asarray(pair[:, 4 * n_slots:], dtype=np.float32)  # the 18 hand pair features
+    blocks = [x]
+    for s in (0.25, 1.0, 2.0):
+        m, sd = tabular.rolling(x, max(int(round(s * fps)), 1))
+        blocks += [m, sd]
+    return np.concatenate(blocks, 1)
+
+
+def run_baseline(d: Path, out: Path) -> Path:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    fcfg = FeatureConfig()
+    cache = prepare.prepare_dataset(d, fcfg, cache_root=out / "cache", workers=2, progress=False)
+    _, index = prepare.open_cache(cache)
+    S = len(data.DEFAULT_SLOTS)
+    assert index is not None and len(SCALAR_NAMES) == 18
+    train = index[(index["split"] == "train") & index["has_labels"]].drop_duplicates(["lab_id", "video_id"])
+    acts = np.zeros(len(data.ACTIONS), bool)
+    X, Y, L, LAB = [], [], [], []
+    rng = np.random.default_rng(0)
+    for lab, vid in zip(train["lab_id"], train["video_id"]):
+        v = prepare.load_video(cache, lab, vid)
+        fps = float(v["meta"]["fps"])
+        step = max(int(round(fps / 10)), 1)  # 10 frames a second: what fits the 2-core budget
+        for p in range(len(v["meta"]["pairs"])):
+            lab_mask = np.asarray(v["labeled"][p])
+            if not lab_mask.any():
+                continue
+            acts |= lab_mask
+            keep = np.arange(int(rng.integers(step)), v["meta"]["n_frames"], step)
+            X.append(_baseline_features(np.asarray(v["pair"][p]), fps, S)[keep])
+            Y.append(np.asarray(v["labels"][p])[keep])
+            L.append(np.repeat(lab_mask[None], len(keep), 0))
+            LAB.append(np.full(len(keep), lab, dtype=object))
+    X, Y, L, LAB = np.concatenate(X), np.concatenate(Y), np.concatenate(L), np.concatenate(LAB).astype(str)
+    actions = [a for a, s in zip(data.ACTIONS, acts) if s]
+    cols = [data.ACTION_INDEX[a] for a in actions]
+    models = {}
+    for lab in sorted(set(LAB.tolist())):
+        for j, c in enumerate(cols):
+            sel = (lab == LAB) & L[:, c]
+            y = Y[sel, c]
+            if sel.sum() and 0 < y.sum() < len(y):
+                models[(lab, actions[j])] = HistGradientBoostingClassifier(max_iter=100, random_state=0).fit(
+                    X[sel], y)
+    test = index[index["split"] == "test"].drop_duplicates(["lab_id", "video_id"])
+    probs, labeled, offsets, vids, labs, ag, tg, fpss = [], [], [0], [], [], [], [], []
+    for lab, vid in zip(test["lab_id"], test["video_id"]):
+        v = prepare.load_video(cache, lab, vid)
+        fps = float(v["meta"]["fps"])
+        for p, (a, t) in enumerate(v["meta"]["pairs"]):
+            lm = np.asarray(v["labeled"][p])[cols]
+            pr = np.zeros((v["meta"]["n_frames"], len(cols)), np.float32)
+            if lm.any():
+                Xt = _baseline_features(np.asarray(v["pair"][p]), fps, S)
+                for j in np.flatnonzero(lm):
+                    m = models.get((lab, actions[j]))
+                    if m is not None:
+                        pr[:, j] = m.predict_proba(Xt)[:, 1]
+            probs.append(pr.astype(np.float16))
+            labeled.append(lm)
+            offsets.append(offsets[-1] + len(pr))
+            vids.append(int(vid))
+            labs.append(lab)
+            ag.append(a)
+            tg.append(t)
+            fpss.append(fps)
+    path = predictions.save(out / "test_predictions.npz", np.concatenate(probs), np.array(offsets), np.array(vids),
+                            np.array(labs, dtype=str), np.array(ag, np.int8), np.array(tg, np.int8),
+                            np.array(actions, dtype=str), np.array(labeled, bool), np.array(fpss))
+    preds = predictions.load(path)
+    sub = submit.to_submission(postprocess.predictions_to_intervals(preds, PostprocessConfig()))
+    return submit.write_submission(sub, out / "submission.csv")
+
+
+# ----------------------------------------------------------------------------- the others
+
+
+def _mabe(*args: str, log: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    with open(log, "a") as fh:
+        subprocess.run([sys.executable, "-m", "mabe", *args], check=True, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def run_gbdt(d: Path, out: Path) -> Path:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MABE_PYTHON=sys.executable)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{out.name}.log", "w") as fh:
+        subprocess.run(["bash", str(ROOT / "scripts" / "recipe_cpu.sh"), str(d), str(out)], check=True, env=env,
+                       stdout=fh, stderr=subprocess.STDOUT)
+    return out / "submission.csv"
+
+
+def run_network(d: Path, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    runs = out / "runs"
+    _mabe("train", "-c", str(ROOT / "configs" / "demo.yaml"), "--set", "task.mode=pair", "--set", f"runs={runs}",
+          "--set", f"cache={out / 'cache'}", "--data", str(d), "--name", "net", log=log)
+    _mabe("submit", str(runs / "net" / "eval" / "val_predictions.npz"), "--fit",
+          str(runs / "net" / "eval" / "val_predictions.npz"), "--out", str(out / "fit" / "val.csv"), log=log)
+    _mabe("predict", str(runs / "net"), "--data", str(d), "--split", "test", "--out", str(out / "test.npz"), log=log)
+    _mabe("submit", str(out / "test.npz"), "--thresholds", str(out / "fit" / "thresholds.json"),
+          "--out", str(out / "submission.csv"), log=log)
+    return out / "submission.csv"
+
+
+def run_blend(gbdt_out: Path, net_out: Path, out: Path) -> Path:
+    g = predictions.load(gbdt_out / "test_predictions.npz")
+    n = predictions.load(net_out / "test.npz")
+    # the network predicts its own action list: align its columns onto the gbdt's
+    idx = {a: i for i, a in enumerate(n.actions)}
+    key = {(v, a, t): i for i, (v, a, t) in enumerate(zip(n.video_id, n.agent_id, n.target_id))}
+    probs = g.probs.astype(np.float32).copy()
+    for t in range(g.n_tracks):
+        j = key.get((g.video_id[t], g.agent_id[t], g.target_id[t]))
+        if j is None:
+            continue
+        pn, _ = n.track(j)
+        lo, hi = g.offsets[t], g.offsets[t + 1]
+        for c, a in enumerate(g.actions):
+            if a in idx and len(pn) == hi - lo:
+                probs[lo:hi, c] = 0.5 * probs[lo:hi, c] + 0.5 * pn[:, idx[a]].astype(np.float32)
+    g.probs = probs.astype(np.float16)
+    thr = postprocess.load_thresholds(gbdt_out / "thresholds.json")
+    sub = submit.to_submission(postprocess.predictions_to_intervals(g, PostprocessConfig(), thr))
+    return submit.write_submission(sub, out / "submission.csv")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--preset", default="hard")
+    ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    rows = []
+    for seed in args.seeds:
+        base = args.out / f"seed{seed}"
+        d, sol = make_split(base, seed, args.preset)
+        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt"))]
+        if args.network:
+            todo.append(("network", run_network, (d, base / "network")))
+            todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
+        for name, fn, fn_args in todo:
+            t0, c0 = time.perf_counter(), _cpu()
+            try:
+                sub = fn(*fn_args)
+                s = score(sol, sub)
+            except Exception as err:  # one pipeline failing must not hide the others' numbers
+                print(f"seed {seed} {name}: failed: {err}", file=sys.stderr)
+                s = float("nan")
+            row = {"seed": seed, "pipeline": name, "score": s, "wall_s": time.perf_counter() - t0,
+                   "cpu_s": _cpu() - c0}
+            rows.append(row)
+            print(f"seed {seed} {name:9s} score {s:.4f}  wall {row['wall_s']:7.1f} s  cpu {row['cpu_s']:7.1f} s",
+                  flush=True)
+    df = pd.DataFrame(rows)
+    summary = df.groupby("pipeline", sort=False).agg(score=("score", "mean"), score_sd=("score", "std"),
+                                                      wall_s=("wall_s", "mean"), cpu_s=("cpu_s", "mean"))
+    print(summary.to_string(float_format=lambda x: f"{x:.4f}"))
+    if "gbdt" in summary.index and "baseline" in summary.index:
+        print(f"gbdt - baseline: {summary.loc['gbdt', 'score'] - summary.loc['baseline', 'score']:+.4f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

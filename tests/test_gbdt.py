@@ -1,0 +1,154 @@
+"""mabe.gbdt: the per-(lab, action) LightGBM family, k-fold by video, out-of-fold predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lightgbm")
+
+from mabe import gbdt, postprocess, predictions, prepare  # noqa: E402
+from mabe.config import FeatureConfig, GbdtConfig  # noqa: E402
+
+FAST = GbdtConfig(folds=2, n_estimators=40, num_leaves=15, min_child_samples=10, n_jobs=1)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """The tiny preset with 12 train videos (4 per lab): 2 folds leave 2 videos per lab to learn from."""
+    from mabe import synth
+
+    out = tmp_path_factory.mktemp("gbdt") / "data"
+    synth.write_dataset(out, preset="tiny", seed=0, n_train=12)
+    return out
+
+
+def _auc(p: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC by ranks (ties averaged)."""
+    order = np.argsort(p, kind="stable")
+    ranks = np.empty(len(p))
+    ranks[order] = np.arange(1, len(p) + 1)
+    _, inv, counts = np.unique(p, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    ranks = (sums / counts)[inv]
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    return float((ranks[y > 0].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _mean_auc(preds: predictions.Predictions, videos=None) -> float:
+    """Mean over (lab, action) of the AUC of the frames of tracks that list the action."""
+    aucs = []
+    for lab in sorted(set(preds.lab_id.tolist())):
+        for j in range(len(preds.actions)):
+            ps, ys = [], []
+            for t in np.flatnonzero((preds.lab_id == lab) & preds.labeled[:, j]):
+                if videos is not None and int(preds.video_id[t]) not in videos:
+                    continue
+                p, y = preds.track(t)
+                ps.append(p[:, j].astype(np.float64))
+                ys.append(y[:, j])
+            if ps and 0 < np.concatenate(ys).sum() < len(np.concatenate(ys)):
+                aucs.append(_auc(np.concatenate(ps), np.concatenate(ys).astype(np.float64)))
+    return float(np.mean(aucs))
+
+
+def _prepared(data: Path, out: Path) -> Path:
+    return prepare.prepare_dataset(data, FeatureConfig(), cache_root=out / "cache", workers=1, progress=False)
+
+
+def _shift_labels(cache_dir: Path, seed: int) -> None:
+    """Circularly shift every train track's labels by a random lag: same label statistics, no link to the pose."""
+    rng = np.random.default_rng(seed)
+    for path in sorted((cache_dir / "videos").glob("*/*/labels.npy")):
+        y = np.load(path)
+        T = y.shape[1]
+        if T < 4:
+            continue
+        for p in range(len(y)):
+            y[p] = np.roll(y[p], int(rng.integers(T // 4, 3 * T // 4)), axis=0)
+        np.save(path, y)
+
+
+def test_folds_are_by_video_stratified_by_lab_and_seeded():
+    labs = np.array(["A"] * 7 + ["B"] * 5 + ["C"] * 2)
+    vids = np.arange(100, 114)
+    fold = gbdt.assign_folds(labs, vids, 3, seed=1)
+    assert set(fold.tolist()) == {0, 1, 2}
+    for lab in "ABC":
+        counts = np.bincount(fold[labs == lab], minlength=3)
+        assert counts.max() - counts.min() <= 1  # every fold holds about 1/k of every lab
+    # the small lab C does not land in fold 0 twice just because it is small
+    assert len(set(fold[labs == "C"].tolist())) == 2
+    np.testing.assert_array_equal(fold, gbdt.assign_folds(labs[::-1], vids[::-1], 3, seed=1)[::-1])
+    assert not np.array_equal(fold, gbdt.assign_folds(labs, vids, 3, seed=2))
+    with pytest.raises(ValueError):
+        gbdt.assign_folds(labs, vids, 1)
+
+
+@pytest.fixture(scope="module")
+def true_run(small_data, tmp_path_factory) -> dict:
+    return gbdt.run(small_data, tmp_path_factory.mktemp("true"), FAST, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def shifted_run(small_data, tmp_path_factory) -> dict:
+    """Labels shifted in time (no link to the pose left), fitted by trees flexible enough to memorise them."""
+    out = tmp_path_factory.mktemp("shifted")
+    _shift_labels(_prepared(small_data, out), seed=0)
+    cfg = GbdtConfig(folds=2, n_estimators=60, num_leaves=63, min_child_samples=2, feature_fraction=1.0,
+                     bagging_fraction=1.0, lambda_l2=0.0, n_jobs=1)
+    return gbdt.run(small_data, out, cfg, workers=1, progress=False)
+
+
+def test_fit_learns_true_labels_and_fails_on_shuffled_ones(true_run, shifted_run):
+    auc_true = _mean_auc(predictions.load(true_run["oof"]))
+    auc_shuffled = _mean_auc(predictions.load(shifted_run["oof"]))
+    assert auc_true > 0.75
+    assert auc_shuffled < 0.65
+    assert auc_true - auc_shuffled > 0.2
+
+
+def test_oof_predictions_come_from_models_that_never_saw_the_video(shifted_run, tmp_path):
+    """Labels unrelated to the pose can only be predicted by a model that memorised them: the
+    out-of-fold predictions must not, the all-fold ensemble on the same (seen) videos does."""
+    oof = predictions.load(shifted_run["oof"])
+    folds, actions = gbdt.load_models(shifted_run["models"])
+    _, index = prepare.open_cache(shifted_run["cache"])
+    train = gbdt._videos(index, "train", labelled_only=True)
+    seen = gbdt.predict_cache(shifted_run["cache"], train, lambda lab, vid: folds, actions, tmp_path / "seen.npz",
+                              with_labels=True, progress=False)
+    auc_oof = _mean_auc(oof)
+    auc_seen = _mean_auc(predictions.load(seen))
+    assert auc_oof < 0.65  # nothing to learn from the pose: out-of-fold is chance
+    assert auc_seen > auc_oof + 0.15  # a model that saw the video remembers its labels
+    meta = json.loads((shifted_run["models"] / "models.json").read_text())
+    assert sorted(set(meta["fold_of_video"].values())) == [0, 1]
+
+
+def test_predictions_file_feeds_thresholds_and_submission(true_run):
+    paths = true_run
+    oof = predictions.load(paths["oof"])
+    test = predictions.load(paths["test"])
+    assert oof.labels is not None and test.labels is None
+    assert list(oof.actions) == list(test.actions)
+    # rows are video frames: each track is as long as its video
+    _, index = prepare.open_cache(paths["cache"])
+    n = dict(zip(zip(index["video_id"], index["agent_id"], index["target_id"]), index["n_frames"]))
+    for t in range(oof.n_tracks):
+        assert oof.track_length(t) == n[(oof.video_id[t], oof.agent_id[t], oof.target_id[t])]
+    # an action a track does not list is never given a probability
+    assert not np.any(oof.probs[np.repeat(~oof.labeled, np.diff(oof.offsets), axis=0)])
+    thr = postprocess.fit_thresholds(oof)
+    assert thr and all(k[0] in set(oof.lab_id.tolist()) for k in thr)
+    intervals = postprocess.predictions_to_intervals(test, thresholds=thr)
+    assert len(intervals) > 0
+
+
+def test_saved_models_predict_new_data_like_the_run(true_run, small_data, tmp_path):
+    again = gbdt.predict_with(true_run["models"], small_data, tmp_path / "again", "test", workers=1, progress=False)
+    a, b = predictions.load(true_run["test"]), predictions.load(again)
+    np.testing.assert_array_equal(a.probs, b.probs)
+    np.testing.assert_array_equal(a.video_id, b.video_id)
