@@ -152,3 +152,20 @@ def test_saved_models_predict_new_data_like_the_run(true_run, small_data, tmp_pa
     a, b = predictions.load(true_run["test"]), predictions.load(again)
     np.testing.assert_array_equal(a.probs, b.probs)
     np.testing.assert_array_equal(a.video_id, b.video_id)
+
+
+def test_load_models_refuses_a_model_file_outside_its_folder(tmp_path):
+    """models.json names its model files: a name that leaves the folder is refused before it is read."""
+    import json
+
+    from mabe import gbdt, tabular
+    from mabe.errors import MabeError
+
+    (tmp_path / "evil.txt").write_text("not a model")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "models.json").write_text(json.dumps({
+        "actions": ["sniff"], "folds": 1, "fold_of_video": {}, "features": tabular.feature_names(),
+        "models": [{"fold": 0, "lab": "L", "action": "sniff", "file": "../evil.txt"}]}))
+    with pytest.raises(MabeError, match="outside"):
+        gbdt.load_models(folder)

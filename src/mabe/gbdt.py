@@ -35,6 +35,7 @@ from tqdm import tqdm
 from mabe import data, predictions, prepare, tabular
 from mabe.config import FeatureConfig, GbdtConfig
 from mabe.errors import MabeError
+from mabe.paths import safe_name, within
 
 __all__ = [
     "assign_folds",
@@ -297,7 +298,7 @@ def save_models(folder: Path, folds: list[Models], actions: list[str], fold_of: 
     for k, models in enumerate(folds):
         (folder / f"fold{k}").mkdir(parents=True, exist_ok=True)
         for (lab, action), booster in sorted(models.items()):
-            name = f"fold{k}/{lab}__{action}.txt"
+            name = f"fold{k}/{safe_name(lab, 'metadata', 'lab_id')}__{safe_name(action, 'metadata', 'action')}.txt"
             booster.save_model(str(folder / name))
             entries.append({"fold": k, "lab": lab, "action": action, "file": name})
     meta = {"actions": actions, "folds": len(folds), "models": entries, "fold_of_video": fold_of,
@@ -320,9 +321,7 @@ def load_models(folder: Path) -> tuple[list[Models], list[str]]:
         raise MabeError(f"{path}: models were trained on other tabular features than this mabe computes; retrain")
     folds: list[Models] = [{} for _ in range(int(meta["folds"]))]
     for e in meta["models"]:
-        file = (folder / e["file"]).resolve()
-        if folder.resolve() not in file.parents:  # a name from a file is untrusted
-            raise MabeError(f"{path}: model file {e['file']!r} lies outside {folder}")
+        file = within(folder, folder / str(e["file"]))  # a name from a file is untrusted
         folds[int(e["fold"])][(str(e["lab"]), str(e["action"]))] = lgb.Booster(model_file=str(file))
     return folds, list(meta["actions"])
 
