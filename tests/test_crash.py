@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL at seeded random moments, failing disks, non-finite streaks, graceful stops.
 
 The kill test runs ``python -m mabe train`` in a subprocess, kills it (SIGKILL: no handler runs) mid
-epoch, in the middle of a checkpoint write (``MABE_TEST_SLOW_SAVE`` stretches each write over a
+epoch, in the middle of a checkpoint write (``tests/slow_save.py`` stretches each write over a
 second so the kill lands inside it) and at a random moment, resuming after each kill from whatever
 ``checkpoints/last.pt`` holds. After every kill the latest checkpoint must load and be complete; at
 the end the metrics and weights must equal those of an uninterrupted run exactly (CPU).
@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from mabe import checkpoint as ckpt
+from mabe import io as mio
 from mabe import models
 from mabe import train as T
 from mabe.config import load_config
@@ -90,7 +91,9 @@ def _start(cfg: Path, run: Path, slow_save: float = 0.0) -> subprocess.Popen:
         argv = _mabe("train", "--resume", str(run))
     else:  # killed before its first checkpoint: start again under the same name
         argv = _mabe("train", "--config", str(cfg), "--name", run.name)
-    env = _env(**({ckpt.SLOW_SAVE_ENV: str(slow_save)} if slow_save else {}))
+    if slow_save:  # each checkpoint write takes slow_save seconds (tests/slow_save.py wraps mabe.io's write)
+        argv = [sys.executable, str(Path(__file__).with_name("slow_save.py")), str(slow_save), *argv[3:]]
+    env = _env()
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -253,9 +256,9 @@ def test_unwritable_checkpoint_dir_is_a_clear_error_and_keeps_the_previous(tmp_p
 
     monkeypatch.setattr(T, "epoch_line", epoch_line)
     if where == "replace":
-        monkeypatch.setattr(ckpt.os, "replace", replace)
+        monkeypatch.setattr(mio.os, "replace", replace)
     else:
-        monkeypatch.setattr(ckpt, "open", open_, raising=False)
+        monkeypatch.setattr(mio, "open", open_, raising=False)
     with pytest.raises(TrainingError) as err:
         T.train(load_config(None, _raw(tmp_path, epochs=3)), run)
     msg = str(err.value)

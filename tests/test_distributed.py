@@ -37,6 +37,7 @@ import yaml
 from mabe import checkpoint as ckpt
 from mabe import train as T
 from mabe.config import load_config
+from mabe.training import runlog, schedule
 from test_windows import make_fake_cache
 
 pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built"),
@@ -156,7 +157,7 @@ def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, 
     state = ckpt.load(run / "checkpoints" / "last.pt")
     stopped_epoch, micro = state[ckpt.EPOCH_KEY], state[ckpt.BATCH_KEY]
     assert state[ckpt.WORLD_KEY] == 2 and stopped_epoch < 40
-    assert (state[ckpt.STEP_KEY] % T.STOP_CHECK_STEPS == 0) or micro == 0  # a mid-epoch stop lands on a check
+    assert (state[ckpt.STEP_KEY] % runlog.STOP_CHECK_STEPS == 0) or micro == 0  # a mid-epoch stop lands on a check
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
     end = stopped_epoch + 2  # finish the interrupted epoch (if any) and one more
@@ -173,11 +174,11 @@ def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, 
 
 
 def test_stop_flag_and_lr_scaling_units():
-    assert T._lr_factor("none", 8) == 1.0 and T._lr_factor("linear", 8) == 8.0
-    assert T._lr_factor("sqrt", 4) == 2.0
-    stop = T.StopRequest.__new__(T.StopRequest)  # no signal handlers: the flag logic alone
+    assert schedule.lr_factor("none", 8) == 1.0 and schedule.lr_factor("linear", 8) == 8.0
+    assert schedule.lr_factor("sqrt", 4) == 2.0
+    stop = runlog.StopRequest.__new__(runlog.StopRequest)  # no signal handlers: the flag logic alone
     stop.requested, stop.world, stop.every, stop.announced = False, 1, 10, False
-    stop.signal_name, stop.log = "SIGTERM", T.RunLog(Path("."), None, enabled=False)
+    stop.signal_name, stop.log = "SIGTERM", runlog.RunLog(Path("."), None, enabled=False)
     assert not stop.check(10)
     stop.requested = True
     assert stop.check(3) and stop.agree()  # one process: every step, no collective

@@ -8,9 +8,9 @@
     ``DataLoader`` (one numpy gather per window, jitter and noise in the workers), ``.item()`` every
     step, default (non-fused) AdamW, grad-norm clipping.
 (b) fast: the trainer's own components (``mabe train`` with grad_accum 1 runs this code) -
-    ``accel.DeviceStore`` (training features resident on the device), windows gathered by index and
-    augmented on the device by ``train.augment``, ``train.scene_loss``, ``accel.make_optimizer`` and
-    ``accel.make_train_step``: bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the non-finite
+    ``training.batches.DeviceStore`` (training features resident on the device), windows gathered by
+    index and augmented on the device by ``training.augment``, ``training.losses.scene_loss``,
+    ``training.optim.make_optimizer`` and ``training.step.make_train_step``: bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the non-finite
     skip on the device, TF32 + cudnn.benchmark, the whole step in one CUDA graph, no sync.
 
 Both train the same model on the same synthetic data of the reference shape (random features 288
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import platform
 import shlex
@@ -42,8 +43,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from mabe import accel, models
+from mabe import models
 from mabe.config import AugmentConfig, ModelConfig
+from mabe.training.augment import augment as augment_batch
+from mabe.training.batches import DeviceStore, format_bytes
+from mabe.training.device import (
+    backend_flags,
+    pick_device,
+    resolve_precision,
+    restore_backends,
+    setup_backends,
+)
+from mabe.training.losses import scene_loss
+from mabe.training.optim import make_optimizer, param_groups
+from mabe.training.step import make_train_step
 from mabe.windows import TrackSet, WindowDataset, gather, window_index
 
 __all__ = [
@@ -134,22 +147,8 @@ class _ReferenceWindows(WindowDataset):
 
 
 def _loss_fn(setup: BenchSetup, device: torch.device):
-    from mabe.train import scene_loss
-
     weight = torch.tensor(setup.class_weights, dtype=torch.float32, device=device)
     return lambda logits, b: scene_loss(logits, b["y"], weight)
-
-
-def _augment(batch: dict, aug: AugmentConfig, gen: torch.Generator, rng: np.random.Generator):
-    from mabe.train import augment
-
-    return augment(batch, aug, gen, rng)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    from mabe.train import param_groups
-
-    return param_groups(model, weight_decay)
 
 
 def _model(setup: BenchSetup, cfg: ModelConfig | None = None) -> nn.Module:
@@ -195,11 +194,16 @@ def _summary(path: str, batch: int, times: list[float], device: torch.device, pe
         "ms_per_step_mean": statistics.fmean(times) * 1000.0,
         "ms_per_step_pipelined": pipelined_ms if pipelined_ms is not None else statistics.fmean(times) * 1000.0,
         "windows_per_s": batch / (ms / 1000.0), "peak_mem_bytes": peak,
-        "epoch_s": accel.projected_seconds(ms, batch, REFERENCE_EPOCH_WINDOWS),
+        "epoch_s": projected_seconds(ms, batch, REFERENCE_EPOCH_WINDOWS),
     }
     res["epochs100_s"] = res["epoch_s"] * REFERENCE_EPOCHS
     res.update(extra)
     return res
+
+
+def projected_seconds(ms_per_step: float, batch: int, windows: int) -> float:
+    """Seconds for ``windows`` windows at ``ms_per_step`` per batch of ``batch``."""
+    return math.ceil(windows / batch) * ms_per_step / 1000.0
 
 
 def reference_step(model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, batch: dict,
@@ -224,10 +228,10 @@ def bench_reference(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, war
     Runs with the backend flags PyTorch starts with (no cudnn.benchmark), as the reference did.
     """
     device = setup.torch_device
-    flags = accel.backend_flags()
+    flags = backend_flags()
     torch.backends.cudnn.benchmark = False
     model = _model(setup).to(device).train()
-    optimizer = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    optimizer = torch.optim.AdamW(param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
     loss_fn = _loss_fn(setup, device)
     windows = window_index(ts.lengths, setup.length, 1)
     n = warmup + steps
@@ -252,7 +256,7 @@ def bench_reference(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, war
                 times.append(t1 - t0)
     finally:
         del it
-        accel.restore_backends(flags)
+        restore_backends(flags)
     res = _summary("reference", batch, times, device, _peak(device), final_loss=loss,
                    details=f"fp32 eager, DataLoader({setup.num_workers} workers), .item() per step, AdamW (default)")
     del model, optimizer, loader, dataset
@@ -267,17 +271,17 @@ def bench_fast(
     ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, *, storage: str = "auto",
     precision: str = "auto", cuda_graphs: bool | None = None, compile: bool = False, augment: bool = True,
 ) -> dict:
-    """(b): ``accel`` end to end - resident data, device gather + augmentation, the fused/captured step.
+    """(b): the trainer's components end to end - resident data, device gather + augmentation, the fused/captured step.
 
     ``cuda_graphs`` None = on for CUDA. Timed twice: a sync per step (median, like (a)) and pipelined.
     """
     device = setup.torch_device
-    flags = accel.setup_backends(device)
+    flags = setup_backends(device)
     try:
         res = _fast(ts, setup, batch, steps, warmup, storage=storage, precision=precision, cuda_graphs=cuda_graphs,
                     compile=compile, augment=augment)
     finally:
-        accel.restore_backends(flags)
+        restore_backends(flags)
     _free(device)  # after _fast returned: its tensors are gone
     return res
 
@@ -286,11 +290,11 @@ def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, 
           cuda_graphs: bool | None, compile: bool, augment: bool) -> dict:
     device = setup.torch_device
     graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
-    store = accel.DeviceStore(ts, device, storage, precision=precision)
+    store = DeviceStore(ts, device, storage, precision=precision)
     model = _model(setup).to(device).train()
-    optimizer = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+    optimizer = make_optimizer(param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
                                      fused=True, capturable=graphs)
-    step = accel.make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
+    step = make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
                                  grad_clip=setup.grad_clip, cuda_graphs=graphs, compile=compile,
                                  warmup=min(max(warmup, 1), 3))
     idx = store.index_device
@@ -306,7 +310,7 @@ def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, 
     def one(i: int) -> torch.Tensor:
         b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
         if augment:
-            b, _ = _augment(b, aug, gen, rng)  # the trainer's noise (x cast to float32)
+            b, _ = augment_batch(b, aug, gen, rng)  # the trainer's noise (x cast to float32)
         return step(b)
 
     _reset_peak(device)
@@ -341,7 +345,7 @@ def tolerance(precision: str, device: torch.device) -> float:
     fp32 on CUDA: TF32 matmuls/convs/RNN in the fast path: 1e-2. bf16: 8-bit mantissas in the convs
     and head, fp16 feature storage: 3e-2.
     """
-    precision = accel.resolve_precision(precision, device)
+    precision = resolve_precision(precision, device)
     if precision == "bf16":
         return 3e-2
     return 1e-2 if device.type == "cuda" else 1e-4
@@ -361,32 +365,32 @@ def check_same(
     loss_fn = _loss_fn(setup, device)
 
     # (a) the reference: numpy gather on the CPU, fp32 eager, default AdamW
-    flags = accel.backend_flags()
+    flags = backend_flags()
     torch.backends.cudnn.benchmark = False
     model = _model(setup, cfg)
     init = {name: v.clone() for name, v in model.state_dict().items()}
     model.to(device).train()
-    opt = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    opt = torch.optim.AdamW(param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
     arrays = ts.arrays()
     ref = []
     for i in range(k):
         b = gather(arrays, windows[order[i]], setup.length, mode="scene")
         b = {key: torch.from_numpy(np.ascontiguousarray(v)).to(device) for key, v in b.items()}
         ref.append(reference_step(model, loss_fn, opt, b, setup.grad_clip))
-    accel.restore_backends(flags)
+    restore_backends(flags)
     del model, opt
     _free(device)
 
     # (b) the fast path
-    flags = accel.setup_backends(device)
+    flags = setup_backends(device)
     try:
         model = models.create(cfg.name, setup.n_features, setup.n_classes, cfg)
         model.load_state_dict(init)
         model.to(device).train()
-        store = accel.DeviceStore(ts, device, storage, precision=precision)
-        opt = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+        store = DeviceStore(ts, device, storage, precision=precision)
+        opt = make_optimizer(param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
                                    fused=True, capturable=graphs)
-        step = accel.make_train_step(model, loss_fn, opt, precision=precision, grad_clip=setup.grad_clip,
+        step = make_train_step(model, loss_fn, opt, precision=precision, grad_clip=setup.grad_clip,
                                      cuda_graphs=graphs, warmup=min(3, max(k // 2, 1)))
         idx = store.index_device
         w_t, o_t = torch.from_numpy(windows).to(idx), torch.from_numpy(order).to(idx)
@@ -394,7 +398,7 @@ def check_same(
         fast = torch.stack(fast_t).tolist() if fast_t else []
         describe = step.describe()
     finally:
-        accel.restore_backends(flags)
+        restore_backends(flags)
     del model, opt, store, step
     _free(device)
 
@@ -403,7 +407,7 @@ def check_same(
     ok = all(np.isfinite(fast)) and all(x <= rtol for x in rel)
     return {"steps": k, "batch": batch, "reference_losses": ref, "fast_losses": fast,
             "max_rel_diff": max(rel) if rel else 0.0, "final_rel_diff": rel[-1] if rel else 0.0,
-            "rtol": rtol, "ok": bool(ok), "precision": accel.resolve_precision(precision, device),
+            "rtol": rtol, "ok": bool(ok), "precision": resolve_precision(precision, device),
             "fast_details": describe, "conditions": "same init and windows; dropout, jitter and noise off"}
 
 
@@ -478,10 +482,7 @@ def run(
 ) -> dict:
     """The whole benchmark; returns everything ``--json`` writes."""
     steps, warmup, check_steps = max(int(steps), 1), max(int(warmup), 0), max(int(check_steps), 1)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = pick_device(device, torch.cuda.current_device() if torch.cuda.is_available() else 0)
     batch_sizes = batch_sizes or [32 if small else 384]
     main_batch = batch_sizes[0]
     setup = BenchSetup(device=str(dev), model=small_model() if small else ModelConfig())
@@ -555,7 +556,7 @@ def print_results(res: dict) -> None:
     for key, label in (("reference", "(a) reference"), ("fast", "(b) fast")):
         r = res[key]
         t.add_row(label, str(r["batch"]), f"{r['ms_per_step']:.2f}", f"{r['ms_per_step_pipelined']:.2f}",
-                  f"{r['windows_per_s']:,.0f}", accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epoch_s"]),
+                  f"{r['windows_per_s']:,.0f}", format_bytes(r["peak_mem_bytes"]), _dur(r["epoch_s"]),
                   _dur(r["epochs100_s"]))
     con.print(t)
     con.print(f"(a) {res['reference']['details']}")
@@ -582,7 +583,7 @@ def print_results(res: dict) -> None:
         for r in res["sweep"]["rows"]:
             if r["fits"]:
                 t.add_row(str(r["batch"]), "yes", f"{r['ms_per_step']:.2f}", f"{r['windows_per_s']:,.0f}",
-                          accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epochs100_s"]))
+                          format_bytes(r["peak_mem_bytes"]), _dur(r["epochs100_s"]))
             else:
                 t.add_row(str(r["batch"]), "[red]OOM[/]", "-", "-", "-", "-")
         con.print(t)

@@ -130,7 +130,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
-    return demo.run_demo(args)
+    return demo.run_demo(args, main)
 
 
 # ----------------------------------------------------------------------------- parser

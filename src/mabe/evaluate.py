@@ -8,8 +8,6 @@ multi-label detection (threshold 0.5) on the labelled (track, action) cells only
 
 from __future__ import annotations
 
-import contextlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,8 @@ import torch
 from torch import nn
 
 from mabe.errors import MabeError
+from mabe.io import write_json
+from mabe.training.device import autocast_for, pick_device
 from mabe.windows import TrackSet, gather, rows_to_video_frames, window_index
 
 __all__ = [
@@ -132,20 +132,6 @@ def trackset_metrics(ts: TrackSet, probs: np.ndarray, threshold: float = 0.5) ->
 # ----------------------------------------------------------------------------- prediction
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; explicit values pass through."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where ``precision`` resolves to bf16 (convs and linears; see the model's LSTM note)."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def predict_tracks(
     model: nn.Module, ts: TrackSet, batch: int = 256, stride: int | None = None, *, length: int = 100,
@@ -250,46 +236,7 @@ def save_predictions(
                             a["target_id"], a["actions"], a["labeled"], a["fps"], labels=a.get("labels"))
 
 
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_ready(obj), indent=1) + "\n")
-    tmp.replace(path)
-    return path
-
-
 # ----------------------------------------------------------------------------- loading data for a model
-
-
-def _device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
-    """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
-    from mabe import prepare
-
-    cache_dir = prepare.cache_dir_for(cfg.cache, cfg.features)
-    if (cache_dir / "index.parquet").is_file():
-        _, index = prepare.open_cache(cache_dir)
-        if all((index["split"] == s).any() for s in splits):
-            return cache_dir
-    return prepare.prepare_dataset(data_root, cfg.features, cache_root=cfg.cache, splits=splits)
 
 
 def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
@@ -312,7 +259,7 @@ def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSe
     from mabe.windows import load_trackset, normalize_
 
     cfg = meta["config"]
-    cache_dir = ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
+    cache_dir = prepare.ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
     _, index_df = prepare.open_cache(cache_dir)
     videos = videos_of_split(index_df, cfg, split)
     if len(videos) == 0:
@@ -354,7 +301,7 @@ def main_from_args(args: Any) -> dict:
     """``mabe evaluate RUN [DATA] [--split val|train|all] [--json FILE]``."""
     from mabe.checkpoint import load_for_inference
 
-    device = _device()
+    device = pick_device("auto")
     model, meta = load_for_inference(args.run, device)
     cfg = meta["config"]
     data_root = Path(args.data) if args.data else Path(cfg.data)
@@ -375,7 +322,7 @@ def predict_from_args(args: Any) -> Path:
     """``mabe predict CKPT [CKPT ...] --data DIR --split test --out FILE``: averaged probabilities."""
     from mabe.checkpoint import load_for_inference
 
-    device = _device()
+    device = pick_device("auto")
     ref: TrackSet | None = None
     total: np.ndarray | None = None
     for ck in args.checkpoints:

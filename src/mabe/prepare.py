@@ -706,3 +706,13 @@ def bench_prepare(
         print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
               f"speeds/accelerations {res['max_rel_diff_motion']:.2e} (relative)")
     return res
+
+
+def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
+    """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
+    cache_dir = cache_dir_for(cfg.cache, cfg.features)
+    if (cache_dir / "index.parquet").is_file():
+        _, index = open_cache(cache_dir)
+        if all((index["split"] == s).any() for s in splits):
+            return cache_dir
+    return prepare_dataset(data_root, cfg.features, cache_root=cfg.cache, splits=splits)

@@ -7,46 +7,9 @@ so a newly registered model is tested without anyone writing a test for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from mabe.models.registry import ModelFactory, create, is_model, list_models, register
 
-from torch import nn
-
-from mabe.config import ModelConfig
-from mabe.errors import MabeError
-
-__all__ = ["register", "create", "list_models", "is_model"]
-
-ModelFactory = Callable[[int, int, ModelConfig], nn.Module]
-_REGISTRY: dict[str, ModelFactory] = {}
-
-
-def register(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator: make ``fn(in_features, n_outputs, cfg) -> nn.Module`` available as ``name``."""
-
-    def deco(fn: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_REGISTRY)
-
-
-def is_model(name: str) -> bool:
-    return name in _REGISTRY
-
-
-def create(name: str, in_features: int, n_outputs: int, cfg: ModelConfig | None = None) -> nn.Module:
-    """Build the registered model ``name``: (B, W, in_features) -> (B, W, n_outputs) logits."""
-    if name not in _REGISTRY:
-        raise MabeError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    return _REGISTRY[name](in_features, n_outputs, cfg if cfg is not None else ModelConfig(name=name))
-
+__all__ = ["register", "create", "list_models", "is_model", "ModelFactory"]
 
 # Importing a model module registers it; add new model files here.
 from mabe.models import conv1d_bilstm  # noqa: E402,F401

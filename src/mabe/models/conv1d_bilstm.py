@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models import register
+from mabe.models.registry import register
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
