@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from mabe.errors import MabeDataError, MabeError
+from mabe.schema import INTERVAL_COLUMNS, SOLUTION_COLUMNS, SUBMISSION_COLUMNS
 
 __all__ = [
     "InvalidSubmission",
@@ -67,11 +68,7 @@ __all__ = [
     "main_from_args",
 ]
 
-SOLUTION_COLUMNS = (
-    "lab_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame", "behaviors_labeled",
-)
-SUBMISSION_COLUMNS = ("row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
-_INTERVAL_COLUMNS = ("video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
+_INTERVAL_COLUMNS = INTERVAL_COLUMNS
 
 
 class InvalidSubmission(MabeError, ValueError):

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from mabe import features as F
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
 from mabe.errors import MabeDataError, MabeError
+from mabe.io import atomic_path, write_json
 
 __all__ = [
     "prepare_dataset",
@@ -79,9 +80,7 @@ def _slots(fcfg: FeatureConfig) -> list[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:
@@ -516,8 +515,8 @@ def prepare_dataset(
 
     elapsed = time.perf_counter() - t0
     index = _build_index(cache_dir)
-    index.to_parquet(cache_dir / "index.parquet.tmp", index=False)
-    os.replace(cache_dir / "index.parquet.tmp", cache_dir / "index.parquet")
+    with atomic_path(cache_dir / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
     _write_json(cache_dir / "skipped.json", skipped)
     if todo:
         rate = frames / elapsed if elapsed > 0 else float("inf")

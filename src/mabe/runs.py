@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mabe.errors import MabeError
+from mabe.io import write_json
 
 __all__ = [
     "STATES",
@@ -104,9 +105,7 @@ def write_status(run_dir: str | os.PathLike, **updates: Any) -> dict[str, Any]:
     status.update(updates)
     if "updated" not in updates:
         status["updated"] = _now()
-    tmp = run_dir / f".status.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(status, indent=2, default=str) + "\n")
-    os.replace(tmp, run_dir / "status.json")
+    write_json(run_dir / "status.json", status, indent=2, default=str)
     return status
 
 

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from mabe.config import TaskConfig
-from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.errors import MabeError
+from mabe.schema import ACTION_INDEX, ACTIONS
 
 __all__ = [
     "IGNORE_INDEX",
