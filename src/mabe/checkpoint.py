@@ -134,7 +134,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     return state
 
 
-def resolve(run_or_ckpt: str | Path, runs_root: str | Path = "runs") -> Path:
+def resolve(run_or_ckpt: str | Path, runs_root: str | Path = Config.runs) -> Path:
     """A checkpoint file, a run directory or a run name -> the checkpoint file (best, else last)."""
     p = Path(run_or_ckpt)
     if p.is_file():

@@ -18,6 +18,7 @@ from torch import nn
 
 from mabe.errors import MabeError
 from mabe.io import write_json
+from mabe.metric import f1_from_counts
 from mabe.training.device import autocast_for, pick_device
 from mabe.windows import TrackSet, gather, rows_to_video_frames, window_index
 
@@ -39,7 +40,7 @@ __all__ = [
 def _f1_parts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     precision = np.divide(tp, tp + fp, out=np.zeros(tp.shape), where=(tp + fp) > 0)
     recall = np.divide(tp, tp + fn, out=np.zeros(tp.shape), where=(tp + fn) > 0)
-    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(tp.shape), where=(2 * tp + fp + fn) > 0)
+    f1 = f1_from_counts(tp, fp, fn)
     return precision, recall, f1
 
 

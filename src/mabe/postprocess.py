@@ -19,6 +19,7 @@ import pandas as pd
 from mabe.config import PostprocessConfig
 from mabe.errors import MabeDataError
 from mabe.io import write_json
+from mabe.metric import f1_from_counts
 from mabe.predictions import Predictions
 from mabe.schema import INTERVAL_COLUMNS
 
@@ -190,8 +191,7 @@ def _f1_from_bins(total: np.ndarray, pos: np.ndarray) -> np.ndarray:
     n_pos = pos.sum(-1, keepdims=True)
     fp = predicted - tp
     fn = n_pos - tp
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1_from_counts(tp, fp, fn)
 
 
 def fit_thresholds(

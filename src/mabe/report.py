@@ -25,6 +25,7 @@ import pandas as pd
 
 from mabe import runs
 from mabe.io import write_text
+from mabe.metric import f1_from_counts
 
 __all__ = ["write_report", "run_lengths", "per_lab_from_predictions", "per_action_from_predictions"]
 
@@ -177,9 +178,7 @@ def _counts_by_lab(preds: Any, scene: bool) -> tuple[dict[str, np.ndarray], dict
     return counts, frames
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    den = 2 * tp + fp + fn
-    return np.divide(2 * tp, den, out=np.zeros(np.shape(tp), dtype=np.float64), where=den > 0)
+_f1 = f1_from_counts
 
 
 def per_lab_from_predictions(preds: Any) -> pd.DataFrame:
@@ -696,7 +695,7 @@ def _section(sections: list[Section], title: str, fn: Callable[[], str]) -> None
     sections.append(Section(title, body))
 
 
-def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") -> Path:
+def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = runs.RUNS_ROOT) -> Path:
     """Write ``report.html`` and ``figures/*.png`` into the run directory; return the HTML path.
 
     ``run``: a run directory or a run name under ``runs_root``.

@@ -21,10 +21,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mabe.config import Config
 from mabe.errors import MabeError
 from mabe.io import write_json
 
 __all__ = [
+    "RUNS_ROOT",
     "STATES",
     "resolve_run",
     "read_status",
@@ -38,6 +40,7 @@ __all__ = [
     "stop",
 ]
 
+RUNS_ROOT: str = Config.runs  # the default runs root: config.py's, nowhere else
 STATES = ("running", "finished", "failed", "stopped")  # what the trainer writes; "died" is derived
 POLL_S = 0.5  # logs --follow polling interval
 STOP_TIMEOUT_S = 120.0  # how long stop() waits for the run to finish its step and exit
@@ -61,7 +64,7 @@ def _available(runs_root: Path) -> list[str]:
     return sorted(p.name for p in runs_root.iterdir() if _is_run_dir(p))
 
 
-def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") -> Path:
+def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT) -> Path:
     """A run directory path, or a run name under ``runs_root`` -> the run directory.
 
     Raises MabeError naming the available runs when neither exists.
@@ -243,7 +246,7 @@ def detach(argv: list[str], run_dir: str | os.PathLike, command: list[str] | Non
 # ----------------------------------------------------------------------------- logs
 
 
-def logs(run: str | os.PathLike, follow: bool = False, runs_root: str | os.PathLike = "runs") -> int:
+def logs(run: str | os.PathLike, follow: bool = False, runs_root: str | os.PathLike = RUNS_ROOT) -> int:
     """Print ``log.txt``; with ``follow``, stream new output until the run stops running.
 
     Returns 0, or with ``follow`` 1 when the run ended ``failed`` or ``died``. Ctrl-C stops following
@@ -329,7 +332,7 @@ def _parse_time(value: Any) -> datetime | None:
     return t.astimezone().replace(tzinfo=None) if t.tzinfo else t
 
 
-def list_runs(runs_root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
+def list_runs(runs_root: str | os.PathLike = RUNS_ROOT) -> list[dict[str, Any]]:
     """One dict per run directory under ``runs_root``, oldest first.
 
     Keys: name, path, state (running | finished | failed | stopped | died | unknown), pid, epoch,
@@ -404,7 +407,7 @@ _STATE_STYLE = {
 }
 
 
-def print_status(runs_root: str | os.PathLike = "runs") -> None:
+def print_status(runs_root: str | os.PathLike = RUNS_ROOT) -> None:
     """A table of every run under ``runs_root``: state, progress, best F1, last score, device, time."""
     from rich.console import Console
     from rich.table import Table
@@ -440,7 +443,7 @@ def print_status(runs_root: str | os.PathLike = "runs") -> None:
 # ----------------------------------------------------------------------------- stop
 
 
-def stop(run: str | os.PathLike, runs_root: str | os.PathLike = "runs", wait: bool = True,
+def stop(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT, wait: bool = True,
          timeout: float = STOP_TIMEOUT_S) -> int:
     """Ask a running run to stop: SIGTERM to its pid (the trainer finishes the step, writes
     checkpoints/last.pt and marks itself ``stopped``). With ``wait``, wait up to ``timeout`` s.
