@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "mabe"
 TOP = {"mabe.train", "mabe.launch", "mabe.cli", "mabe.demo", "mabe.bench", "mabe.report", "mabe.__main__"}
 # what training components may import from mabe
 COMPONENT_DEPS = {"mabe", "mabe.config", "mabe.errors", "mabe.io", "mabe.schema", "mabe.windows", "mabe.models",
-                  "mabe.checkpoint", "mabe.runs", "mabe.data"}
+                  "mabe.checkpoint", "mabe.runs", "mabe.data", "mabe.prepare"}
 
 
 def _module(path: Path) -> str:

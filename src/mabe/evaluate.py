@@ -9,6 +9,7 @@ multi-label detection (threshold 0.5) on the labelled (track, action) cells only
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from mabe import checkpoint as ckpt
+from mabe import metric, postprocess, predictions, prepare, submit
+from mabe.checkpoint import load_for_inference
+from mabe.config import PostprocessConfig
 from mabe.errors import MabeError
 from mabe.io import write_json
 from mabe.metric import f1_from_counts
 from mabe.training.device import autocast_for, pick_device
-from mabe.windows import TrackSet, gather, rows_to_video_frames, window_index
+from mabe.windows import (
+    TrackSet,
+    gather,
+    load_trackset,
+    normalize_,
+    rows_to_video_frames,
+    split_videos,
+    window_index,
+)
 
 __all__ = [
     "frame_metrics",
@@ -179,8 +192,6 @@ def competition_score(ts: TrackSet, probs: np.ndarray, data_root: str | Path, pp
     """
     if ts.mode != "pair":
         return None
-    from mabe import metric, postprocess, predictions, submit
-    from mabe.config import PostprocessConfig
 
     preds = predictions.validate(_prediction_arrays(ts, probs, with_labels=False))
     try:
@@ -222,7 +233,6 @@ def save_predictions(
     included), agent and target are -1 and ``labels`` is the one-hot class (the training run's
     ``eval/val_predictions.npz`` for reports; not usable for a submission).
     """
-    from mabe import predictions
 
     if ts.mode == "scene" and allow_scene:
         a = _prediction_arrays(ts, probs, with_labels=False)
@@ -243,7 +253,6 @@ def save_predictions(
 def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
     """Video ids of ``split``: val / train (the training run's split of labelled train videos),
     all (every labelled train video) or test."""
-    from mabe.windows import split_videos
 
     if split == "test":
         return np.unique(index_df.loc[index_df["split"] == "test", "video_id"].to_numpy())
@@ -256,8 +265,6 @@ def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
 
 def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSet:
     """The normalised TrackSet a loaded model (``meta`` from load_for_inference) reads on ``split``."""
-    from mabe import prepare
-    from mabe.windows import load_trackset, normalize_
 
     cfg = meta["config"]
     cache_dir = prepare.ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
@@ -268,6 +275,29 @@ def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSe
     actions = meta["outputs"] if meta["mode"] == "pair" else None
     ts = load_trackset(cache_dir, cfg.task, videos, actions, drop_unlabeled=split != "test", index_df=index_df)
     return normalize_(ts, meta["norm"])
+
+
+def write_validation(
+    cfg: Any, run_dir: Path, model: nn.Module, val_ts: TrackSet, device: torch.device, precision: str,
+    arrays: dict | None = None, say: Callable[[str], Any] = print,
+) -> dict:
+    """A run's best checkpoint (``run_dir/checkpoints/best.pt``, loaded into ``model``) on validation ->
+    ``eval/val_metrics.json`` and ``eval/val_predictions.npz`` (with labels); returns the metrics."""
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.is_file():
+        model.load_state_dict(ckpt.load(best, map_location=device)[ckpt.MODEL_KEY])
+    probs = predict_tracks(model, val_ts, batch=cfg.train.batch_size, stride=cfg.windows.eval_stride,
+                           length=cfg.windows.sequence_length, device=device, precision=precision, arrays=arrays)
+    metrics = trackset_metrics(val_ts, probs)
+    metrics["score"] = competition_score(val_ts, probs, cfg.data, cfg.postprocess)
+    metrics["checkpoint"] = str(best)
+    write_json(run_dir / "eval" / "val_metrics.json", metrics)
+    save_predictions(run_dir / "eval" / "val_predictions.npz", val_ts, probs, with_labels=True, allow_scene=True)
+    line = f"best model on validation: F1 {metrics['f1_macro']:.4f} acc {metrics['accuracy']:.4f}"
+    if metrics["score"] is not None:
+        line += f" score {metrics['score']:.4f}"
+    say(line + f" -> {run_dir / 'eval'}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------- commands
@@ -300,8 +330,7 @@ def _print_table(metrics: dict, title: str) -> None:
 
 def main_from_args(args: Any) -> dict:
     """``mabe evaluate RUN [DATA] [--split val|train|all] [--json FILE]``."""
-    from mabe.checkpoint import load_for_inference
-
+    
     device = pick_device("auto")
     model, meta = load_for_inference(args.run, device)
     cfg = meta["config"]
@@ -321,8 +350,7 @@ def main_from_args(args: Any) -> dict:
 
 def predict_from_args(args: Any) -> Path:
     """``mabe predict CKPT [CKPT ...] --data DIR --split test --out FILE``: averaged probabilities."""
-    from mabe.checkpoint import load_for_inference
-
+    
     device = pick_device("auto")
     ref: TrackSet | None = None
     total: np.ndarray | None = None

@@ -30,65 +30,37 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
 from tqdm.auto import tqdm
 
 import mabe
 from mabe import checkpoint as ckpt
 from mabe import launch, models, prepare
 from mabe.config import Config, config_to_dict
-from mabe.errors import MabeError, TrainingError
-from mabe.evaluate import competition_score, predict_tracks, save_predictions, trackset_metrics
-from mabe.io import write_json
+from mabe.errors import TrainingError
+from mabe.evaluate import competition_score, predict_tracks, trackset_metrics, write_validation
 from mabe.training.augment import augment, batch_rng
 from mabe.training.batches import Batches
+from mabe.training.data import load_tracksets
 from mabe.training.device import cpu_threads, pick_device, resolve_precision, seed_everything, setup_backends
-from mabe.training.distributed import all_reduce_sum, broadcast_floats, gather_rng_states, init_distributed
-from mabe.training.losses import auto_pos_weight, mixed_loss, prob_loss
+from mabe.training.distributed import (
+    all_reduce_sum,
+    broadcast_floats,
+    gather_rng_states,
+    init_distributed,
+    wrap_model,
+)
+from mabe.training.losses import loss_weights, mixed_loss, prob_loss
 from mabe.training.optim import load_optimizer_state, make_optimizer, param_groups
 from mabe.training.progress import Progress, adapt_resume, last_checkpoint_note, save_checkpoint
 from mabe.training.runlog import RunLog, StopRequest, epoch_line, nonfinite_message, now
 from mabe.training.schedule import LRSchedule, lr_factor
 from mabe.training.step import accumulation_group, make_train_step
 from mabe.windows import (
-    TrackSet,
-    load_trackset,
-    norm_stats,
-    normalize_,
-    resolve_actions,
-    split_videos,
     window_index,
     window_weights,
 )
 
-__all__ = ["train", "Recipe", "prepare_data", "main_from_args"]
-
-
-def prepare_data(cfg: Config, log: RunLog, stats: dict | None = None) -> tuple[TrackSet, TrackSet, dict]:
-    """Cache (prepared if missing) -> split by video -> normalised train and val TrackSets.
-
-    ``stats``: normalisation to apply (a resumed run's); None computes it on the training tracks.
-    """
-    cache_dir = prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
-    _, index = prepare.open_cache(cache_dir)
-    index = index[(index["split"] == "train") & index["has_labels"].astype(bool)]
-    if index.empty:
-        raise MabeError(f"{cache_dir}: no labelled training videos (from {cfg.data})")
-    train_videos, val_videos = split_videos(index, cfg.windows.val_fraction, cfg.windows.split_seed)
-    if len(val_videos) == 0:
-        raise MabeError(f"{cfg.data}: no validation videos (windows.val_fraction={cfg.windows.val_fraction}, "
-                        f"{len(train_videos)} labelled videos); validation drives the schedule and checkpoints")
-    actions = resolve_actions(cache_dir, cfg.task, train_videos, index) if cfg.task.mode == "pair" else None
-    train_ts = load_trackset(cache_dir, cfg.task, train_videos, actions, index_df=index)
-    val_ts = load_trackset(cache_dir, cfg.task, val_videos, actions, index_df=index)
-    stats = stats if stats is not None else norm_stats(train_ts.X)
-    normalize_(train_ts, stats)
-    normalize_(val_ts, stats)
-    log.print(f"data: {cache_dir} | train {len(train_videos)} videos, {train_ts.n_tracks} tracks, "
-              f"{len(train_ts.X):,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
-              f"{len(val_ts.X):,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
-              f"({cfg.task.mode})")
-    return train_ts, val_ts, stats
+__all__ = ["train", "Recipe", "main_from_args"]
 
 
 class Recipe:
@@ -113,7 +85,7 @@ class Recipe:
                 prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
             torch.distributed.barrier()
         saved_stats = {k: v.numpy() for k, v in state[ckpt.NORM_KEY].items()} if state else None
-        self.train_ts, self.val_ts, self.stats = prepare_data(cfg, log, saved_stats)
+        self.train_ts, self.val_ts, self.stats = load_tracksets(cfg, saved_stats, log.print)
         if state is not None and list(state[ckpt.OUTPUTS_KEY]) != self.train_ts.names:
             raise TrainingError(f"the checkpoint predicts {state[ckpt.OUTPUTS_KEY]}, the data gives {self.train_ts.names}")
         W, B, accum = cfg.windows.sequence_length, tc.batch_size, tc.grad_accum
@@ -129,25 +101,10 @@ class Recipe:
 
         # ---- model, loss weights, optimizer, schedule
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
-        self.raw_model = models.create(cfg.model.name, self.train_ts.n_features, self.train_ts.n_outputs,
-                                       cfg.model).to(device)
-        if getattr(cfg.model, "norm", "batch") == "sync_batch" and world > 1:
-            if device.type == "cuda":  # batch statistics over the global batch (same state_dict keys)
-                self.raw_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model)
-            else:
-                log.print("model.norm=sync_batch: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process")
+        model = models.create(cfg.model.name, self.train_ts.n_features, self.train_ts.n_outputs, cfg.model)
+        self.raw_model, self.model = wrap_model(model.to(device), cfg.model, world, device, log.print)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
-        self.model: nn.Module = self.raw_model
-        if world > 1:
-            self.model = nn.parallel.DistributedDataParallel(
-                self.raw_model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.class_weight = self.pos_weight = None
-        if cfg.task.mode == "scene" and cfg.task.class_weights is not None:
-            self.class_weight = torch.tensor(cfg.task.class_weights, dtype=torch.float32, device=device)
-        if cfg.task.mode == "pair" and cfg.task.pos_weight != "none":
-            pw = (auto_pos_weight(self.train_ts, cfg.task.pos_weight_max) if cfg.task.pos_weight == "auto"
-                  else np.full(self.train_ts.n_outputs, float(cfg.task.pos_weight), np.float32))
-            self.pos_weight = torch.from_numpy(pw).to(device)
+        self.class_weight, self.pos_weight = loss_weights(cfg.task, self.train_ts, device)
         scale = lr_factor(tc.lr_scaling, accum * world)  # global batch B * world * accum, relative to B
         # one CUDA graph per step: static shapes and one process; mixup's lambda is a Python float
         use_graphs = (tc.cuda_graphs and device.type == "cuda" and world == 1 and accum == 1
@@ -342,8 +299,9 @@ class Recipe:
             log.status(state="stopped", message="stopped by signal; checkpoints/last.pt written")
             log.print(f"stopped; resume with: mabe train --resume {run_dir}")
         else:
-            if self.master:
-                self.evaluate_best()
+            if self.master:  # the best checkpoint -> eval/val_metrics.json + eval/val_predictions.npz
+                write_validation(self.cfg, run_dir, self.raw_model, self.val_ts, self.device, self.precision,
+                                 self.val_arrays, log.print)
             log.status(state="finished", message=f"{outcome.replace('_', ' ')}: best F1 {p.best_f1:.4f} "
                                                   f"at epoch {p.best_epoch}")
             log.print(f"done: best validation F1 {p.best_f1:.4f} at epoch {p.best_epoch}; run directory {run_dir}")
@@ -351,26 +309,6 @@ class Recipe:
         if self.master:
             write_run_report(self.cfg, run_dir, log)
         return summary
-
-    def evaluate_best(self) -> None:
-        """Best checkpoint -> eval/val_metrics.json and eval/val_predictions.npz (with labels)."""
-        cfg, run_dir, val_ts = self.cfg, self.run_dir, self.val_ts
-        best = run_dir / "checkpoints" / "best.pt"
-        if best.is_file():
-            self.raw_model.load_state_dict(ckpt.load(best, map_location=self.device)[ckpt.MODEL_KEY])
-        probs = predict_tracks(self.raw_model, val_ts, batch=cfg.train.batch_size, stride=cfg.windows.eval_stride,
-                               length=cfg.windows.sequence_length, device=self.device, precision=self.precision,
-                               arrays=self.val_arrays)
-        metrics = trackset_metrics(val_ts, probs)
-        metrics["score"] = competition_score(val_ts, probs, cfg.data, cfg.postprocess)
-        metrics["checkpoint"] = str(best)
-        write_json(run_dir / "eval" / "val_metrics.json", metrics)
-        save_predictions(run_dir / "eval" / "val_predictions.npz", val_ts, probs, with_labels=True, allow_scene=True)
-        line = f"best model on validation: F1 {metrics['f1_macro']:.4f} acc {metrics['accuracy']:.4f}"
-        if metrics["score"] is not None:
-            line += f" score {metrics['score']:.4f}"
-        self.log.print(line + f" -> {run_dir / 'eval'}")
-
 
 def write_run_report(cfg: Config, run_dir: Path, log: RunLog) -> None:
     """report.html at the end of a run; a figure that fails must not fail a finished run."""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import torch
+from torch import nn
 
 from mabe import checkpoint as ckpt
+from mabe.config import ModelConfig
 
-__all__ = ["dist_info", "init_distributed", "all_reduce_sum", "broadcast_floats", "gather_rng_states"]
+__all__ = [
+    "dist_info", "init_distributed", "wrap_model", "all_reduce_sum", "broadcast_floats", "gather_rng_states",
+]
 
 
 def dist_info() -> tuple[int, int, int]:
@@ -57,3 +63,16 @@ def gather_rng_states(world: int) -> list | None:
     torch.distributed.all_gather_object(out, ckpt.rng_state())
     return out
 
+
+def wrap_model(model: nn.Module, cfg: ModelConfig, world: int, device: torch.device,
+               say: Callable[[str], Any] = print) -> tuple[nn.Module, nn.Module]:
+    """``(raw, trained)``: the model to save and evaluate, and the one the step runs (DDP-wrapped when
+    ``world`` > 1; ``model.norm=sync_batch`` converts BatchNorm to SyncBatchNorm on CUDA, same keys)."""
+    if getattr(cfg, "norm", "batch") == "sync_batch" and world > 1:
+        if device.type == "cuda":  # batch statistics over the global batch (same state_dict keys)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            say("model.norm=sync_batch: SyncBatchNorm needs CUDA; BatchNorm statistics stay per process")
+    if world == 1:
+        return model, model
+    return model, nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -12,9 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mabe.config import TaskConfig
 from mabe.windows import IGNORE_INDEX, TrackSet
 
-__all__ = ["scene_loss", "pair_loss", "global_mean", "auto_pos_weight", "prob_loss", "mixed_loss"]
+__all__ = [
+    "scene_loss", "pair_loss", "global_mean", "auto_pos_weight", "loss_weights", "prob_loss", "mixed_loss",
+]
 
 
 def scene_loss(
@@ -71,6 +74,20 @@ def auto_pos_weight(ts: TrackSet, cap: float) -> np.ndarray:
     cells = (ts.lengths[:, None] * ts.label_mask).sum(axis=0).astype(np.float64)
     ratio = np.divide(cells - pos, pos, out=np.full(pos.shape, cap**2), where=pos > 0)
     return np.minimum(np.sqrt(ratio), cap).astype(np.float32)
+
+
+def loss_weights(task: TaskConfig, ts: TrackSet, device: torch.device
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(class_weight, pos_weight)`` on the device from ``task`` (scene class weights; pair pos_weight
+    ``auto`` from ``ts``'s training frames, a number, or none); None where the mode has none."""
+    class_weight = pos_weight = None
+    if task.mode == "scene" and task.class_weights is not None:
+        class_weight = torch.tensor(task.class_weights, dtype=torch.float32, device=device)
+    if task.mode == "pair" and task.pos_weight != "none":
+        pw = (auto_pos_weight(ts, task.pos_weight_max) if task.pos_weight == "auto"
+              else np.full(ts.n_outputs, float(task.pos_weight), np.float32))
+        pos_weight = torch.from_numpy(pw).to(device)
+    return class_weight, pos_weight
 
 
 def prob_loss(ts: TrackSet, probs: np.ndarray, weight: np.ndarray | None, pos_weight: np.ndarray | None) -> float:
