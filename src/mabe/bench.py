@@ -34,17 +34,21 @@ import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from mabe import models
-from mabe.config import AugmentConfig, ModelConfig
+from mabe import data, models
+from mabe import features as F
+from mabe.config import AugmentConfig, FeatureConfig, ModelConfig
 from mabe.training.augment import augment as augment_batch
 from mabe.training.batches import DeviceStore, format_bytes
 from mabe.training.device import (
@@ -442,6 +446,145 @@ def sweep(ts: TrackSet, setup: BenchSetup, batch_sizes: list[int], steps: int, w
     return {"rows": rows, "largest_fit": max(fits) if fits else None}
 
 
+# ----------------------------------------------------------------------------- features vs pandas (--features)
+
+
+def synthetic_tracking(
+    n_frames: int, n_mice: int = 2, seed: int = 0, drop: float = 0.03, size_px: float = 600.0
+) -> pd.DataFrame:
+    """A long-format tracking table (video_frame, mouse_id, bodypart, x, y) of random-walking mice.
+
+    ``drop`` of the rows are removed (missing detections). For benchmarks and tests only.
+    """
+    rng = np.random.default_rng(seed)
+    parts = [p for p in data.DEFAULT_SLOTS if p in data.BODYPARTS]
+    body = np.cumsum(rng.normal(0, 2.0, (n_frames, n_mice, 1, 2)), axis=0) + size_px / 2
+    offsets = rng.normal(0, 15.0, (1, n_mice, len(parts), 2))
+    xy = (body + offsets + rng.normal(0, 0.5, (n_frames, n_mice, len(parts), 2))).astype(np.float32)
+    f, m, p = np.meshgrid(np.arange(n_frames), np.arange(n_mice), np.arange(len(parts)), indexing="ij")
+    df = pd.DataFrame({
+        "video_frame": f.ravel().astype(np.int64),
+        "mouse_id": (m.ravel() + 1).astype(np.int64),
+        "bodypart": np.asarray(parts, dtype=object)[p.ravel()],  # written as parquet utf8, like the real files
+        "x": xy[..., 0].ravel(),
+        "y": xy[..., 1].ravel(),
+    })
+    keep = rng.random(len(df)) >= drop
+    return df[keep].reset_index(drop=True)
+
+
+def _pandas_baseline(path: Path, fps: float, ppc: float, centre: tuple[float, float], max_gap: int,
+                     slots: Sequence[str], n_mice: int = 4) -> np.ndarray:
+    """The straightforward way: read_parquet -> pivot_table -> per-column pandas/np.gradient -> (T, 288)."""
+    df = pd.read_parquet(path)
+    wide = df.pivot_table(index="video_frame", columns=["mouse_id", "bodypart"], values=["x", "y"])
+    wide = wide.reindex(range(int(df["video_frame"].max()) + 1))
+    pos, spd, acc = [], [], []
+    for m in range(1, n_mice + 1):
+        for s in slots:
+            if ("x", m, s) in wide.columns:
+                x = (wide[("x", m, s)] - centre[0]) / ppc
+                y = (wide[("y", m, s)] - centre[1]) / ppc
+                x = x.interpolate(limit=max_gap, limit_area="inside")
+                y = y.interpolate(limit=max_gap, limit_area="inside")
+            else:
+                x = y = pd.Series(np.nan, index=wide.index)
+            vx = np.gradient(x.to_numpy(), 1.0 / fps)
+            vy = np.gradient(y.to_numpy(), 1.0 / fps)
+            ax = np.gradient(vx, 1.0 / fps)
+            ay = np.gradient(vy, 1.0 / fps)
+            pos += [x.to_numpy(), y.to_numpy()]
+            spd.append(np.sqrt(vx**2 + vy**2))
+            acc.append(np.sqrt(ax**2 + ay**2))
+    return np.stack(pos + spd + acc, axis=1).astype(np.float32)
+
+
+def bench_prepare(
+    n_frames: int = 54_000, n_mice: int = 2, repeats: int = 5, seed: int = 0, workdir: str | Path | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Reading + scene features: mabe (read_tracking + scene_features) vs a pandas pivot baseline.
+
+    Same synthetic tracking file for both; the two are timed in alternating rounds (so a burst of
+    load elsewhere hits both) and each reports its best of ``repeats``. Returns frames/s of each,
+    their ratio, the read / feature split, the pair-feature throughput and the largest difference
+    where both results are finite.
+    """
+    fcfg = FeatureConfig()
+    slots = list(data.DEFAULT_SLOTS)
+    fps, ppc, centre = 30.0, 2.0, (300.0, 300.0)
+    tmp_ctx = tempfile.TemporaryDirectory() if workdir is None else None
+    folder = Path(tmp_ctx.name if tmp_ctx else workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_tracking.parquet"
+    synthetic_tracking(n_frames, n_mice, seed).to_parquet(path, index=False)
+
+    def best(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), out
+
+    def fast() -> np.ndarray:
+        trk = data.read_tracking(path, slots, data.MAX_MICE)
+        return F.scene_features(trk.xy, fps, ppc, centre, fcfg)
+
+    def baseline() -> np.ndarray:
+        return _pandas_baseline(path, fps, ppc, centre, fcfg.max_gap, slots, fcfg.n_mice)
+
+    try:
+        fast_times, base_times = [], []
+        for _ in range(repeats):  # alternate the two
+            t = time.perf_counter()
+            ours = fast()
+            fast_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            theirs = baseline()
+            base_times.append(time.perf_counter() - t)
+        t_fast, t_base = min(fast_times), min(base_times)
+        t_read, trk = best(lambda: data.read_tracking(path, slots, data.MAX_MICE))
+        t_scene, _ = best(lambda: F.scene_features(trk.xy, fps, ppc, centre, fcfg))
+        cm = F.clean_positions(trk.xy, ppc, centre, fcfg.max_gap)
+        mice = np.flatnonzero(trk.mice).tolist()
+        pairs = [(a, t) for a in mice for t in mice]
+        t_pair, _ = best(lambda: F.all_pair_features(cm, fps, pairs, slots))
+    finally:
+        if tmp_ctx:
+            tmp_ctx.cleanup()
+    both = np.isfinite(ours) & np.isfinite(theirs)
+    n_pos = fcfg.n_mice * len(slots) * 2
+    res = {
+        "n_frames": n_frames,
+        "n_mice": n_mice,
+        "mabe_s": t_fast,
+        "baseline_s": t_base,
+        "mabe_frames_per_s": n_frames / t_fast,
+        "baseline_frames_per_s": n_frames / t_base,
+        "speedup": t_base / t_fast,
+        "read_s": t_read,
+        "scene_s": t_scene,
+        "pair_s": t_pair,
+        "pair_frames_per_s": n_frames / t_pair,
+        "n_pairs": len(pairs),
+        "max_abs_diff_positions": float(np.abs(ours - theirs)[:, :n_pos][both[:, :n_pos]].max(initial=0.0)),
+        # relative to the largest baseline value of the block: float32 rounding, not a formula difference
+        "max_rel_diff_motion": float(np.abs(ours - theirs)[:, n_pos:][both[:, n_pos:]].max(initial=0.0)
+                                     / max(float(np.nanmax(np.abs(theirs[:, n_pos:]))), 1e-12)),
+    }
+    if verbose:
+        print(f"features bench: {n_frames:,} frames, {n_mice} mice, best of {repeats}")
+        print(f"  pandas pivot baseline  {res['baseline_s']:7.3f} s  {res['baseline_frames_per_s']:>12,.0f} frames/s")
+        print(f"  mabe read + scene      {res['mabe_s']:7.3f} s  {res['mabe_frames_per_s']:>12,.0f} frames/s"
+              f"  ({res['speedup']:.1f}x; read {res['read_s']:.3f} s + features {res['scene_s']:.3f} s)")
+        print(f"  mabe pair features     {res['pair_s']:7.3f} s  {res['pair_frames_per_s']:>12,.0f} frames/s"
+              f"  ({len(pairs)} pairs)")
+        print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
+              f"speeds/accelerations {res['max_rel_diff_motion']:.2e} (relative)")
+    return res
+
+
 # ----------------------------------------------------------------------------- environment
 
 
@@ -507,8 +650,6 @@ def run(
         sw = sweep(ts, setup, batch_sizes, steps, warmup, known={main_batch: fast}, **fast_kwargs)
     feat = None
     if features:
-        from mabe.prepare import bench_prepare
-
         say("features: reading + scene features vs the pandas pivot baseline ...")
         feat = bench_prepare(feature_frames or (10_000 if small else 54_000), n_mice=4, repeats=1 if small else 3,
                              verbose=False)
@@ -589,7 +730,7 @@ def print_results(res: dict) -> None:
         con.print(t)
         con.print(f"largest batch that fits: {res['sweep']['largest_fit']}")
     f = res["features"]
-    if f:  # prepare.bench_prepare's dict; only its core keys are relied on
+    if f:  # bench_prepare's dict; only its core keys are relied on
         line = (f"reading + scene features ({f.get('n_frames', 0):,} frames, {f.get('n_mice', '?')} mice): mabe "
                 f"{f.get('mabe_frames_per_s', float('nan')):,.0f} frames/s vs pandas pivot baseline "
                 f"{f.get('baseline_frames_per_s', float('nan')):,.0f} frames/s ({f.get('speedup', float('nan')):.1f}x)")
