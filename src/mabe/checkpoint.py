@@ -19,6 +19,7 @@ from torch import nn
 
 import mabe
 from mabe import io as mio
+from mabe import models
 from mabe.config import Config, config_from_dict
 from mabe.errors import MabeError
 
@@ -156,8 +157,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     meta: ``config`` (Config), ``outputs``, ``mode``, ``norm`` (numpy mean/std), ``in_features``,
     ``n_outputs``, ``epoch``, ``best_metric``, ``path``.
     """
-    from mabe import models
-
     path = resolve(path)
     state = load(path)
     cfg: Config = config_from_dict(state[CONFIG_KEY], where=f"{path} (config)")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mabe import metric, predictions
 from mabe.errors import MabeError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -31,8 +32,6 @@ def _run(main: Callable[[list[str]], int], argv: list[str]) -> None:
 
 def _val_solution(data: Path, val_predictions: Path, out: Path) -> Path:
     """Solution CSV restricted to the validation videos, so training videos do not count as misses."""
-    from mabe import metric, predictions
-
     videos = {str(v) for v in predictions.load(val_predictions).video_id.tolist()}
     sol = metric.load_solution(data)
     sol = sol[sol["video_id"].astype(str).isin(videos)]

@@ -37,8 +37,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from mabe import data
 from mabe import features as F
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
+from mabe.data import MabeDataWarning
 from mabe.errors import MabeDataError, MabeError
 from mabe.io import atomic_path, write_json
 
@@ -73,8 +75,6 @@ def video_dir(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
 
 
 def _slots(fcfg: FeatureConfig) -> list[str]:
-    from mabe import data
-
     return list(fcfg.slots) if fcfg.slots is not None else list(data.DEFAULT_SLOTS)
 
 
@@ -109,8 +109,6 @@ def _labels_for(
     task: dict, pairs: list[tuple[int, int]], n_frames: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-frame labels (n_pairs, T, 37) uint8, labelled mask (n_pairs, 37) bool and has_labels."""
-    from mabe import data
-
     n_act = len(data.ACTIONS)
     labels = np.zeros((len(pairs), n_frames, n_act), dtype=np.uint8)
     labeled = np.zeros((len(pairs), n_act), dtype=bool)
@@ -195,16 +193,12 @@ def _drop_far_points(xy: np.ndarray, task: dict) -> None:
                             f"{n_far} of {n_pts} points more than {k:g} frame sizes outside it "
                             f"(x {np.nanmin(x):.4g}..{np.nanmax(x):.4g}, y {np.nanmin(y):.4g}..{np.nanmax(y):.4g})")
     xy[far] = np.nan
-    from mabe.data import MabeDataWarning
-
     warnings.warn(f"{path}: {n_far} point(s) far outside the {W:g} x {H:g} px video frame (more than {k:g} "
                   f"frame sizes away) set to missing (NaN), of {n_pts}", MabeDataWarning, stacklevel=3)
 
 
 def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read one video and compute everything the cache stores; pure apart from reading its files."""
-    from mabe import data
-
     slots = _slots(fcfg)
     trk = data.read_tracking(_check_file(task["tracking_path"], "tracking", task), slots, data.MAX_MICE)
     xy = np.asarray(trk.xy)
@@ -347,8 +341,6 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
 def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) -> list[dict]:
     """One task per metadata row of ``splits``; ``bad_rows`` collects rows with a bad value instead of
     raising (see data.load_metadata). Raises when no split has a single row (an empty dataset)."""
-    from mabe import data
-
     tasks = []
     for split in splits:
         meta = data.load_metadata(root, split, check_files=False, bad_rows=bad_rows)
@@ -375,8 +367,6 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
 def _warn_orphans(root: Path, split: str, meta: pd.DataFrame, skipped: set[str] = frozenset()) -> None:
     """Warn about parquet files of ``split`` that no metadata row lists (they are ignored); ``skipped``:
     '<lab>/<video>.parquet' of rows dropped as bad, which do list theirs."""
-    from mabe import data
-
     listed = (set(data._relative_paths(meta)) if len(meta) else set()) | set(skipped)
     subs = [f"{split}_tracking"] + (["train_annotation"] if split == "train" else [])
     for sub in subs:

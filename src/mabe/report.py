@@ -17,13 +17,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mabe import runs
+from mabe import predictions, runs
 from mabe.io import write_text
 from mabe.metric import f1_from_counts
 
@@ -94,16 +93,7 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
 
 def _load_predictions(path: Path) -> Any:
     """The predictions ``.npz`` (design.md format) as an object with the documented attributes."""
-    try:
-        from mabe import predictions
-    except ImportError:  # pragma: no cover - predictions.py is part of the package
-        predictions = None
-    if predictions is not None and hasattr(predictions, "load"):
-        return predictions.load(path)
-    with np.load(path, allow_pickle=False) as z:  # pragma: no cover
-        arrays = {k: z[k] for k in z.files}
-    arrays.setdefault("labels", None)
-    return SimpleNamespace(**arrays)
+    return predictions.load(path)
 
 
 def _num(x: Any) -> float | None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mabe import postprocess, predictions
+from mabe.config import load_config
 from mabe.errors import MabeError
 from mabe.io import atomic_path
 from mabe.metric import InvalidSubmission, find_pair_overlap, mouse_ids
@@ -187,8 +189,6 @@ def write_submission(sub: pd.DataFrame, path: str | Path) -> Path:
 
 
 def _thresholds_for(args, cfg) -> Mapping:
-    from mabe import postprocess, predictions
-
     fit = getattr(args, "fit", None)
     given = getattr(args, "thresholds", None)
     if fit is not None and given is not None:
@@ -212,9 +212,6 @@ def _thresholds_for(args, cfg) -> Mapping:
 
 def main_from_args(args) -> pd.DataFrame:
     """``mabe submit PREDICTIONS --out CSV [--fit VAL | --thresholds JSON]``."""
-    from mabe import postprocess, predictions
-    from mabe.config import load_config
-
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     preds = predictions.load(args.predictions)
     thr = _thresholds_for(args, cfg)
