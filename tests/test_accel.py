@@ -330,6 +330,90 @@ def test_format_bytes():
     assert tbatches.format_bytes(3 * 1024**3) == "3.00 GiB"
 
 
+
+# ----------------------------------------------------------------------------- LSTM precision, loss scale
+
+
+def test_resolve_lstm_precision():
+    assert tdevice.resolve_lstm_precision("auto", "cpu") == "fp32"  # no cuDNN: bf16 would be the slow path
+    for p in ("fp32", "bf16", "fp16"):
+        assert tdevice.resolve_lstm_precision(p, "cpu") == p
+    with pytest.raises(ValueError, match="lstm_precision"):
+        tdevice.resolve_lstm_precision("fp8", "cpu")
+    assert not tdevice.bf16_lstm_supported("cpu")
+
+
+def test_static_loss_scale_is_undone_before_the_update():
+    """A step with loss scale 1024 moves the weights exactly as an unscaled one (SGD, no clip); forgetting
+    to unscale would move them 1024x further."""
+    ts = tiny_ts()
+    bs = batches(ts, 3)
+    out = {}
+    for scale in (1.0, 1024.0):
+        model = make_model(0.0)
+        step = tstep.make_train_step(model, loss_fn, torch.optim.SGD(model.parameters(), lr=1e-2),
+                                     precision="fp32", loss_scale=scale)
+        assert step.loss_scale == scale
+        losses = [float(step(b)) for b in bs]
+        out[scale] = (losses, [p.detach().clone() for p in model.parameters()])
+    np.testing.assert_allclose(out[1024.0][0], out[1.0][0], rtol=1e-6)  # the loss reported is unscaled
+    for p, q in zip(out[1024.0][1], out[1.0][1]):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_fp16_lstm_gets_a_loss_scale_and_trains():
+    model = make_model(0.0)
+    models.set_lstm_precision(model, "fp16")
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-2), precision="fp32",
+                                 grad_clip=1.0)
+    assert step.loss_scale == tstep.FP16_LOSS_SCALE and "LSTM fp16, loss scale 1024" in step.describe()
+    before = [p.detach().clone() for p in model.parameters()]
+    for b in batches(tiny_ts(), 3):
+        step(b)
+    st = step.stats()
+    assert st["skipped"] == 0 and st["steps"] == 3
+    assert any(not torch.equal(p.detach(), q) for p, q in zip(model.parameters(), before))
+    plain = tstep.make_train_step(make_model(0.0), loss_fn, torch.optim.SGD(make_model(0.0).parameters()))
+    assert plain.loss_scale == 1.0 and "LSTM fp32/TF32" in plain.describe()
+
+
+def test_reseed_around_capture(monkeypatch):
+    """CPU stand-in for the graph branch: a reseed between warm-up and capture buys one more eager call
+    (cuDNN rebuilds its dropout state outside the capture); a reseed after capture is refused."""
+    model = make_model(0.3)
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-3), precision="fp32",
+                                 warmup=2)
+    step.graphs = True
+    monkeypatch.setattr(step, "_side_stream_run", step._run)
+    captured = []
+
+    def capture(batch):
+        captured.append(step.calls)
+        step.graph = type("G", (), {"replay": lambda self: None})()
+        step._static, step._static_loss = dict(batch), torch.zeros(())
+
+    monkeypatch.setattr(step, "_capture", capture)
+    b = batches(tiny_ts(), 1)[0]
+    step(b)
+    step(b)  # the two warm-up calls
+    torch.manual_seed(1234)
+    step(b)
+    assert captured == []  # call 3 would have captured; the reseed made it eager
+    step(b)
+    assert captured == [4]
+    step(b)  # replays
+    torch.manual_seed(4321)
+    with pytest.raises(RuntimeError, match="reseeded"):
+        step(b)
+
+
+def test_check_reseed_refuses_a_changed_seed():
+    tstep.check_reseed(None, 5)  # nothing captured yet
+    tstep.check_reseed(7, 7)
+    with pytest.raises(RuntimeError, match="reseeded.*7 -> 8"):
+        tstep.check_reseed(7, 8)
+
+
 # ----------------------------------------------------------------------------- CUDA only
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -403,6 +487,86 @@ def loss_fn_cuda(logits, b):
     if not _CUDA_WEIGHT:
         _CUDA_WEIGHT.append(torch.tensor([1.0, 5.0, 8.0, 8.0], device=logits.device))
     return scene_loss(logits, b["y"], _CUDA_WEIGHT[0])
+
+
+def _ref_cuda_model(dropout: float) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.create("conv1d_bilstm", F, C, tiny_cfg(dropout)).cuda().train()
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_graph_with_lstm_dropout_draws_fresh_masks():
+    """Reference dropout (0.3, cuDNN LSTM dropout included) under capture: no fallback, and two replays
+    on the same batch with the lr at 0 give different losses (new masks each replay)."""
+    b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
+    model = _ref_cuda_model(0.3)
+    opt = optim.make_optimizer(groups(model), 0.0, capturable=True)
+    step = tstep.make_train_step(model, loss_fn_cuda, opt, precision="bf16", grad_clip=1.0, cuda_graphs=True,
+                                 warmup=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a capture failure warns and falls back: make that fail the test
+        losses = [float(step(b)) for _ in range(5)]
+    assert step.graph is not None and step.graphs
+    assert losses[3] != losses[4] and len(set(losses[2:])) == 3
+
+
+@pytest.mark.gpu
+@cuda
+def test_reseed_after_capture_is_refused_and_before_capture_is_absorbed():
+    b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
+    model = _ref_cuda_model(0.3)
+    step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-3, capturable=True),
+                                 precision="bf16", cuda_graphs=True, warmup=2)
+    step(b)
+    step(b)  # the two warm-up calls
+    torch.manual_seed(99)  # between warm-up and capture: one more eager call, then the capture
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        step(b)
+        assert step.graph is None  # the reseed bought one more eager call
+        step(b)
+    assert step.graph is not None
+    torch.manual_seed(100)
+    with pytest.raises(RuntimeError, match="reseeded"):
+        step(b)
+
+
+@pytest.mark.gpu
+@cuda
+def test_compiled_stem_does_not_recompile_under_capture():
+    from torch._dynamo.utils import counters
+
+    b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
+    model = _ref_cuda_model(0.3)
+    step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-3, capturable=True),
+                                 precision="bf16", cuda_graphs=True, compile=True, warmup=3)
+    assert step.compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            step(b)  # warm-up: compiles here
+        frames = sum(counters["stats"].values())
+        for _ in range(3):
+            step(b)  # capture + replays
+    assert step.graph is not None
+    assert sum(counters["stats"].values()) == frames
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("lstm", ["bf16", "fp16"])
+def test_low_precision_lstm_steps_follow_fp32(lstm):
+    bs = [{k: v.cuda() for k, v in b.items()} for b in batches(tiny_ts(), 6)]
+    losses = {}
+    for prec in ("fp32", lstm):
+        model = _ref_cuda_model(0.0)
+        models.set_lstm_precision(model, prec)
+        step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-2,
+                                     capturable=True), precision="bf16", grad_clip=1.0, cuda_graphs=True, warmup=2)
+        losses[prec] = [float(step(b)) for b in bs]
+        assert step.stats()["skipped"] == 0
+    np.testing.assert_allclose(losses[lstm], losses["fp32"], rtol=5e-2)
 
 
 @pytest.mark.gpu

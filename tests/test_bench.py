@@ -11,6 +11,7 @@ import torch
 
 from mabe import bench
 from mabe.config import ModelConfig
+from mabe.training import step as tstep
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +45,40 @@ def test_paths_and_check_on_cpu():
     check = bench.check_same(ts, setup, 8, 3)
     assert check["ok"], check
     assert check["rtol"] == 1e-4 and len(check["fast_losses"]) == len(check["reference_losses"]) == 3
+    # the clip acted on every reference step: the check compares clipped steps with clipped steps
+    assert check["clipped_steps"] == 3 and all(n > check["clip"] for n in check["reference_grad_norms"])
+    assert check["clip_update_rel_diff"] <= check["clip_update_rtol"]
+
+
+def test_check_same_fails_when_the_fast_path_does_not_clip(monkeypatch):
+    """The same-result check must notice a fast path whose clip is a no-op (the bug it once missed)."""
+    setup = tiny_setup()
+    ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
+    monkeypatch.setattr(tstep, "_clip_with_norm", lambda params, max_norm, norm: None)
+    check = bench.check_same(ts, setup, 8, 4)
+    assert not check["ok"] and check["clip_update_rel_diff"] > 1.0  # the unclipped update is ~10x the clipped one
+
+
+def test_check_same_with_a_clip_that_never_acts_is_not_ok():
+    setup = tiny_setup()
+    ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
+    check = bench.check_same(ts, setup, 8, 2, clip=1e9)
+    assert check["clipped_steps"] == 0 and not check["ok"]
+
+
+def test_low_precision_lstm_rows_on_cpu():
+    setup = tiny_setup()
+    ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
+    res = bench.run(device="cpu", batch_sizes=[8], steps=1, warmup=1, check_steps=2, small=True,
+                    data_frames=2_000, lstm_precisions=["fp32", "bf16"], verbose=False)
+    assert [r["lstm_precision"] for r in res["lstm"]] == ["fp32", "bf16"]
+    bf16 = res["lstm"][1]
+    assert bf16["check"]["lstm_precision"] == "bf16" and bf16["check"]["rtol"] == 5e-2
+    assert bf16["check"]["fast_losses"] != res["lstm"][0]["check"]["fast_losses"]  # it really ran in bf16
+    assert res["recommended_lstm_precision"] in ("fp32", "bf16") and res["auto_lstm_precision"] == "fp32"
+    assert res["fast"] in res["lstm"]
+    with pytest.raises(ValueError, match="fp8"):
+        bench.run(device="cpu", small=True, data_frames=2_000, lstm_precisions=["fp8"], verbose=False)
 
 
 def test_sweep_catches_oom(monkeypatch):

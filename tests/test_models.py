@@ -55,3 +55,34 @@ def test_register_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         models.register("conv1d_bilstm")(lambda f, c, cfg: torch.nn.Linear(f, c))
     assert models.is_model("conv1d_bilstm") and not models.is_model("nope")
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_lstm_precision_runs_the_lstm_in_that_dtype_with_fp32_master_weights(precision, dtype):
+    torch.manual_seed(0)
+    model = models.create("conv1d_bilstm", 10, 3, ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2,
+                                                               dropout=0.0)).eval()
+    x = torch.randn(2, 12, 10)
+    ref = model(x)
+    assert models.set_lstm_precision(model, precision)
+    seen = {}
+    model.lstm.register_forward_hook(lambda m, inp, out: seen.update(dtype=inp[0].dtype, out=out[0].dtype))
+    out = model(x)
+    assert seen == {"dtype": dtype, "out": dtype}
+    assert out.dtype == torch.float32  # cast back for the head
+    assert not torch.equal(out, ref)  # it really ran in low precision ...
+    torch.testing.assert_close(out, ref, rtol=0, atol=5e-2)  # ... and still computes the same function
+    out.square().mean().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+               and p.grad.abs().sum() > 0 for p in model.lstm.parameters())
+    fresh = models.create("conv1d_bilstm", 10, 3, ModelConfig(conv_channels=[8, 16], lstm_hidden=8, lstm_layers=2))
+    assert model.state_dict().keys() == fresh.state_dict().keys()  # checkpoints are unchanged
+    assert all(v.dtype != dtype for v in model.state_dict().values())
+
+
+def test_lstm_precision_rejects_unknown_and_models_without_an_lstm():
+    model = models.create("conv1d_bilstm", 10, 3, SMALL)
+    with pytest.raises(ValueError, match="fp64"):
+        model.set_lstm_precision("fp64")
+    linear = torch.nn.Linear(3, 3)
+    assert models.set_lstm_precision(linear, "fp32") and not models.set_lstm_precision(linear, "bf16")

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default=None,
                    help="comma-separated batch sizes; the first is compared with the reference, all are "
                         "swept on the fast path (default 384; 32 with --small)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 20; 6 with --small)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 50; 6 with --small)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing (default 5; 2 with --small)")
     p.add_argument("--check-steps", type=int, default=None,
                    help="steps for the same-result check (default 10; 4 with --small)")
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the resident features on the fast path")
     p.add_argument("--compile", action="store_true", help="fast path: torch.compile the conv stem and head")
     p.add_argument("--no-cuda-graphs", action="store_true", help="fast path: no CUDA-graph capture")
+    p.add_argument("--lstm-precisions", default=None, metavar="LIST",
+                   help="fast path: LSTM precisions to time and check, comma-separated from fp32,bf16,fp16 "
+                        "(default: all three on CUDA, fp32 on CPU); the fastest that passes is reported")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     p.set_defaults(func=cmd_bench)
 

@@ -141,6 +141,10 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    # the LSTM's own precision (it runs outside autocast, ~94% of the reference model's FLOPs):
+    # auto = bf16 where cuDNN has bf16 RNN kernels (torch >= 2.10, cuDNN >= 9.13, sm80+), else fp32;
+    # fp16 adds a static loss scale. `mabe bench` times each and checks it against the fp32 reference
+    lstm_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
     num_workers: int = 2  # DataLoader workers for data_path=loader
     # intra-op CPU threads (torch.set_num_threads); None = torch's default. Capped at the CPUs this
@@ -341,6 +345,9 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: task.pos_weight must be > 0, got {cfg.task.pos_weight}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
+    if cfg.train.lstm_precision == "fp16" and cfg.train.grad_accum > 1:
+        raise ConfigError(f"{where}: train.lstm_precision=fp16 needs the loss scaling of the one-call step, "
+                          "which runs with train.grad_accum=1 only; use bf16 or fp32 with accumulation")
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

@@ -41,7 +41,14 @@ from mabe.evaluate import competition_score, predict_tracks, trackset_metrics, w
 from mabe.training.augment import augment, batch_rng
 from mabe.training.batches import Batches
 from mabe.training.data import load_tracksets
-from mabe.training.device import cpu_threads, pick_device, resolve_precision, seed_everything, setup_backends
+from mabe.training.device import (
+    cpu_threads,
+    pick_device,
+    resolve_lstm_precision,
+    resolve_precision,
+    seed_everything,
+    setup_backends,
+)
 from mabe.training.distributed import (
     all_reduce_sum,
     broadcast_floats,
@@ -102,6 +109,9 @@ class Recipe:
         # ---- model, loss weights, optimizer, schedule
         torch.manual_seed(tc.seed)  # the same initial weights on every rank
         model = models.create(cfg.model.name, self.train_ts.n_features, self.train_ts.n_outputs, cfg.model)
+        lstm_precision = resolve_lstm_precision(tc.lstm_precision, device)
+        if not models.set_lstm_precision(model, lstm_precision):
+            log.print(f"train.lstm_precision={lstm_precision}: model {cfg.model.name} has no LSTM precision to set")
         self.raw_model, self.model = wrap_model(model.to(device), cfg.model, world, device, log.print)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.class_weight, self.pos_weight = loss_weights(cfg.task, self.train_ts, device)

@@ -16,7 +16,7 @@ from torch import nn
 from mabe.config import ModelConfig
 from mabe.errors import MabeError
 
-__all__ = ["register", "create", "list_models", "is_model"]
+__all__ = ["register", "create", "list_models", "is_model", "set_lstm_precision"]
 
 ModelFactory = Callable[[int, int, ModelConfig], nn.Module]
 _REGISTRY: dict[str, ModelFactory] = {}
@@ -48,3 +48,13 @@ def create(name: str, in_features: int, n_outputs: int, cfg: ModelConfig | None 
     if name not in _REGISTRY:
         raise MabeError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     return _REGISTRY[name](in_features, n_outputs, cfg if cfg is not None else ModelConfig(name=name))
+
+
+def set_lstm_precision(model: nn.Module, precision: str) -> bool:
+    """Ask ``model`` to run its recurrent layers in ``precision`` (fp32 | bf16 | fp16); False if it
+    has none (a model without ``set_lstm_precision`` runs as it is)."""
+    fn = getattr(model, "set_lstm_precision", None)
+    if fn is None:
+        return precision == "fp32"
+    fn(precision)
+    return True

@@ -3,6 +3,7 @@
     pick_device("auto", local_rank)   cuda:<local_rank> when CUDA is there, else cpu
     resolve_precision("auto", device) bf16 on CUDA, fp32 elsewhere
     autocast_for(device, precision)   the bf16 autocast context (or a no-op)
+    resolve_lstm_precision("auto", d) bf16 where cuDNN has bf16 RNN kernels, else fp32 (train.lstm_precision)
     setup_backends(device)            TF32 for fp32 matmul/conv/RNN, cudnn.benchmark (CUDA only)
 
 Training, evaluation, prediction and ``mabe bench`` all resolve through these functions, so
@@ -22,8 +23,8 @@ import torch
 from mabe.errors import TrainingError
 
 __all__ = [
-    "pick_device", "resolve_precision", "autocast_for", "setup_backends", "backend_flags", "restore_backends",
-    "seed_everything", "cpu_threads",
+    "pick_device", "resolve_precision", "resolve_lstm_precision", "bf16_lstm_supported", "autocast_for",
+    "setup_backends", "backend_flags", "restore_backends", "seed_everything", "cpu_threads",
 ]
 
 
@@ -44,6 +45,29 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
+
+
+def bf16_lstm_supported(device: torch.device | str) -> bool:
+    """True where cuDNN has bf16 RNN kernels: CUDA sm80+, torch >= 2.10, cuDNN >= 9.13.
+
+    Elsewhere a bf16 LSTM still runs, on a slow non-cuDNN path, so ``auto`` does not pick it there.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return (major, minor) >= (2, 10) and (cudnn or 0) >= 91300 and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def resolve_lstm_precision(name: str, device: torch.device | str) -> str:
+    """``train.lstm_precision``: ``auto`` -> bf16 where ``bf16_lstm_supported``, else fp32; explicit
+    fp32 / bf16 / fp16 pass through (fp16 makes the step scale the loss by ``step.FP16_LOSS_SCALE``)."""
+    if name not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"train.lstm_precision must be auto, fp32, bf16 or fp16, got {name!r}")
+    if name != "auto":
+        return name
+    return "bf16" if bf16_lstm_supported(device) else "fp32"
 
 
 def autocast_for(device: torch.device, precision: str, *, cache_enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -58,7 +58,11 @@ from torch import nn
 
 from mabe.training.device import autocast_for, resolve_precision
 
-__all__ = ["compile_parts", "TrainStep", "make_train_step", "accumulation_group"]
+__all__ = ["FP16_LOSS_SCALE", "compile_parts", "check_reseed", "TrainStep", "make_train_step", "accumulation_group"]
+
+# static loss scale for an fp16 LSTM: gradients are unscaled before the norm and the clip; a step
+# whose scaled gradients overflow is skipped on the device like any non-finite step
+FP16_LOSS_SCALE = 1024.0
 
 
 def compile_parts(model: nn.Module, **kwargs: Any) -> bool:
@@ -94,6 +98,15 @@ def _clip_with_norm(params: list[torch.Tensor], max_norm: float, norm: torch.Ten
 _CAPTURABLE_WARNING = "This instance was constructed with capturable=True"
 
 
+def check_reseed(captured_seed: int | None, current_seed: int) -> None:
+    """Refuse a replay after the CUDA generator was reseeded: the reseed replaced the cuDNN LSTM's
+    dropout-state buffer that the captured graph writes, so replays would no longer draw fresh masks."""
+    if captured_seed is not None and current_seed != captured_seed:
+        raise RuntimeError(
+            f"the CUDA generator was reseeded (seed {captured_seed} -> {current_seed}) after the training step "
+            "was captured in a CUDA graph; seed before the first step, or build a new step after reseeding")
+
+
 class TrainStep:
     """``step(batch) -> loss``: one optimizer step on a batch dict (``x`` (B, W, F) plus whatever
     ``loss_fn(logits, batch)`` reads), with no host sync. Build it with ``make_train_step``.
@@ -109,9 +122,14 @@ class TrainStep:
         self, model: nn.Module, loss_fn: Callable[[torch.Tensor, dict], torch.Tensor],
         optimizer: torch.optim.Optimizer, *, precision: str = "auto", grad_clip: float = 0.0,
         cuda_graphs: bool = False, compile: bool = False, warmup: int = 3, protect_buffers: bool = True,
-        accum: int = 1,
+        accum: int = 1, loss_scale: float | None = None,
     ):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        # None: FP16_LOSS_SCALE when the model runs its LSTM in fp16 (its gradients would underflow)
+        if loss_scale is None:
+            inner = getattr(model, "module", model)  # DistributedDataParallel
+            loss_scale = FP16_LOSS_SCALE if getattr(inner, "lstm_dtype", None) == torch.float16 else 1.0
+        self.loss_scale = float(loss_scale)
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
         self.grad_clip = float(grad_clip)
@@ -151,6 +169,7 @@ class TrainStep:
         self._lr_tensors: list[torch.Tensor] = []
         self._side: Any = None
         self._warned_shape = False
+        self._seed: int | None = None  # the CUDA generator's seed when the warm-up ran (graphs only)
         self._group_ok: torch.Tensor | None = None  # accumulation: every micro-batch's loss finite so far
 
     # -- public
@@ -166,12 +185,17 @@ class TrainStep:
             return self._run(batch)
         if self.graph is None:
             self._normalise_lr()
-            if self.calls <= self.warmup:
+            seed = self._generator_seed()
+            if self.calls <= self.warmup or seed != self._seed:
+                # a reseed since the warm-up makes cuDNN rebuild its LSTM dropout state (with a host
+                # read) at the next call: let that happen eagerly, never inside the capture
+                self._seed = seed
                 return self._side_stream_run(batch)
             try:
                 self._capture(batch)
             except RuntimeError as err:  # an op that cannot be captured, out of memory, ...
                 return self._capture_failed(batch, err)
+        check_reseed(self._seed, self._generator_seed())
         if not self._fits(batch):
             if not self._warned_shape:
                 warnings.warn("a batch with other shapes than the captured one: running it eagerly", stacklevel=2)
@@ -211,7 +235,10 @@ class TrainStep:
 
     def describe(self) -> str:
         """One line: what this step does."""
-        parts = [f"precision {self.precision}" + (" (LSTM fp32/TF32)" if self.precision == "bf16" else ""),
+        lstm = {torch.float32: "fp32/TF32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            getattr(getattr(self.model, "module", self.model), "lstm_dtype", None), "as the model runs it")
+        parts = [f"precision {self.precision} (LSTM {lstm}"
+                 + (f", loss scale {self.loss_scale:g})" if self.loss_scale != 1.0 else ")"),
                  *([f"gradient accumulation over {self.accum} micro-batches"] if self.accum > 1 else []),
                  "fused AdamW (non-finite steps skipped on the device)" if self.fused
                  else "AdamW (non-finite check syncs the host)",
@@ -238,7 +265,7 @@ class TrainStep:
         if self.buffers:
             torch._foreach_copy_(self._saved, self.buffers)
         loss = self._forward_loss(batch)
-        loss.backward()
+        (loss * self.loss_scale if self.loss_scale != 1.0 else loss).backward()
         loss = loss.detach()
         finite = torch.isfinite(loss) & self._clipped_norm_finite()
         self._optimizer_step(finite)
@@ -258,7 +285,7 @@ class TrainStep:
         ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
         with self.model.no_sync() if ddp and not last else contextlib.nullcontext():  # all-reduce once a group
             loss = self._forward_loss(batch)
-            (loss / group_size).backward()
+            (loss * (self.loss_scale / group_size)).backward()
         loss = loss.detach()
         ok = torch.isfinite(loss)
         self._group_ok &= ok
@@ -277,6 +304,8 @@ class TrainStep:
     def _clipped_norm_finite(self) -> torch.Tensor:
         """Clip the gradients to ``grad_clip`` (if set); whether their total norm is finite (0-d, on the device)."""
         grads = [p.grad for p in self.params if p.grad is not None]
+        if self.loss_scale != 1.0 and grads:
+            torch._foreach_mul_(grads, 1.0 / self.loss_scale)  # unscaled before the norm and the clip
         norm = _total_norm(grads) if grads else torch.zeros((), device=self.device)
         if self.grad_clip > 0 and grads:
             _clip_with_norm(self.params, self.grad_clip, norm)
@@ -310,6 +339,10 @@ class TrainStep:
         self.skipped.add_(bad)
         self.streak.add_(1).mul_(bad)
         torch.maximum(self.worst, self.streak, out=self.worst)
+
+    def _generator_seed(self) -> int:
+        """The seed of the generator dropout draws from (host-side, no sync)."""
+        return torch.cuda.initial_seed() if self.device.type == "cuda" else torch.initial_seed()
 
     def _side_stream_run(self, batch: dict) -> torch.Tensor:
         """Eager step on a side stream (required before capture, and for odd-shaped batches after)."""
@@ -381,7 +414,11 @@ class TrainStep:
         self._static = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)  # backward allocates .grad from the graph's pool
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # a compiled stem recompiling inside the capture would record the compiler's work: make it
+        # an error instead (caught by __call__: eager fallback with a warning)
+        no_recompile = (torch._dynamo.config.patch(error_on_recompile=True) if self.compiled
+                        else contextlib.nullcontext())
+        with no_recompile, torch.cuda.graph(self.graph):
             self._static_loss = self._run(self._static, capturing=True)
         torch.cuda.synchronize(self.device)
 
@@ -389,12 +426,13 @@ class TrainStep:
 def make_train_step(
     model: nn.Module, loss_fn: Callable[[torch.Tensor, dict], torch.Tensor], optimizer: torch.optim.Optimizer,
     *, precision: str = "auto", grad_clip: float = 0.0, cuda_graphs: bool = False, compile: bool = False,
-    warmup: int = 3, protect_buffers: bool = True, accum: int = 1,
+    warmup: int = 3, protect_buffers: bool = True, accum: int = 1, loss_scale: float | None = None,
 ) -> TrainStep:
     """The whole optimizer step as one callable: ``loss = step(batch)``.
 
     ``precision``: ``auto`` (bf16 on CUDA, fp32 elsewhere) | ``bf16`` | ``fp32``; bf16 autocasts the
-    convolutions and the head; the model keeps its LSTM in fp32 itself. ``grad_clip`` > 0 clips the
+    convolutions and the head; the LSTM runs in the model's own ``lstm_dtype`` (``models.set_lstm_precision``;
+    an fp16 LSTM gets a static loss scale, ``loss_scale`` None = automatic). ``grad_clip`` > 0 clips the
     global norm (foreach, no sync). ``cuda_graphs`` (CUDA, fused + capturable optimizer): capture the
     whole step after ``warmup`` eager calls. ``compile``: torch.compile the conv stem and head (CUDA).
     ``accum`` > 1: each call is one micro-batch (see the module docstring).
@@ -402,7 +440,7 @@ def make_train_step(
     """
     return TrainStep(model, loss_fn, optimizer, precision=precision, grad_clip=grad_clip,
                      cuda_graphs=cuda_graphs, compile=compile, warmup=warmup, protect_buffers=protect_buffers,
-                     accum=accum)
+                     accum=accum, loss_scale=loss_scale)
 
 
 
