@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "mabe"
+SRC = Path(__file__).resolve().parents[2] / "src" / "mabe"
 # the recipe and the tools built on it; nothing below may import them
 TOP = {"mabe.train", "mabe.launch", "mabe.cli", "mabe.demo", "mabe.bench", "mabe.report", "mabe.__main__"}
 # what training components may import from mabe

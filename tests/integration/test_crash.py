@@ -24,33 +24,25 @@ import pytest
 import torch
 import yaml
 
+from helpers import metric_rows as _rows  # metrics.csv rows without the timing columns
+from helpers import tiny_run
 from mabe import checkpoint as ckpt
 from mabe import io as mio
 from mabe import models
 from mabe import train as T
 from mabe.config import load_config
 from mabe.errors import TrainingError
-from test_distributed import _rows  # metrics.csv rows without the timing columns
-from test_windows import make_fake_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
 
 
 def _raw(tmp_path: Path, **train) -> dict:
-    return {
-        "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
-        "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
-        "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
-        "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu",
-                  "steps_per_epoch": 30, **train},
-    }
+    return tiny_run(tmp_path, train={"epochs": 6, "device": "cpu", "steps_per_epoch": 30, **train})
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return make_fake_cache(tmp_path / "cache")
+def cache(fake_cache):
+    return fake_cache
 
 
 def _weights(path: Path) -> dict:
@@ -59,7 +51,7 @@ def _weights(path: Path) -> dict:
 
 def _env(**extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     return env
