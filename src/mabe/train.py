@@ -32,7 +32,6 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-import mabe
 from mabe import checkpoint as ckpt
 from mabe import launch, models, prepare
 from mabe.config import Config, config_to_dict
@@ -58,7 +57,13 @@ from mabe.training.distributed import (
 )
 from mabe.training.losses import loss_weights, mixed_loss, prob_loss
 from mabe.training.optim import load_optimizer_state, make_optimizer, param_groups
-from mabe.training.progress import Progress, adapt_resume, last_checkpoint_note, save_checkpoint
+from mabe.training.progress import (
+    Progress,
+    adapt_resume,
+    checkpoint_state,
+    last_checkpoint_note,
+    save_checkpoint,
+)
 from mabe.training.runlog import RunLog, StopRequest, epoch_line, nonfinite_message, now
 from mabe.training.schedule import LRSchedule, lr_factor
 from mabe.training.step import accumulation_group, make_train_step
@@ -288,18 +293,9 @@ class Recipe:
         """checkpoints/<name>: everything needed to resume or to predict (rank 0 only)."""
         if not self.master:
             return
-        ts = self.train_ts
-        save_checkpoint(self.run_dir / "checkpoints" / name, {
-            ckpt.MODEL_KEY: self.raw_model.state_dict(), ckpt.OPTIMIZER_KEY: self.optimizer.state_dict(),
-            ckpt.SCHEDULER_KEY: self.schedule.state_dict(),
-            ckpt.SCALER_KEY: None,  # bf16 autocast needs no loss scaling
-            ckpt.RNG_KEY: ckpt.rng_state(), **self.progress.state_dict(), ckpt.CONFIG_KEY: config_to_dict(self.cfg),
-            ckpt.NORM_KEY: {k: torch.from_numpy(np.asarray(v)) for k, v in self.stats.items()},
-            ckpt.OUTPUTS_KEY: list(ts.names), ckpt.MODE_KEY: self.cfg.task.mode,
-            ckpt.IN_FEATURES_KEY: ts.n_features, ckpt.N_OUTPUTS_KEY: ts.n_outputs,
-            ckpt.VERSION_KEY: mabe.__version__, ckpt.KIND_KEY: "train", ckpt.METRICS_KEY: metrics or {},
-            ckpt.WORLD_KEY: self.world, ckpt.RANK_RNG_KEY: rank_rngs,
-        })
+        save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint_state(
+            self.raw_model, self.optimizer, self.schedule, self.progress, self.cfg, self.stats, self.train_ts,
+            world=self.world, rank_rngs=rank_rngs, metrics=metrics))
 
     def finish(self, outcome: str, epoch: int) -> dict:
         """Final evaluation of the best checkpoint, status, report; the summary."""

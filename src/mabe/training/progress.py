@@ -11,12 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+import mabe
 from mabe import checkpoint as ckpt
-from mabe.config import Config
+from mabe.config import Config, config_to_dict
 from mabe.errors import MabeError, TrainingError
 from mabe.training.schedule import LRSchedule, lr_factor
+from mabe.windows import TrackSet
 
-__all__ = ["Progress", "adapt_resume", "save_checkpoint", "last_checkpoint_note"]
+__all__ = ["Progress", "checkpoint_state", "adapt_resume", "save_checkpoint", "last_checkpoint_note"]
 
 
 @dataclass
@@ -55,6 +61,25 @@ class Progress:
             return True
         self.since_best += 1
         return False
+
+
+def checkpoint_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, progress: Progress, cfg: Config,
+    stats: dict, ts: TrackSet, *, world: int = 1, rank_rngs: list | None = None, metrics: dict | None = None,
+) -> dict:
+    """Everything a checkpoint holds (``mabe.checkpoint``'s keys): the unwrapped ``model``, optimizer,
+    schedule, counters, RNGs, config, normalisation ``stats`` and output names of the training ``ts``."""
+    return {
+        ckpt.MODEL_KEY: model.state_dict(), ckpt.OPTIMIZER_KEY: optimizer.state_dict(),
+        ckpt.SCHEDULER_KEY: schedule.state_dict(),
+        ckpt.SCALER_KEY: None,  # the fp16 LSTM's loss scale is static; bf16 needs none
+        ckpt.RNG_KEY: ckpt.rng_state(), **progress.state_dict(), ckpt.CONFIG_KEY: config_to_dict(cfg),
+        ckpt.NORM_KEY: {k: torch.from_numpy(np.asarray(v)) for k, v in stats.items()},
+        ckpt.OUTPUTS_KEY: list(ts.names), ckpt.MODE_KEY: cfg.task.mode,
+        ckpt.IN_FEATURES_KEY: ts.n_features, ckpt.N_OUTPUTS_KEY: ts.n_outputs,
+        ckpt.VERSION_KEY: mabe.__version__, ckpt.KIND_KEY: "train", ckpt.METRICS_KEY: metrics or {},
+        ckpt.WORLD_KEY: world, ckpt.RANK_RNG_KEY: rank_rngs,
+    }
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
