@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mabe import paths
 from mabe.errors import MabeDataError
 from mabe.schema import (  # noqa: F401 - re-exported: data.ACTIONS etc. are public
     ACTION_INDEX,
@@ -115,9 +116,17 @@ def _check_columns(df: pd.DataFrame, csv: Path) -> None:
     if df["lab_id"].isna().any():
         rows = np.flatnonzero(df["lab_id"].isna().to_numpy())
         raise MabeDataError(csv, "lab_id", "a lab id on every row", f"empty on csv rows {_some(rows + 2)}")
+    unsafe = ~df["lab_id"].map(paths.is_safe_name).to_numpy(dtype=bool)  # lab ids become folder names
+    if unsafe.any():
+        rows = np.flatnonzero(unsafe)
+        raise MabeDataError(csv, "lab_id", paths.NAME_RULE, f"{_some(repr(v) for v in df['lab_id'].iloc[rows])} "
+                            f"on csv rows {_some(rows + 2)}")
     if len(df) and not pd.api.types.is_integer_dtype(df["video_id"]):  # a header-only csv reads as float
         bad = df["video_id"][pd.to_numeric(df["video_id"], errors="coerce").isna()]
         raise MabeDataError(csv, "video_id", "integer video ids", f"{_some(repr(v) for v in bad)}")
+    if len(df) and (df["video_id"] < 0).any():
+        raise MabeDataError(csv, "video_id", "non-negative video ids",
+                            _some(df.loc[df["video_id"] < 0, "video_id"].tolist()))
     dup = df["video_id"][df["video_id"].duplicated()].unique()
     if len(dup):
         raise MabeDataError(csv, "video_id", "unique video ids", f"duplicated {_some(dup)}")

@@ -129,7 +129,7 @@ def resolve(args: Any) -> tuple[Config, Path, bool]:
     if getattr(args, "name", None):
         cfg.name = args.name
     name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.runs) / name
+    run_dir = runs.run_dir_for(cfg.runs, name)  # a plain name, under cfg.runs
     if (run_dir / "checkpoints" / "last.pt").is_file():
         raise MabeError(f"run {run_dir} already exists; continue it with `mabe train --resume {run_dir}` "
                         "or pick another --name")

@@ -259,6 +259,20 @@ def find_pair_overlap(
 # ----------------------------------------------------------------------------- scoring
 
 
+def _warn_malformed_ids(agent: np.ndarray, target: np.ndarray) -> None:
+    """Warn (with a count and examples) about submission ids that are neither ``mouseN`` nor, for the
+    target, ``self``: they can never match ``behaviors_labeled``, so those rows score nothing."""
+    a_ok = pd.Series(agent, dtype=object).str.fullmatch(r"mouse\d+").fillna(False).to_numpy(dtype=bool)
+    t_ok = pd.Series(target, dtype=object).str.fullmatch(r"mouse\d+|self").fillna(False).to_numpy(dtype=bool)
+    bad = ~(a_ok & t_ok)
+    if bad.any():
+        examples = list(dict.fromkeys(
+            [repr(x) for x in agent[~a_ok]] + [repr(x) for x in target[~t_ok]]))[:5]
+        warnings.warn(f"submission: {int(bad.sum())} submission row(s) have an agent_id / target_id that is "
+                      f"neither mouseN nor (target) self, e.g. {', '.join(examples)}; they match no "
+                      "behaviors_labeled entry and score nothing", stacklevel=3)
+
+
 def _prepare(df: pd.DataFrame, columns: Iterable[str], what: str, err: type[MabeError]) -> None:
     if not isinstance(df, pd.DataFrame):
         raise err(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -305,6 +319,7 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
     _check_order(p_start, p_stop, p_video, "submission", InvalidSubmission)
     if len(submission):
         p_agent, p_target = _ids_as_str(submission)
+        _warn_malformed_ids(p_agent, p_target)
         p_action = submission["action"].astype(str).to_numpy(dtype=object)
         triple = pd.Series(p_video) + "," + pd.Series(p_agent) + "," + pd.Series(p_target) + "," + pd.Series(p_action)
         kept = triple.isin(pd.Index(allowed)).to_numpy()  # rule 3 also drops videos not in the solution

@@ -13,8 +13,13 @@ track, i.e. per ordered pair of present mice) and one folder per video ``videos/
   n_video_frames, pairs [[agent, target], ...] (1-based mouse ids, target == agent for self),
   pix_per_cm, has_labels, resampled
 
-A video is written to a hidden temporary folder and renamed into place, so a folder with a
-``meta.json`` is always complete; a second run skips complete videos (resume after a kill).
+  layout (CACHE_LAYOUT), files {name.npy: bytes}; written last
+
+A video is written to a hidden temporary folder (under a per-video lock, ``videos/<lab>/.<video>.lock``)
+and renamed into place. A folder is complete when :func:`check_video` finds nothing wrong: meta.json
+parses, every array is there with the size meta.json recorded and its ``.npy`` header promises, and
+the shapes agree with meta.json. A second run skips complete videos (resume after a kill) and
+rebuilds damaged ones (a truncated copy, a full disk); readers raise a MabeError naming the video.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mabe import data
+from mabe import data, paths
 from mabe import features as F
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
 from mabe.data import MabeDataWarning
@@ -46,6 +51,8 @@ from mabe.io import atomic_path, write_json
 
 __all__ = [
     "prepare_dataset",
+    "ensure_prepared",
+    "check_video",
     "prepare_video",
     "cache_dir_for",
     "open_cache",
@@ -59,6 +66,9 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "video_fps", "has_labels",
 )
 _TMP_PREFIX = ".tmp-"
+CACHE_LAYOUT = 2  # 2: meta.json records file sizes; layout-1 folders are still read (checked by header)
+_ARRAYS = ("scene", "pair", "labels", "labeled", "frames")
+SOURCE_FILE = "source.json"  # which data folder and csvs (sha256 per split) the cache was last prepared from
 
 
 # ----------------------------------------------------------------------------- paths
@@ -70,8 +80,146 @@ def cache_dir_for(cache_root: str | Path, fcfg: FeatureConfig) -> Path:
 
 
 def video_dir(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
-    """``cache_dir/videos/<lab>/<video_id>``."""
-    return Path(cache_dir) / "videos" / str(lab) / str(video_id)
+    """``cache_dir/videos/<lab>/<video_id>``; lab and video must be plain names (paths.safe_name)."""
+    where = Path(cache_dir) / "index.parquet"  # the names come from the metadata, through the index
+    lab = paths.safe_name(str(lab), where, "lab_id")
+    vid = paths.safe_name(_plain(video_id) if isinstance(video_id, np.generic) else video_id, where, "video_id")
+    return Path(cache_dir) / "videos" / lab / vid
+
+
+def video_lock_path(cache_dir: str | Path, lab: str, video_id: Any) -> Path:
+    """The lock file a process holds while it writes one cached video: ``videos/<lab>/.<video>.lock``."""
+    folder = video_dir(cache_dir, lab, video_id)
+    return folder.parent / f".{folder.name}.lock"
+
+
+def video_source(task: dict) -> str:
+    """A fingerprint of what one cached video is computed from: its metadata row's values (split, fps,
+    scale, frame size, behaviors_labeled) and the sizes of its tracking and annotation files. Sizes,
+    not contents or mtimes: a stat per video, and a copied or moved data folder keeps them."""
+    import hashlib
+
+    keys = ("lab_id", "video_id", "split", "fps", "pix_per_cm", "width", "height", "labeled", "has_annotation")
+    parts = {k: task.get(k) for k in keys}
+    parts["files"] = [_file_size(task.get("tracking_path")), _file_size(task.get("annotation_path"))
+                      if task.get("has_annotation") else None]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def _stale(folder: Path, task: dict) -> str | None:
+    """Why a complete cached video no longer matches its task (edited metadata, replaced files), or None.
+    Folders from before fingerprints (no ``source`` in meta.json) are taken as they are."""
+    try:
+        recorded = json.loads((folder / "meta.json").read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None  # check_video reports it
+    if recorded is None or recorded == video_source(task):
+        return None
+    return "its metadata row or files changed since it was prepared"
+
+
+def _csv_digests(root: Path, splits: Iterable[str]) -> dict[str, str | None]:
+    import hashlib
+
+    out: dict[str, str | None] = {}
+    for split in splits:
+        try:
+            out[split] = hashlib.sha256((root / f"{split}.csv").read_bytes()).hexdigest()
+        except OSError:
+            out[split] = None
+    return out
+
+
+def _read_source(cache_dir: Path) -> dict:
+    try:
+        src = json.loads((cache_dir / SOURCE_FILE).read_text())
+        return src if isinstance(src, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def ensure_prepared(
+    data_root: str | Path, fcfg: FeatureConfig, cache_root: str | Path, splits: list[str]
+) -> Path:
+    """The cache folder of ``fcfg`` for ``data_root``: as it is when it was prepared from these csvs for
+    ``splits``, else (missing split, other data folder, edited csv) ``prepare_dataset`` brings it up to
+    date first (only videos whose metadata or files differ are recomputed)."""
+    cache_dir = cache_dir_for(cache_root, fcfg)
+    if (cache_dir / "index.parquet").is_file():
+        _, index = open_cache(cache_dir)
+        recorded = _read_source(cache_dir).get("csv")
+        current = _csv_digests(Path(data_root), splits)
+        # no record (an older cache) or no csv here (a cache copied without its data): use it as it is
+        same = recorded is None or all(current[s] is None or recorded.get(s) == current[s] for s in splits)
+        if same and all((index["split"] == s).any() for s in splits):
+            return cache_dir
+    return prepare_dataset(data_root, fcfg, cache_root=cache_root, splits=splits)
+
+
+def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
+    """(shape, the size in bytes the file must have) from a ``.npy`` header; ValueError when unreadable."""
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)  # np.save writes version 1.0 (2.0 only for headers over 64 KiB)
+        shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not a cache format")
+        return tuple(shape), f.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def check_video(folder: str | Path) -> str | None:
+    """None when ``folder`` holds a complete cached video, else what is wrong with it (one phrase).
+
+    Cheap (a stat and a header read per array): sizes against meta.json's record and against what
+    each ``.npy`` header promises, shapes against meta.json. Catches truncated, emptied or missing
+    files and a broken meta.json; not bit flips inside an array.
+    """
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return "no meta.json (never finished)"
+    try:
+        meta = json.loads(meta_path.read_text())
+        n_frames, n_pairs = int(meta["n_frames"]), len(meta["pairs"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        return f"meta.json unreadable ({type(err).__name__}: {str(err)[:80]})"
+    recorded = meta.get("files")
+    if recorded is not None:
+        wanted = {n.removesuffix(".npy") for n in recorded}
+    else:  # layout 1: no record; what the meta implies
+        wanted = {"scene", "labels", "labeled"} | ({"frames"} if meta.get("resampled") else set())
+        if meta.get("n_pair_features", 0) or (folder / "pair.npy").exists():
+            wanted.add("pair")
+    n_act = None
+    for name in _ARRAYS:
+        if name not in wanted:
+            continue
+        path = folder / f"{name}.npy"
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name}.npy is missing"
+        if recorded is not None and size != recorded.get(f"{name}.npy"):
+            return f"{name}.npy is {size:,} bytes, meta.json recorded {recorded.get(f'{name}.npy'):,}"
+        try:
+            shape, expected = _npy_bytes(path)
+        except (OSError, ValueError, EOFError) as err:
+            return f"{name}.npy unreadable ({str(err)[:80]})"
+        if size != expected:
+            return f"{name}.npy is {size:,} bytes, its header promises {expected:,}"
+        want = {"scene": (n_frames, None), "pair": (n_pairs, n_frames, None),
+                "labels": (n_pairs, n_frames, n_act), "labeled": (n_pairs, n_act), "frames": (n_frames,)}[name]
+        if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
+            implied = tuple("*" if w is None else w for w in want)
+            return f"{name}.npy has shape {shape}, meta.json implies {implied}"
+        if name == "labels":
+            n_act = shape[2]
+    return None
+
+
+def _damaged(folder: Path, reason: str) -> MabeError:
+    return MabeError(f"cached video {folder.parent.name}/{folder.name} is damaged: {reason} ({folder}); "
+                     f"`mabe prepare` with the same data, --cache and features rebuilds it, or delete {folder}")
 
 
 def _slots(fcfg: FeatureConfig) -> list[str]:
@@ -260,6 +408,7 @@ def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarra
         "resampled": bool(resampled),
         "n_scene_features": int(arrays["scene"].shape[1]),
         "n_pair_features": int(arrays["pair"].shape[2]) if "pair" in arrays else 0,
+        "source": video_source(task),
     }
     return arrays, meta
 
@@ -274,7 +423,8 @@ def _write_video(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        _write_json(tmp / "meta.json", meta)
+        files = {f"{name}.npy": (tmp / f"{name}.npy").stat().st_size for name in arrays}
+        _write_json(tmp / "meta.json", {**meta, "layout": CACHE_LAYOUT, "files": files})  # last: the marker
         if out.exists():  # an incomplete folder (no meta.json) from something else: replace it
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -295,12 +445,30 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
         "lab_id": task["lab_id"], "video_id": task["video_id"], "split": task["split"],
         "file": str(task.get("tracking_path")), "warnings": [], "status": "ok",
     }
-    with warnings.catch_warnings(record=True) as caught:
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        held = paths.lock(out.parent / f".{out.name}.lock", f"cached video {task['lab_id']}/{task['video_id']}")
+    except MabeError as err:  # another process writes this video (paths.LockedError) or no lock possible
+        result.update(status="busy", reason=str(err), seconds=time.perf_counter() - t0)
+        return result
+    with held, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            arrays, meta = _compute_video(task, fcfg)
-            _write_video(Path(out), arrays, meta)
+            if check_video(out) is None and _stale(out, task) is None:  # finished by another process meanwhile
+                meta = json.loads((out / "meta.json").read_text())
+            else:
+                arrays, meta = _compute_video(task, fcfg)
+                try:
+                    _write_video(out, arrays, meta)
+                except OSError as err:  # full disk, read-only cache: not the input's fault, never skipped
+                    raise _WriteError(f"cannot write cached video {task['lab_id']}/{task['video_id']} to "
+                                      f"{out}: {err.strerror or err} (errno {err.errno}); free space or fix "
+                                      "the cache folder and run `mabe prepare` again (complete videos are "
+                                      "kept)") from None
             result.update(n_frames=meta["n_frames"], n_video_frames=meta["n_video_frames"])
+        except _WriteError as err:
+            result.update(status="write_failed", reason=str(err))
         except MabeDataError as err:
             result.update(status="bad", file=err.file, field=err.field, expected=err.expected,
                           got=None if err.got is None else str(err.got), reason=str(err))
@@ -310,6 +478,10 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
     result["warnings"] = [(str(w.message), w.category) for w in caught]
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+class _WriteError(Exception):
+    """Writing the cache failed (OSError from the file system, not from reading the input)."""
 
 
 def _arrow_error() -> type[BaseException]:
@@ -335,6 +507,9 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
     found = [s for s in ("train", "test") if (root / f"{s}.csv").is_file()]
     if not found:
         raise MabeDataError(root, None, "train.csv and/or test.csv", "neither")
+    if "train" not in found:
+        warnings.warn(f"{root / 'train.csv'}: no such file; preparing {', '.join(found)} only (mabe train and "
+                      "evaluate need train.csv)", MabeDataWarning, stacklevel=3)
     return found
 
 
@@ -347,6 +522,10 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
         for bad in bad_rows or []:
             bad.setdefault("split", split)
         skipped = {f"{b['lab_id']}/{b['video_id']}.parquet" for b in bad_rows or [] if b["split"] == split}
+        if not len(meta) and not skipped and len(splits) > 1:  # one split asked for: the error below says it
+            warnings.warn(f"{root / f'{split}.csv'}: no video rows (only a header); nothing of {split} is prepared"
+                          + (" and mabe train will refuse this folder" if split == "train" else ""),
+                          data.MabeDataWarning, stacklevel=3)
         _warn_orphans(root, split, meta, skipped)
         for row in meta.to_dict("records"):
             labeled = [(int(a), int(t), str(act)) for a, t, act in (row.get("labeled") or [])]
@@ -358,6 +537,12 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
                 "annotation_path": _path_or_none(row.get("annotation_path")),
                 "has_annotation": bool(row.get("has_annotation", False)) and split != "test",
             })
+    split_of: dict[Any, str] = {}
+    for task in tasks:  # one cache folder and one index key per video: ids must not repeat across splits
+        first = split_of.setdefault(task["video_id"], task["split"])
+        if first != task["split"]:
+            raise MabeDataError(f"{root / f'{first}.csv'} and {root / (task['split'] + '.csv')}", "video_id",
+                                "video ids unique across the splits", f"{task['video_id']} in both")
     if not tasks and not bad_rows:
         csvs = ", ".join(str(root / f"{s}.csv") for s in splits)
         raise MabeDataError(csvs, None, "at least one video row", "no video rows (an empty dataset)")
@@ -396,13 +581,22 @@ def _file_size(path: str | None) -> int:
         return 0
 
 
-def _build_index(cache_dir: Path) -> pd.DataFrame:
-    """One row per track of every complete video folder in the cache."""
+def _build_index(cache_dir: Path, listed: dict[str, set[tuple[str, str]]] | None = None) -> pd.DataFrame:
+    """One row per track of every complete video folder in the cache; for the splits in ``listed``
+    only the (lab, video) listed there (the rows of the csv just prepared: not a removed row, nor a
+    video of another data folder prepared into the same cache)."""
     rows = []
     for meta_path in sorted((cache_dir / "videos").glob("*/*/meta.json")):
         if meta_path.parent.name.startswith(_TMP_PREFIX):
             continue
+        reason = check_video(meta_path.parent)
+        if reason is not None:  # left damaged by a failed rebuild (--skip-bad): not indexed
+            warnings.warn(f"{_damaged(meta_path.parent, reason)}; left out of the index", stacklevel=2)
+            continue
         meta = json.loads(meta_path.read_text())
+        key = (str(meta["lab"]), str(meta["video"]))
+        if listed is not None and meta["split"] in listed and key not in listed[meta["split"]]:
+            continue
         rel = meta_path.parent.relative_to(cache_dir).as_posix()
         for i, (agent, target) in enumerate(meta["pairs"]):
             rows.append((meta["lab"], meta["video"], meta["split"], meta["n_frames"], meta["fps"],
@@ -435,21 +629,38 @@ def prepare_dataset(
     root = Path(data_root)
     split_list = _splits_present(root, splits)
     cache_dir = cache_dir_for(cache_root, fcfg)
-    (cache_dir / "videos").mkdir(parents=True, exist_ok=True)
+    paths.make_dir(cache_dir / "videos", "the cache folder (--cache or the config's cache)")
     _write_json(cache_dir / "config.json", config_to_dict(fcfg))
 
     bad_rows: list[dict] | None = [] if skip_bad else None
     tasks = _tasks(root, split_list, bad_rows)
-    todo, done = [], 0
+    todo, done, damaged, stale = [], 0, [], []
+    source = _read_source(cache_dir)
+    here = str(root.resolve())
+    if source.get("data") not in (None, here):
+        print(f"prepare: {cache_dir} was last prepared from {source['data']}; now from {here}: videos whose "
+              f"metadata or files differ are recomputed and the index lists only {root}'s videos")
     for task in tasks:
-        out = video_dir(cache_dir, task["lab_id"], task["video_id"])
-        if (out / "meta.json").is_file():
+        out = paths.within(cache_dir, video_dir(cache_dir, task["lab_id"], task["video_id"]))  # no symlinked exit
+        reason = check_video(out)
+        why_stale = _stale(out, task) if reason is None else None
+        if reason is None and why_stale is None:
             done += 1
         else:
             todo.append((task, out))
+            if why_stale:
+                stale.append(f"{task['lab_id']}/{task['video_id']}")
+            elif out.exists():
+                damaged.append(f"{task['lab_id']}/{task['video_id']}: {reason}")
     todo.sort(key=lambda item: -_file_size(item[0]["tracking_path"]))  # big videos first: balanced pool
     print(f"prepare: {len(tasks)} videos ({', '.join(split_list)}) -> {cache_dir}; "
           f"{done} already prepared, {len(todo)} to do")
+    if stale:
+        print(f"prepare: recomputing {len(stale)} video(s) whose metadata row or files changed: "
+              + ", ".join(stale[:10]) + (f" (+{len(stale) - 10} more)" if len(stale) > 10 else ""))
+    if damaged:
+        print(f"prepare: rebuilding {len(damaged)} damaged cached video(s): " + "; ".join(damaged[:10])
+              + (f" (+{len(damaged) - 10} more)" if len(damaged) > 10 else ""))
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     fdict = asdict(fcfg)
@@ -475,6 +686,8 @@ def prepare_dataset(
         if res["status"] == "ok":
             frames += res["n_video_frames"]
             return
+        if res["status"] in ("busy", "write_failed"):  # not a bad video: never skipped
+            raise MabeError(res["reason"])
         if not skip_bad:
             raise MabeDataError(res["file"], res.get("field"), res["expected"], res.get("got"))
         skipped.append({k: res.get(k) for k in ("lab_id", "video_id", "split", "file", "reason")})
@@ -503,10 +716,20 @@ def prepare_dataset(
         bar.close()
 
     elapsed = time.perf_counter() - t0
-    index = _build_index(cache_dir)
+    # the index lists the videos of this data folder's csvs: of the splits just prepared, their rows;
+    # of the others, what is there only while their csv is still the one it was prepared from
+    prev = source.get("csv", {}) if source.get("data") == here else {}
+    now = _csv_digests(root, ("train", "test"))
+    keep_other = {s for s in ("train", "test") if s not in split_list and (not source or prev.get(s) == now[s])}
+    rows_now = {(t["split"], str(t["lab_id"]), str(t["video_id"])) for t in tasks}
+    listed = {s: {(lab, vid) for sp, lab, vid in rows_now if sp == s}
+              for s in ("train", "test") if s not in keep_other}
+    index = _build_index(cache_dir, listed)
     with atomic_path(cache_dir / "index.parquet") as tmp:
         index.to_parquet(tmp, index=False)
     _write_json(cache_dir / "skipped.json", skipped)
+    _write_json(cache_dir / SOURCE_FILE, {"data": here, "csv": {
+        s: now[s] for s in ("train", "test") if s in split_list or (s in keep_other and s in prev)}})
     if todo:
         rate = frames / elapsed if elapsed > 0 else float("inf")
         print(f"prepare: {len(todo) - len(skipped) + len(bad_rows or [])} videos, {frames:,} frames in {elapsed:.1f} s "
@@ -530,16 +753,32 @@ def open_cache(cache_dir: str | Path) -> tuple[FeatureConfig, pd.DataFrame]:
     if not cfg_path.is_file() or not index_path.is_file():
         raise MabeError(f"{cache_dir}: not a prepared feature cache (no config.json / index.parquet); "
                         "run `mabe prepare` first")
-    fcfg = FeatureConfig(**json.loads(cfg_path.read_text()))
-    return fcfg, pd.read_parquet(index_path)
+    try:
+        fcfg = FeatureConfig(**json.loads(cfg_path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise MabeError(f"{cfg_path}: damaged cache configuration ({type(err).__name__}: {str(err)[:80]}); "
+                        f"delete {cache_dir} and run `mabe prepare` again") from None
+    try:
+        index = pd.read_parquet(index_path)
+    except (OSError, ValueError, _arrow_error()) as err:
+        raise MabeError(f"{index_path}: damaged cache index ({type(err).__name__}: {str(err)[:80]}); "
+                        "`mabe prepare` with the same data, --cache and features rebuilds it") from None
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise MabeError(f"{index_path}: damaged cache index (no column(s) {missing}); `mabe prepare` rebuilds it")
+    return fcfg, index
 
 
 def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True) -> dict[str, Any]:
     """One cached video -> dict: scene, [pair], labels, labeled, frames (arrays; memory-mapped) and meta."""
     folder = video_dir(cache_dir, lab, video_id)
     meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise MabeError(f"{folder}: no complete cached video there; run `mabe prepare`")
+    if not folder.is_dir():
+        raise MabeError(f"{folder}: no cached video there (listed in {Path(cache_dir) / 'index.parquet'}); "
+                        "run `mabe prepare` with the same data, --cache and features")
+    reason = check_video(folder)
+    if reason is not None:
+        raise _damaged(folder, reason)
     mode = "r" if mmap else None
     out: dict[str, Any] = {"meta": json.loads(meta_path.read_text())}
     for name in ("scene", "pair", "labels", "labeled", "frames"):
@@ -553,9 +792,4 @@ def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True
 
 def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
     """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
-    cache_dir = cache_dir_for(cfg.cache, cfg.features)
-    if (cache_dir / "index.parquet").is_file():
-        _, index = open_cache(cache_dir)
-        if all((index["split"] == s).any() for s in splits):
-            return cache_dir
-    return prepare_dataset(data_root, cfg.features, cache_root=cfg.cache, splits=splits)
+    return ensure_prepared(data_root, cfg.features, cfg.cache, splits)

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mabe import paths
 from mabe.config import Config
 from mabe.errors import MabeError
 from mabe.io import write_json
@@ -28,6 +29,9 @@ from mabe.io import write_json
 __all__ = [
     "RUNS_ROOT",
     "STATES",
+    "LOCK_FILE",
+    "run_dir_for",
+    "lock_run",
     "resolve_run",
     "read_status",
     "write_status",
@@ -45,6 +49,7 @@ STATES = ("running", "finished", "failed", "stopped")  # what the trainer writes
 POLL_S = 0.5  # logs --follow polling interval
 STOP_TIMEOUT_S = 120.0  # how long stop() waits for the run to finish its step and exit
 _RUN_MARKERS = ("status.json", "config.yaml", "metrics.csv", "log.txt")
+LOCK_FILE = ".lock"  # flock'ed by the training process that owns the run (rank 0 under DDP)
 
 # Children started by detach() in this process: poll() them so an exited child (a zombie until
 # reaped) is not mistaken for a live one. Only matters when the caller lives on (tests, notebooks).
@@ -62,6 +67,41 @@ def _available(runs_root: Path) -> list[str]:
     if not runs_root.is_dir():
         return []
     return sorted(p.name for p in runs_root.iterdir() if _is_run_dir(p))
+
+
+def run_dir_for(runs_root: str | os.PathLike, name: str) -> Path:
+    """``runs_root/name`` for a new run; ``name`` must be one plain path component (MabeDataError)."""
+    name = paths.safe_name(name, "run name (--name or the config's name)", "name")
+    return paths.within(runs_root, Path(runs_root) / name)
+
+
+def lock_run(run_dir: str | os.PathLike, resume: bool = False) -> paths.Lock:
+    """Take the run directory's exclusive lock (created with the folder); MabeError when another live
+    process trains into it. A fresh run (not ``resume``) is also refused once it holds a checkpoint:
+    two runs started at once with one name both pass the earlier check, only one gets the lock, and
+    the loser must not start over a run that finished meanwhile. Release with ``.release()``; the
+    kernel releases it when the process dies."""
+    run_dir = paths.make_dir(run_dir, "the run directory")
+    held = paths.lock(run_dir / LOCK_FILE, f"run {run_dir}")
+    if not resume and (run_dir / "checkpoints" / "last.pt").is_file():
+        held.release()
+        raise MabeError(f"run {run_dir} already exists; continue it with `mabe train --resume {run_dir}` "
+                        "or pick another --name")
+    return held
+
+
+def lock_holder(run_dir: str | os.PathLike) -> int | None:
+    """The pid of the live process holding ``run_dir``'s lock, or None when nobody holds it."""
+    lock_path = Path(run_dir) / LOCK_FILE
+    if not lock_path.is_file():
+        return None
+    try:
+        paths.lock(lock_path, "").release()
+    except paths.LockedError as err:
+        return err.pid or -1
+    except MabeError:
+        return None
+    return None
 
 
 def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT) -> Path:
@@ -216,6 +256,9 @@ def detach(argv: list[str], run_dir: str | os.PathLike, command: list[str] | Non
     status = read_status(run_dir)
     if status.get("state") == "running" and pid_alive(status.get("pid")):
         raise MabeError(f"run {run_dir} is already running (pid {status['pid']}); `mabe stop {run_dir}` first")
+    holder = lock_holder(run_dir)
+    if holder:
+        raise MabeError(f"run {run_dir} is in use by process {holder}; wait for it or `mabe stop {run_dir}` first")
     cmd = list(command) if command is not None else _child_argv(argv, run_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", MABE_DETACHED="1")
     log_path = run_dir / "log.txt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -210,11 +211,32 @@ def _thresholds_for(args, cfg) -> Mapping:
     return {}
 
 
+def warn_uncovered_thresholds(preds, thresholds: Mapping, source: object, default: float) -> None:
+    """Warn when fitted / given thresholds leave (lab, action) pairs the predictions can output without
+    a value: they fall back to ``default``, which is silent otherwise (thresholds of another run, model
+    or data set match nothing)."""
+    if not thresholds:
+        return
+    labs = np.asarray(preds.lab_id).astype(str)
+    actions = np.asarray(preds.actions).astype(str)
+    wanted = sorted({(lab, str(a)) for lab in set(labs.tolist())
+                     for a in actions[np.asarray(preds.labeled)[labs == lab].any(axis=0)]})
+    missing = [k for k in wanted if k not in thresholds]
+    if missing:
+        warnings.warn(f"{source}: no threshold for {len(missing)} of the {len(wanted)} (lab, action) pairs the "
+                      f"predictions can output (e.g. {', '.join('/'.join(k) for k in missing[:3])}); they use "
+                      f"postprocess.threshold {default:g}" + ("; thresholds of another run or data set?"
+                                                              if len(missing) == len(wanted) else ""),
+                      stacklevel=2)
+
+
 def main_from_args(args) -> pd.DataFrame:
     """``mabe submit PREDICTIONS --out CSV [--fit VAL | --thresholds JSON]``."""
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     preds = predictions.load(args.predictions)
     thr = _thresholds_for(args, cfg)
+    warn_uncovered_thresholds(preds, thr, getattr(args, "thresholds", None) or getattr(args, "fit", None),
+                              cfg.postprocess.threshold)
     intervals = postprocess.predictions_to_intervals(preds, cfg.postprocess, thr)
     sub = to_submission(intervals)
     validate_submission(sub)

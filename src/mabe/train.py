@@ -33,7 +33,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mabe import checkpoint as ckpt
-from mabe import launch, models, prepare
+from mabe import launch, models, prepare, runs
 from mabe.config import Config, config_to_dict
 from mabe.errors import TrainingError
 from mabe.evaluate import competition_score, predict_tracks, trackset_metrics, write_validation
@@ -338,6 +338,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
     master = rank == 0
     device = pick_device(cfg.train.device, local_rank)
     stale: list[Path] = []
+    held = runs.lock_run(run_dir, resume) if master else None  # one trainer per run dir; dies with us
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
@@ -361,6 +362,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False) -> dict:
         raise
     finally:
         log.close()
+        if held is not None:
+            held.release()
         torch.set_num_threads(threads)
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

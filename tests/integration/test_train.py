@@ -138,7 +138,7 @@ def _poison_call(monkeypatch, n: int) -> None:
 def test_fused_adamw_skips_a_nonfinite_batch_on_the_device(tmp_path, cache, monkeypatch, accum):
     """The fused AdamW runs on the CPU too (the CPU tests exercise the GPU's code) and a non-finite
     batch skips its step on the device through ``found_inf``: a (1,)-shaped flag crashed the fused
-    kernel (its step counters are 0-d). grad_accum 1 is accel's step, 2 the trainer's own loop."""
+    kernel (its step counters are 0-d). grad_accum 1 and 2 run the one step (training.step), 2 accumulating."""
     _poison_call(monkeypatch, 3)
     run = tmp_path / "runs" / f"nan-{accum}"
     out = T.train(_cfg(tmp_path, epochs=2, grad_accum=accum, num_threads=1), run)
@@ -156,7 +156,7 @@ def test_fused_adamw_skips_a_nonfinite_batch_on_the_device(tmp_path, cache, monk
 
 
 def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache, monkeypatch):
-    """grad_accum 1 (accel's step, counters on the device): stop after micro-batch 5, resume, same rows."""
+    """grad_accum 1 (the one step, counters on the device): stop after micro-batch 5, resume, same rows."""
     cfg = _cfg(tmp_path, epochs=2)
     T.train(cfg, tmp_path / "runs" / "ref")
     calls = {"n": 0}
@@ -203,7 +203,7 @@ def test_gpu_fast_path_trains_and_gathers_like_numpy(tmp_path, cache):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_trainer_captures_the_step_and_resumes(tmp_path, cache):
-    """configs/h100.yaml's path: accel's step as one CUDA graph (grad_accum 1, no mixup), a capturable
+    """configs/h100.yaml's path: the step as one CUDA graph (grad_accum 1, no mixup), a capturable
     AdamW whose lr the warmup and plateau change in place, and a resume that keeps it graph-ready."""
     import warnings
 
