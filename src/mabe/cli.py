@@ -131,6 +131,41 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return runs.stop(args.run, runs_root=args.runs, wait=not args.no_wait)
 
 
+def cmd_configs(args: argparse.Namespace) -> int:
+    from mabe import config
+
+    if args.copy is not None:
+        for path in config.copy_configs(args.copy, args.names, overwrite=args.force):
+            print(f"wrote {path}")
+        return 0
+    for name, path in config.packaged_configs().items():
+        if not args.names or name in args.names or f"{name}.yaml" in args.names:
+            first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+            print(f"{name:<10} {path}  {first}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mabe import importer
+
+    importer.main_from_args(args)
+    return 0
+
+
+def cmd_ethogram(args: argparse.Namespace) -> int:
+    from mabe import ethogram
+
+    ethogram.main_from_args(args)
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from mabe import bundle
+
+    bundle.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -151,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: synthesise data, prepare, train, evaluate, submit, score")
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
-    p.add_argument("--config", "-c", type=Path, default=None, help="training config (default configs/demo.yaml)")
+    p.add_argument("--config", "-c", type=Path, default=None, help="training config (default: the shipped demo config)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--fresh", action="store_true", help="regenerate the synthetic data even if present")
     p.set_defaults(func=cmd_demo)
@@ -171,6 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="directory holding train.csv / test.csv")
     p.add_argument("--split", default="train", choices=["train", "test"])
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("import", help="your own DeepLabCut / SLEAP / NWB / LightningPose tracking -> a MABe-layout folder",
+                       description="Convert pose files (one per video) and optionally their behaviour labels into "
+                                   "a MABe-layout folder that every mabe command reads. Nothing is written when "
+                                   "any file is bad.")
+    p.add_argument("pose", nargs="+", type=Path, help="pose files: DLC .csv/.h5, SLEAP .h5/.slp, NWB .nwb, LightningPose .csv")
+    p.add_argument("--out", type=Path, required=True, help="MABe-layout folder to create or add to")
+    p.add_argument("--format", default="auto", choices=["auto", "dlc", "lightningpose", "sleap", "nwb"],
+                   help="pose file format (default: from extension and content)")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (required unless the file says, e.g. NWB)")
+    p.add_argument("--pix-per-cm", type=float, default=None, required=True, help="pixels per cm in the video")
+    p.add_argument("--lab", default="lab", help="lab id (a folder name; default: lab)")
+    p.add_argument("--split", default="train", choices=["train", "test"], help="train (labelled or not) or test")
+    p.add_argument("--bodyparts", type=Path, default=None, metavar="MAP.yaml",
+                   help="YAML: their body-part name -> mabe's (or null to leave out); common DLC / SLEAP names "
+                        "(snout, leftear, tailbase, centroid, ...) map by default")
+    p.add_argument("--min-likelihood", type=float, default=None,
+                   help="points scored below this become missing (default: keep all)")
+    p.add_argument("--frame-size", default=None, metavar="WxH", help="video size in px (default: file, else tracked extent)")
+    p.add_argument("--arena-cm", default=None, metavar="WxH", help="arena size in cm (default: frame size / pix-per-cm)")
+    p.add_argument("--annotations", type=Path, action="append", default=None, metavar="FILE",
+                   help="labels: CSV (video, agent, target, behaviour, start_frame/stop_frame or start_s/stop_s) "
+                        "or a BORIS export (repeatable)")
+    p.add_argument("--behaviours", default=None, metavar="A,B,...",
+                   help="MABe actions listed as labelled (behaviors_labeled): what `mabe predict` predicts on "
+                        "test videos (default: all 37) or what the labels cover on train videos (default: "
+                        "the annotated ones)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("prepare", help="compute features for every video into the on-disk cache")
     p.add_argument("data", type=Path, help="MABe-layout directory")
@@ -214,15 +277,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("ethogram", help="predictions -> per-video behaviour intervals (CSV, frames and seconds) + PNGs")
+    p.add_argument("predictions", type=Path, help="file written by `mabe predict`")
+    p.add_argument("--out", type=Path, required=True, help="folder for intervals.csv and ethogram_<lab>_<video>.png")
+    p.add_argument("--data", type=Path, default=None,
+                   help="the data folder (from `mabe import`): names videos and animals as the pose files did")
+    p.add_argument("--thresholds", type=Path, default=None, help="per-(lab, action) thresholds JSON (mabe submit --fit)")
+    p.add_argument("--no-png", action="store_true", help="intervals.csv only")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_ethogram)
+
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")
     p.add_argument("submission", type=Path, help="submission CSV")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write the final, per-lab and per-action scores here as JSON (full precision)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("configs", help="list the shipped configs (or copy them to a folder to edit)")
+    p.add_argument("names", nargs="*", help="config names (default: all), e.g. demo h100")
+    p.add_argument("--copy", type=Path, default=None, metavar="DIR", help="copy them into DIR")
+    p.add_argument("--force", action="store_true", help="with --copy: overwrite existing files")
+    p.set_defaults(func=cmd_configs)
 
     p = sub.add_parser("export", help="one offline file with weights, config, classes and normalisation")
     p.add_argument("run", help="run directory, name or checkpoint")
     p.add_argument("--out", type=Path, required=True, help="output file (.mabe or .pt)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bundle", help="one Kaggle dataset folder for an internet-off notebook: wheel, models, "
+                                      "thresholds, predict_and_submit.py")
+    p.add_argument("runs", nargs="+", help="run directories, names, checkpoints or exported .mabe files (pair mode)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write (upload it as one dataset)")
+    p.add_argument("--thresholds", type=Path, default=None, help="fitted thresholds JSON (mabe submit --fit)")
+    p.add_argument("--wheel", type=Path, default=None,
+                   help="mabe's wheel to bundle (default: built from the source tree mabe runs from)")
+    p.set_defaults(func=cmd_bundle)
 
     p = sub.add_parser("bench", help="reference path vs fast path, same run, same device")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -385,15 +385,56 @@ def config_from_dict(raw: dict, where: str = "<dict>") -> Config:
     return cfg
 
 
+# The shipped configs are package data (so an installed wheel has them); the repository's top-level
+# configs/ holds identical copies for `-c configs/h100.yaml` from a checkout (tests/test_packaging.py).
+PACKAGED_CONFIGS = Path(__file__).with_name("configs")
+
+
+def packaged_configs() -> dict[str, Path]:
+    """Name (file stem, e.g. ``demo``) -> path of every config shipped inside the package."""
+    return {p.stem: p for p in sorted(PACKAGED_CONFIGS.glob("*.yaml"))}
+
+
+def resolve_config(path: str | Path) -> Path:
+    """An existing file as given; else a shipped config named ``demo``, ``demo.yaml`` or ``configs/demo.yaml``."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    shipped = packaged_configs()
+    stem = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    if stem in shipped and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped[stem]
+    return path
+
+
+def copy_configs(dest: str | Path, names: list[str] | None = None, overwrite: bool = False) -> list[Path]:
+    """Copy shipped configs (all, or these names) into ``dest``; never overwrites unless asked."""
+    shipped = packaged_configs()
+    names = list(shipped) if not names else [n[: -len(".yaml")] if n.endswith(".yaml") else n for n in names]
+    unknown = [n for n in names if n not in shipped]
+    if unknown:
+        raise ConfigError(f"no shipped config named {', '.join(unknown)} (shipped: {', '.join(shipped)})")
+    dest = Path(dest)
+    targets = [dest / shipped[n].name for n in names]
+    clash = [str(t) for t in targets if t.exists() and not overwrite]
+    if clash:
+        raise ConfigError(f"{', '.join(clash)} already exist(s); pass --force to overwrite")
+    dest.mkdir(parents=True, exist_ok=True)
+    for n, t in zip(names, targets):
+        t.write_bytes(shipped[n].read_bytes())
+    return targets
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """YAML file (optional) + ``key=value`` overrides -> validated Config."""
+    """YAML file (optional; a shipped config's name also works) + ``key=value`` overrides -> validated Config."""
     raw: dict = {}
     where = "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         where = str(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"config file {path} does not exist (shipped configs: "
+                              f"{', '.join(packaged_configs())}; `mabe configs` lists them)")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from mabe import metric, predictions
+from mabe.config import PACKAGED_CONFIGS, resolve_config
 from mabe.errors import MabeError
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # package data: found from any folder, installed or not
 
 
 def _run(main: Callable[[list[str]], int], argv: list[str]) -> None:
@@ -43,9 +44,9 @@ def run_demo(args: Any, main: Callable[[list[str]], int]) -> int:
     """Run the whole pipeline in ``args.workdir`` through ``main`` (``mabe.cli.main``, which calls this:
     the demo sits below the CLI, not beside it); print where everything is."""
     work = Path(args.workdir)
-    config = Path(args.config) if args.config else DEMO_CONFIG
+    config = resolve_config(args.config or DEMO_CONFIG)
     if not config.is_file():
-        raise MabeError(f"demo config {config} not found; pass --config configs/demo.yaml from the repository")
+        raise MabeError(f"demo config {config} not found (`mabe configs` lists the shipped ones)")
     data, cache, runs, out = work / "data", work / "cache", work / "runs", work / "out"
     run = runs / "demo"
     if run.exists():  # the demo is re-runnable: its previous run is replaced, data and cache are reused

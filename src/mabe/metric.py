@@ -595,4 +595,28 @@ def main_from_args(args) -> float:
     print(f"{len(solution)} solution rows, {len(submission)} submission rows, "
           f"{len(result.per_lab)} labs, scored in {time.perf_counter() - t0:.2f}s")
     print_result(result)
+    if getattr(args, "json", None) is not None:
+        write_result_json(result, args.json)
+        print(f"scores (full precision) -> {args.json}")
     return result.final
+
+
+def result_dict(result: ScoreResult) -> dict:
+    """ScoreResult -> plain dict with float64 scores at full precision (JSON round-trips them exactly)."""
+    return {
+        "score": float(result.final),
+        "per_lab": [{"lab_id": str(r.lab_id), "score": float(r.score), "n_actions": int(r.n_actions),
+                     "label_frames": int(r.label_frames)} for r in result.per_lab.itertuples(index=False)],
+        "per_action": [{"lab_id": str(r.lab_id), "action": str(r.action), "tp": int(r.tp), "fp": int(r.fp),
+                        "fn": int(r.fn), "f1": float(r.f1)} for r in result.per_action.itertuples(index=False)],
+    }
+
+
+def write_result_json(result: ScoreResult, path: str | Path) -> Path:
+    """Write result_dict(result) atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result_dict(result), indent=1) + "\n")
+    tmp.replace(path)
+    return path

@@ -460,7 +460,15 @@ def _mouse(i: int) -> str:
     return f"mouse{i}"
 
 
-def _fig_ethogram(preds: Any, video: int, scene: bool, path: Path) -> str:
+def ethogram_png(preds: Any, video: int, path: str | Path, predicted: str | None = None) -> Path:
+    """One video's ethogram (true vs predicted lanes per triple) as a PNG; ``predicted`` replaces the
+    legend's description of the predicted lanes (e.g. when ``probs`` hold post-processed 0/1 decisions)."""
+    path = Path(path)
+    _fig_ethogram(preds, video, _is_scene(preds.actions), path, predicted)
+    return path
+
+
+def _fig_ethogram(preds: Any, video: int, scene: bool, path: Path, predicted: str | None = None) -> str:
     from matplotlib.patches import Patch
 
     tracks = np.flatnonzero(np.asarray(preds.video_id) == video)
@@ -524,7 +532,8 @@ def _fig_ethogram(preds: Any, video: int, scene: bool, path: Path) -> str:
     ax.set_title(title)
     rule = "argmax class" if scene else f"p ≥ {THRESHOLD:g}"
     fig.legend(handles=[Patch(facecolor="0.35", label="true (annotation)"),
-                        Patch(facecolor="0.35", alpha=0.45, hatch="///", label=f"predicted ({rule}, unsmoothed)")],
+                        Patch(facecolor="0.35", alpha=0.45, hatch="///",
+                              label=predicted or f"predicted ({rule}, unsmoothed)")],
                loc="outside lower right", ncols=2, fontsize=8, frameon=False)
     _save(fig, path)
     return f"Lab {html.escape(lab)}, video {video}: true vs predicted intervals per (agent, target, action)."
