@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mabe import paths
 from mabe import postprocess, predictions
 from mabe.config import load_config
 from mabe.errors import MabeError
@@ -100,14 +101,14 @@ def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Pat
     table.to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(csv)
     for (lab, video), part in table.groupby(["lab_id", "video_id"], sort=True):  # one file per video too
-        part.to_csv(out / f"intervals_{lab}_{video}.csv", index=False, lineterminator="\n")
+        part.to_csv(_video_file(out, "intervals", lab, video, "csv"), index=False, lineterminator="\n")
     pngs: list[Path] = []
     if png:
         drawn = decisions(preds, intervals)
         videos = list(dict.fromkeys(zip((str(x) for x in preds.lab_id), (int(v) for v in preds.video_id))))
         for lab, video in tqdm(videos, desc="ethograms", unit="video", disable=len(videos) < 4):
             try:
-                pngs.append(ethogram_png(drawn, video, out / f"ethogram_{lab}_{video}.png",
+                pngs.append(ethogram_png(drawn, video, _video_file(out, "ethogram", lab, video, "png"),
                                          predicted="predicted (post-processed intervals, as in intervals.csv)"))
             except NotAvailable as why:
                 print(f"ethogram: {why}")
@@ -123,3 +124,9 @@ def main_from_args(args) -> Path:
     print(f"{len(table)} intervals in {table['video_id'].nunique()} video(s) -> {csv}"
           + (f"; {len(pngs)} ethogram PNG(s) in {args.out}" if pngs else ""))
     return csv
+
+
+def _video_file(out: Path, kind: str, lab: object, video: object, ext: str) -> Path:
+    """``out/<kind>_<lab>_<video>.<ext>``; lab and video come from the predictions file: checked first."""
+    name = f"{kind}_{paths.safe_name(lab, 'predictions', 'lab_id')}_{paths.safe_name(int(video), 'predictions', 'video_id')}"
+    return paths.within(out, out / f"{name}.{ext}")

@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 
 from mabe import data, label_io, pose_io
 from mabe.errors import MabeDataError, MabeError
+from mabe.paths import safe_name, within
 from mabe.synth import PARQUET_KW, TRACKING_SCHEMA, annotation_schema
 
 SOURCES_FILE = "import_sources.csv"
 SOURCES_COLUMNS: tuple[str, ...] = (
     "split", "lab_id", "video_id", "video_name", "source", "format", "individuals", "bodyparts", "fps", "n_frames")
-SAFE_LAB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # a folder name: no separators, no dots first
 SAFE_VIDEO = re.compile(r"^[^\x00-\x1f\x7f/\\]{1,200}$")  # names are matched and printed, never used as paths
 
 # ----------------------------------------------------------------------------- body parts
@@ -341,8 +341,7 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
     from tqdm.auto import tqdm
 
     out = Path(out)
-    if not SAFE_LAB.match(opt.lab):
-        raise MabeError(f"--lab must be letters, digits, _ and - (a folder name), got {opt.lab!r}")
+    safe_name(opt.lab, "mabe import --lab", "lab_id")  # it becomes a folder name
     if opt.split not in ("train", "test"):
         raise MabeError(f"--split must be train or test, got {opt.split!r}")
     if annotations and opt.split != "train":
@@ -388,14 +387,14 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
                                 f"the same tracking, settings and labels are there as video_id {v.video_id}")
         taken.add(v.video_id)
     # ----- everything is checked: write
-    tdir = out / f"{opt.split}_tracking" / opt.lab
+    tdir = within(out, out / f"{opt.split}_tracking" / opt.lab)
     tdir.mkdir(parents=True, exist_ok=True)
     for v in videos:
         tmp = tdir / f".{v.video_id}.parquet.tmp"
         pq.write_table(_tracking_table(v.xy, v.parts), tmp, **PARQUET_KW)
         tmp.replace(tdir / f"{v.video_id}.parquet")
     if ann:
-        adir = out / "train_annotation" / opt.lab
+        adir = within(out, out / "train_annotation" / opt.lab)
         adir.mkdir(parents=True, exist_ok=True)
         for v in videos:
             if v.name in ann:

@@ -198,5 +198,20 @@ def test_ethogram_without_labelled_tracks_says_why(tmp_path, capsys):
     assert "behaviors_labeled" in capsys.readouterr().err
 
 
+
+def test_ethogram_refuses_a_lab_id_that_is_not_a_plain_name(tmp_path, capsys):
+    """lab ids come from the predictions file and become file names: '../x' is refused before any write."""
+    probs = np.zeros((40, 37), np.float16)
+    probs[5:30, 0] = 1.0
+    labeled = np.zeros((1, 37), bool)
+    labeled[0, 0] = True
+    p = predictions.save(tmp_path / "p.npz", probs, np.array([0, 40]), np.array([1]),
+                         np.array(["../../escape"]), np.array([1], np.int8), np.array([2], np.int8),
+                         np.array(data.ACTIONS), labeled, np.array([30.0]))
+    out = tmp_path / "deep" / "e"
+    assert cli.main(["ethogram", str(p), "--out", str(out)]) == 2
+    assert "lab_id" in capsys.readouterr().err
+    assert not (tmp_path / "escape_1.csv").exists() and not list(out.glob("intervals_*"))
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Deliberate breaks and the tests that must catch them (issue 16): apply each break to the source,
+run its tests, expect a failure, put the source back. Prints a markdown table for docs/testing.md.
+
+    PYTHONPATH=$PWD/src:$PWD/tests python scripts/breaks.py            # every break
+    PYTHONPATH=$PWD/src:$PWD/tests python scripts/breaks.py smoothing  # the breaks whose id contains it
+
+A break whose text is no longer in the source (the code moved) is reported as "stale", not run:
+update its file / old text after a refactor. The source file is restored in a ``finally``, even on
+Ctrl-C. Not for CI: it runs the training tests once per break (minutes).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Break:
+    id: str
+    behaviour: str
+    file: str
+    old: str
+    new: str
+    tests: list[str]
+
+
+TB = "tests/test_train_behaviour.py::"
+BREAKS = [
+    Break("warmup-skipped", "linear warmup", "src/mabe/train.py",
+          "                    schedule.before_step(step)\n                    step_fn(b)",
+          "                    step_fn(b)",
+          [TB + "test_lr_ramps_linearly_over_the_first_epoch_then_holds_the_base_lr[1]"]),
+    Break("warmup-in-epochs", "linear warmup", "src/mabe/train.py",
+          "tc.lr * scale, round(tc.warmup_epochs * steps_per_epoch), tc)", "tc.lr * scale, round(tc.warmup_epochs), tc)",
+          [TB + "test_lr_ramps_linearly_over_the_first_epoch_then_holds_the_base_lr"]),
+    Break("class-weight-none", "class / positive weights", "src/mabe/train.py",
+          'loss = scene_loss(logits, b["y"], class_weight, cfg.task.label_smoothing)',
+          'loss = scene_loss(logits, b["y"], None, cfg.task.label_smoothing)',
+          [TB + "test_scene_step_loss_is_the_class_weighted_cross_entropy"]),
+    Break("pos-weight-none", "class / positive weights", "src/mabe/train.py",
+          "pos_weight=pos_weight, reduction=\"none\"", "pos_weight=None, reduction=\"none\"",
+          [TB + "test_pair_step_loss_is_the_pos_weighted_bce_over_labelled_cells",
+           "tests/test_losses.py::test_pair_loss_is_the_hand_written_pos_weighted_bce"]),
+    Break("mixup-mask", "mixup mask", "src/mabe/train.py",
+          "y[perm].float(), mask & mask[perm]", "y[perm].float(), mask",
+          [TB + "test_mixup_loss_counts_only_cells_labelled_in_both_windows"]),
+    Break("early-stop-gt", "early stopping", "src/mabe/train.py",
+          "since_best >= tc.early_stopping_patience", "since_best > tc.early_stopping_patience",
+          [TB + "test_flat_f1_with_patience_1_stops_after_exactly_two_epochs"]),
+    Break("resume-best", "exact resume", "src/mabe/train.py",
+          "best_f1, best_epoch = float(state[ckpt.BEST_METRIC_KEY]), int(state[ckpt.BEST_EPOCH_KEY])",
+          "best_f1, best_epoch = -1.0, 0",
+          [TB + "test_resume_keeps_the_best_epoch_best_checkpoint_and_final_metrics"]),
+    Break("augment-untouched", "augmentation", "src/mabe/train.py",
+          "    return dict(batch, x=x), mix", '    return dict(batch, x=batch["x"].float()), None',
+          ["tests/test_augment.py::test_noise_has_the_configured_spread_on_valid_frames_and_none_on_padding",
+           "tests/test_augment.py::test_mixup_is_the_convex_combination_with_a_permutation_of_the_batch"]),
+    Break("jitter-zero", "augmentation", "src/mabe/train.py",
+          "self.weights,\n                                  self.cfg.augment.temporal_jitter)",
+          "self.weights,\n                                  0)",
+          ["tests/test_augment.py::test_epoch_batches_carry_the_configured_temporal_jitter"]),
+    Break("eval-shift-2", "augmentation (frame alignment)", "src/mabe/evaluate.py",
+          "b = gather(arrays, w, length, mode=ts.mode)",
+          "b = gather(arrays, w, length, torch.full_like(w[:, 0], 2), mode=ts.mode)",
+          ["tests/test_augment.py::test_predictions_line_up_with_the_frames_they_were_computed_from"]),
+    Break("streak-accum", "non-finite streak (grad_accum > 1)", "src/mabe/train.py",
+          "streak = (streak + 1) * bad", "streak = streak + bad",
+          [TB + "test_non_consecutive_nonfinite_steps_do_not_add_up_to_a_streak[2]"]),
+    Break("streak-step", "non-finite streak (grad_accum 1, accel's step)", "src/mabe/accel.py",
+          "self.streak.add_(1).mul_(bad)", "self.streak.add_(bad)",
+          [TB + "test_non_consecutive_nonfinite_steps_do_not_add_up_to_a_streak[1]"]),
+    Break("norm-from-val", "normalisation on train only", "src/mabe/train.py",
+          "stats = stats if stats is not None else norm_stats(train_ts.X)",
+          "stats = stats if stats is not None else norm_stats(val_ts.X)",
+          [TB + "test_normalisation_statistics_come_from_the_training_videos_only"]),
+    Break("fit-on-submitted", "thresholds fitted on validation", "src/mabe/submit.py",
+          "val = predictions.load(fit)", "val = predictions.load(args.predictions)",
+          ["tests/test_postprocess_behaviour.py::test_submit_fits_thresholds_on_the_validation_predictions_not_the_submitted_ones"]),
+    Break("no-smoothing", "smoothing", "src/mabe/postprocess.py",
+          "code = decide(smooth(probs, cfg.smooth_window), thr)", "code = decide(probs, thr)",
+          ["tests/test_postprocess_behaviour.py::test_smoothing_bridges_a_one_frame_dip_and_drops_a_one_frame_spike"]),
+    Break("overlap-per-row", "overlap rule", "src/mabe/submit.py",
+          'action = pd.factorize(sub["action"])[0]', "action = np.arange(n)",
+          ["tests/test_postprocess_behaviour.py::test_the_same_action_may_overlap_itself_but_two_actions_may_not_share_a_frame"]),
+    Break("storage-ignored", "storage dtype", "src/mabe/train.py",
+          "accel.DeviceStore(ts, device, cfg.train.storage_dtype,", 'accel.DeviceStore(ts, device, "auto",',
+          [TB + "test_the_trainer_stores_features_in_the_configured_dtype"]),
+    Break("stream-error-dtype", "storage dtype", "src/mabe/accel.py",
+          "d = (src.to(self.dtype).float() - src).abs()", "d = (src.to(torch.float16).float() - src).abs()",
+          ["tests/test_storage_dtype.py::test_reported_error_is_the_round_trip_through_the_stored_dtype"]),
+    Break("acc-per-frame", "feature units", "src/mabe/features.py",
+          "    acc = time_derivative(vel, fps)\n    body_length", "    acc = time_derivative(vel, 1.0)\n    body_length",
+          ["tests/test_feature_units.py::test_a_known_acceleration_reads_in_cm_per_s2"]),
+    Break("split-swapped", "validation split", "src/mabe/evaluate.py",
+          'return va if split == "val" else tr', 'return tr if split == "val" else va',
+          [TB + "test_evaluation_reads_the_runs_validation_videos_disjoint_from_training"]),
+]
+
+
+def run_tests(tests: list[str]) -> int:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:xdist", "-p", "no:cacheprovider", *tests]
+    return subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+
+
+def check(b: Break) -> str:
+    path = ROOT / b.file
+    original = path.read_text()
+    if original.count(b.old) != 1:
+        return "stale"
+    try:
+        path.write_text(original.replace(b.old, b.new))
+        broken = run_tests(b.tests)
+    finally:
+        path.write_text(original)
+    if broken == 0:
+        return "NOT CAUGHT"
+    return "caught" if run_tests(b.tests) == 0 else "caught, but fails on clean code too"
+
+
+def main(argv: list[str]) -> int:
+    chosen = [b for b in BREAKS if not argv or any(a in b.id for a in argv)]
+    print("| break | behaviour | test(s) | result |\n|---|---|---|---|")
+    bad = 0
+    for b in chosen:
+        t0 = time.perf_counter()
+        result = check(b)
+        bad += result != "caught"
+        names = ", ".join(f"`{t.split('::')[-1]}`" for t in b.tests)
+        print(f"| `{b.id}` | {b.behaviour} | {names} | {result} ({time.perf_counter() - t0:.0f}s) |", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Mutation check of one module with mutmut (not in CI: minutes per module on 2 cores).
+#
+#   scripts/mutation.sh postprocess            # mutate src/mabe/postprocess.py, run its tests
+#   scripts/mutation.sh training/losses        # a module inside a package: src/mabe/training/losses.py
+#   JOBS=4 scripts/mutation.sh metric          # parallel mutants (default 2)
+#   MUTATION_TESTS="tests/unit/test_postprocess.py" scripts/mutation.sh postprocess   # other tests
+#   then, to read a survivor:  cd .mutation/postprocess && mutmut show NAME
+#
+# It works in a scratch copy (.mutation/MODULE, git-ignored): src/, tests/ and pyproject.toml plus
+# a [tool.mutmut] section naming the one file to mutate and the tests that cover it, so runs of
+# different modules never share mutmut's state and the checkout is never touched. mutmut runs
+# only the tests that reach each mutated function (it records them in a first, clean pass).
+# Prints killed / survived / no tests / timeout and the kill rate; docs/testing.md keeps the
+# numbers and the survivors judged equivalent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+MODULE=${1:?usage: scripts/mutation.sh MODULE   (e.g. postprocess, metric, windows)}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+[ -x "$PY" ] || PY=$(command -v python)
+"$PY" -c "import mutmut" 2>/dev/null || { echo "mutmut is not installed: pip install -e '.[mutation]'" >&2; exit 2; }
+MUTMUT=$(dirname "$PY")/mutmut
+SRC=src/mabe/$MODULE.py
+[ -f "$SRC" ] || { echo "no such module: $SRC" >&2; exit 2; }
+
+# the tests that exercise each module (the whole suite would work too, only slower)
+case "$MODULE" in
+  postprocess) TESTS="tests/unit/test_postprocess.py tests/test_postprocess_behaviour.py tests/test_postprocess_edges.py tests/unit/test_submit.py" ;;
+  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_submit.py tests/test_postprocess_behaviour.py" ;;
+  windows)     TESTS="tests/unit/test_windows.py tests/test_augment.py tests/test_norm.py" ;;
+  features)    TESTS="tests/unit/test_features.py tests/test_feature_units.py" ;;
+  submit)      TESTS="tests/unit/test_submit.py tests/test_postprocess_behaviour.py" ;;
+  train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/test_losses.py tests/test_augment.py tests/test_train_behaviour.py" ;;
+  training/step) TESTS="tests/unit/training/test_step.py tests/test_storage_dtype.py" ;;
+  *)           TESTS="tests" ;;
+esac
+TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
+
+WORK=$ROOT/.mutation/${MUTATION_NAME:-${MODULE//\//_}}
+rm -rf "$WORK"
+mkdir -p "$WORK"
+cp -r src tests pyproject.toml "$WORK"/
+find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+{
+  echo
+  echo "[tool.mutmut]"
+  echo "source_paths = [\"src\"]"
+  echo "only_mutate = [\"$SRC\"]"
+  printf 'pytest_add_cli_args_test_selection = ['
+  first=1
+  for t in $TESTS; do [ $first = 1 ] || printf ', '; printf '"%s"' "$t"; first=0; done
+  echo ']'
+  echo 'pytest_add_cli_args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q"]'
+} >> "$WORK/pyproject.toml"
+
+cd "$WORK"
+# one intra-op thread per mutant process: the tests are tiny and the CPUs are shared
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=
+start=$(date +%s)
+"$MUTMUT" run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+"$MUTMUT" export-cicd-stats > /dev/null
+"$PY" - "$MODULE" "$(( $(date +%s) - start ))" <<'EOF'
+import json, sys
+s = json.load(open("mutants/mutmut-cicd-stats.json"))
+killed, survived = s["killed"], s["survived"]
+judged = killed + survived + s.get("timeout", 0)
+rate = 100.0 * (killed + s.get("timeout", 0)) / max(judged, 1)
+print(f"{sys.argv[1]}: {s['total']} mutants, killed {killed}, survived {survived}, no tests {s['no_tests']}, "
+      f"timeout {s.get('timeout', 0)}, suspicious {s.get('suspicious', 0)}, skipped {s.get('skipped', 0)} "
+      f"-> kill rate {rate:.1f}% ({sys.argv[2]} s)")
+EOF
+"$MUTMUT" results 2>/dev/null | sed -n '1,400p' > survivors.txt || true
+echo "survivors: $WORK/survivors.txt (mutmut show NAME inside $WORK for the diff)"

@@ -1,0 +1,211 @@
+"""Position cache -> tracks whose features are computed per batch: issue 13's TrackSet and gather.
+
+The counterpart of ``windows.TrackSet`` / ``windows.gather`` / ``windows.norm_stats`` for the
+compact cache (``mabe.poscache``): instead of a (rows, F) feature matrix it holds every video's int16
+positions once (``poscache.stack_codes``, 288 B a frame for 4 mice x 18 slots, shared by all of a
+video's pair tracks), and ``batch`` returns the same dict as ``windows.gather`` (x, y, valid, mask)
+with x computed by ``features_torch.window_features`` and standardised. Tracks, their order, labels,
+masks and resampled rows are those ``windows.load_trackset`` builds from the float32 cache, so the
+trainer can switch between the two (tests/test_postracks.py checks they agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mabe import features as F
+from mabe import features_torch as FT
+from mabe import poscache
+from mabe.config import FeatureConfig, TaskConfig
+from mabe.data import ACTION_INDEX, ACTIONS
+from mabe.errors import MabeError
+from mabe.windows import IGNORE_INDEX, scene_labels
+
+__all__ = ["PositionTracks", "load_position_tracks", "batch", "norm_stats"]
+
+
+@dataclass
+class PositionTracks:
+    """Tracks over a shared position store; track t is rows ``offsets[t]:offsets[t+1]`` (after resampling)."""
+
+    mode: str  # "scene" | "pair"
+    names: list[str]
+    store: np.ndarray  # int16 (N, n_mice, S, 2): every video's positions, poscache codes
+    video_offsets: np.ndarray  # (V + 1,) int64: video v is store rows video_offsets[v]:video_offsets[v+1]
+    quantum: np.ndarray  # (V,) float64 cm per code
+    video_fps: np.ndarray  # (V,) float64 each video's own frame rate
+    ratio: np.ndarray | None  # (V,) source frames per row (fps / target_fps); None: no resampling
+    track_video: np.ndarray  # (n_tracks,) int64
+    agent: np.ndarray  # (n_tracks,) int64 0-based mouse slot (scene: 0)
+    target: np.ndarray  # (n_tracks,) int64
+    offsets: np.ndarray  # (n_tracks + 1,) int64 rows
+    Y: np.ndarray  # (N_rows, C) uint8 (pair) or (N_rows,) int64 (scene)
+    label_mask: np.ndarray  # (n_tracks, C) bool
+    lab_id: np.ndarray
+    video_id: np.ndarray
+    agent_id: np.ndarray  # (n_tracks,) int8 1-based; -1 in scene mode
+    target_id: np.ndarray
+    fps: np.ndarray  # (n_tracks,) float64 fps of the rows
+    to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def max_ratio(self) -> float:
+        return 1.0 if self.ratio is None else float(self.ratio.max())
+
+    def tensors(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor | None]:
+        """Everything ``batch`` reads, as tensors on ``device`` (the resident store: positions, not features)."""
+        t = {k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))).to(device) for k in (
+            "store", "video_offsets", "quantum", "video_fps", "track_video", "agent", "target", "offsets", "Y",
+            "label_mask")}
+        t["ratio"] = None if self.ratio is None else torch.from_numpy(self.ratio).to(device)
+        return t
+
+
+def _video_folders(cache_dir: Path, wanted: set[int]) -> list[Path]:
+    found = []
+    for meta in cache_dir.glob("videos/*/*/meta.json"):
+        if meta.parent.name.startswith(".") or not meta.parent.name.isdigit():
+            continue
+        if int(meta.parent.name) in wanted:
+            found.append(meta.parent)
+    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))
+
+
+def load_position_tracks(
+    cache_dir: str | Path, task: TaskConfig, videos: Iterable[int], fcfg: FeatureConfig, actions: Sequence[str],
+    slots: Sequence[str], *, drop_unlabeled: bool = True,
+) -> PositionTracks:
+    """Position-cache videos -> PositionTracks of the task's tracks, as ``windows.load_trackset`` would build
+    them from the float32 cache of the same videos and ``fcfg`` (``actions``: the pair-mode outputs)."""
+    cache_dir = Path(cache_dir)
+    wanted = {int(v) for v in videos}
+    names = ["none", *task.classes] if task.mode == "scene" else list(actions)
+    cols = np.array([ACTION_INDEX[a] for a in names]) if task.mode == "pair" else None
+    used, ys, masks, rows_meta, track_rows, to_video = [], [], [], [], [], []
+    target_fps = fcfg.target_fps
+    for folder in _video_folders(cache_dir, wanted):
+        v = poscache.read_video(folder)
+        fps, T = float(v.meta["fps"]), v.n_frames
+        resampled = target_fps is not None and abs(float(target_fps) - fps) > 1e-9
+        frames = F.nearest_frames(T, fps, float(target_fps)) if resampled else None
+        n_rows = len(frames) if resampled else T
+        pairs = v.pairs
+        labels = v.frame_labels(pairs, ACTIONS, frames)  # (n_pairs, rows, 37)
+        labeled = v.labeled_mask(pairs)
+        if v.meta["split"] != "test" and not v.meta["has_labels"]:
+            labeled[:] = False  # as the float32 cache: listed triples without an annotation file say nothing
+        back = (frames, T, fps) if resampled else None
+        row_fps = float(target_fps) if resampled else fps
+        k = len(used)
+        tracks: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        if task.mode == "scene":
+            if not (drop_unlabeled and not labeled.any()):
+                tracks.append((0, 0, scene_labels(labels, task.classes), np.full(len(names), labeled.any())))
+        else:
+            for p, (a, t) in enumerate(pairs):
+                mask = labeled[p, cols]
+                if drop_unlabeled and not mask.any():
+                    continue
+                tracks.append((a - 1, t - 1, labels[p][:, cols], mask))
+        if not tracks:
+            continue
+        used.append((v, fps, resampled))
+        for a, t, y, mask in tracks:
+            ys.append(y)
+            masks.append(mask)
+            track_rows.append(n_rows)
+            to_video.append(back)
+            rows_meta.append((k, a, t, v.meta["lab"], int(v.meta["video"]),
+                              a + 1 if task.mode == "pair" else -1, t + 1 if task.mode == "pair" else -1, row_fps))
+    if not used:
+        raise MabeError(f"{cache_dir}: no {task.mode} tracks with labels among {len(wanted)} videos")
+    store, video_offsets, quantum = poscache.stack_codes([u[0] for u in used], slots, fcfg.n_mice)
+    video_fps = np.array([u[1] for u in used], dtype=np.float64)
+    ratio = video_fps / float(target_fps) if any(u[2] for u in used) else None
+    k, a, t, lab, vid, aid, tid, row_fps = zip(*rows_meta)
+    return PositionTracks(
+        mode=task.mode, names=names, store=store, video_offsets=video_offsets, quantum=quantum, video_fps=video_fps,
+        ratio=ratio, track_video=np.array(k, np.int64), agent=np.array(a, np.int64), target=np.array(t, np.int64),
+        offsets=np.concatenate([[0], np.cumsum(track_rows)]).astype(np.int64),
+        Y=np.concatenate(ys).astype(np.int64 if task.mode == "scene" else np.uint8),
+        label_mask=np.stack(masks).astype(bool), lab_id=np.array(lab, dtype=object), video_id=np.array(vid, np.int64),
+        agent_id=np.array(aid, np.int8), target_id=np.array(tid, np.int8), fps=np.array(row_fps, np.float64),
+        to_video=to_video if any(b is not None for b in to_video) else None,
+    )
+
+
+def _features(arrays: dict, track: torch.Tensor, start: torch.Tensor, length: int, fcfg: FeatureConfig,
+              slots: Sequence[str], mode: str, max_ratio: float, dtype: torch.dtype):
+    video = arrays["track_video"][track]
+    return FT.window_features(
+        arrays["store"], arrays["video_offsets"], video, start, length, arrays["video_fps"], fcfg, slots, mode=mode,
+        agent=arrays["agent"][track], target=arrays["target"][track], ratio=arrays["ratio"], max_ratio=max_ratio,
+        dtype=dtype, quantum=arrays["quantum"])
+
+
+def batch(
+    arrays: dict, windows: torch.Tensor, length: int, fcfg: FeatureConfig, slots: Sequence[str], *, mode: str,
+    max_ratio: float = 1.0, shift: torch.Tensor | None = None, norm: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """``windows.gather`` over PositionTracks.tensors(): windows (B, 2) (track, start), optional start shift
+    (clamped inside the track) -> x (B, W, F) standardised with ``norm`` (mean/std (F,); NaN -> 0) and 0 on
+    padding, y, valid (B, W) and, in pair mode, mask (B, W, C)."""
+    offsets = arrays["offsets"]
+    track, start = windows[:, 0], windows[:, 1]
+    first = offsets[track]
+    n = offsets[track + 1] - first
+    if shift is not None:
+        last = torch.where(n > length, n - length, 0)
+        start = torch.minimum(torch.where(start + shift > 0, start + shift, 0), last)
+    x, valid = _features(arrays, track, start, length, fcfg, slots, mode, max_ratio, dtype)
+    if norm is not None:
+        x = (x - norm["mean"].to(x)) / norm["std"].to(x)
+    x = torch.where(valid[..., None], torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), 0)
+    t = start[:, None] + torch.arange(length, device=x.device)[None, :]
+    rows = first[:, None] + torch.minimum(t, n[:, None] - 1)
+    y = arrays["Y"][rows]
+    out = {"x": x, "valid": valid}
+    if mode == "scene":
+        out["y"] = torch.where(valid, y, IGNORE_INDEX)
+    else:
+        out["y"] = torch.where(valid[..., None], y, 0)
+        out["mask"] = arrays["label_mask"][track][:, None, :] & valid[..., None]
+    return out
+
+
+def norm_stats(arrays: dict, fcfg: FeatureConfig, slots: Sequence[str], *, mode: str, max_ratio: float = 1.0,
+               chunk: int = 1024, windows_per_batch: int = 16) -> dict[str, np.ndarray]:
+    """Per-feature NaN-ignoring mean and std over every row of every track (``windows.norm_stats`` of the
+    features the float32 cache would hold), float32, std 1 where constant or all NaN; one pass in chunks."""
+    lengths = (arrays["offsets"][1:] - arrays["offsets"][:-1]).cpu().numpy()
+    wins = np.array([(t, s) for t, n in enumerate(lengths) for s in range(0, int(n), chunk)], dtype=np.int64)
+    dev = arrays["store"].device
+    s = ss = cnt = None
+    for i in range(0, len(wins), windows_per_batch):
+        w = torch.from_numpy(wins[i : i + windows_per_batch]).to(dev)
+        x, valid = _features(arrays, w[:, 0], w[:, 1], chunk, fcfg, slots, mode, max_ratio, torch.float64)
+        ok = valid[..., None] & torch.isfinite(x)
+        x = torch.where(ok, x, 0.0)
+        part = (x.sum((0, 1)), (x * x).sum((0, 1)), ok.sum((0, 1)).double())
+        s, ss, cnt = part if s is None else (s + part[0], ss + part[1], cnt + part[2])
+    s, ss, cnt = (v.cpu().numpy() for v in (s, ss, cnt))
+    mean = np.divide(s, cnt, out=np.zeros_like(s), where=cnt > 0)
+    var = np.divide(ss, cnt, out=np.zeros_like(s), where=cnt > 0) - mean**2
+    std = np.sqrt(np.maximum(var, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
+
