@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mabe.prepare import bench_prepare
+from mabe.bench import bench_prepare
 
 
 def main() -> None:

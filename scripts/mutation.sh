@@ -4,7 +4,7 @@
 #   scripts/mutation.sh postprocess            # mutate src/mabe/postprocess.py, run its tests
 #   scripts/mutation.sh training/losses        # a module inside a package: src/mabe/training/losses.py
 #   JOBS=4 scripts/mutation.sh metric          # parallel mutants (default 2)
-#   MUTATION_TESTS="tests/test_postprocess.py" scripts/mutation.sh postprocess   # other tests
+#   MUTATION_TESTS="tests/unit/test_postprocess.py" scripts/mutation.sh postprocess   # other tests
 #   then, to read a survivor:  cd .mutation/postprocess && mutmut show NAME
 #
 # It works in a scratch copy (.mutation/MODULE, git-ignored): src/, tests/ and pyproject.toml plus
@@ -26,13 +26,13 @@ SRC=src/mabe/$MODULE.py
 
 # the tests that exercise each module (the whole suite would work too, only slower)
 case "$MODULE" in
-  postprocess) TESTS="tests/test_postprocess.py tests/test_postprocess_behaviour.py tests/test_postprocess_edges.py tests/test_submit.py" ;;
-  metric)      TESTS="tests/test_metric.py tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
-  windows)     TESTS="tests/test_windows.py tests/test_augment.py tests/test_norm.py" ;;
-  features)    TESTS="tests/test_features.py tests/test_feature_units.py" ;;
-  submit)      TESTS="tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
-  train)       TESTS="tests/test_train.py tests/test_losses.py tests/test_augment.py tests/test_train_behaviour.py" ;;
-  accel)       TESTS="tests/test_accel.py tests/test_storage_dtype.py" ;;
+  postprocess) TESTS="tests/unit/test_postprocess.py tests/test_postprocess_behaviour.py tests/test_postprocess_edges.py tests/unit/test_submit.py" ;;
+  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_submit.py tests/test_postprocess_behaviour.py" ;;
+  windows)     TESTS="tests/unit/test_windows.py tests/test_augment.py tests/test_norm.py" ;;
+  features)    TESTS="tests/unit/test_features.py tests/test_feature_units.py" ;;
+  submit)      TESTS="tests/unit/test_submit.py tests/test_postprocess_behaviour.py" ;;
+  train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/test_losses.py tests/test_augment.py tests/test_train_behaviour.py" ;;
+  training/step) TESTS="tests/unit/training/test_step.py tests/test_storage_dtype.py" ;;
   *)           TESTS="tests" ;;
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number

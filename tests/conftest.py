@@ -1,4 +1,6 @@
-"""Shared fixtures: small synthetic datasets made by mabe's own generator, and the real labels."""
+"""Shared fixtures: small synthetic datasets made by mabe's own generator, a fake feature cache, and the
+real labels. Tests live in unit/ (mirroring src/mabe) and integration/ (whole runs, crashes, torchrun,
+the demo, bad input); helpers.py holds what they share beyond fixtures."""
 
 from __future__ import annotations
 
@@ -42,3 +44,11 @@ def real_data() -> Path:
     if not (REAL / "train.csv").is_file():
         pytest.skip(f"real MABe labels not found at {REAL}")
     return REAL
+
+
+@pytest.fixture
+def fake_cache(tmp_path) -> Path:
+    """A feature cache in the design.md layout (tests/helpers.make_fake_cache) under tmp_path/cache."""
+    from helpers import make_fake_cache
+
+    return make_fake_cache(tmp_path / "cache")

@@ -13,7 +13,8 @@ from torch import nn
 # every mabe name these tests use, in one place (the training modules are being reorganised)
 from mabe.config import AugmentConfig, load_config
 from mabe.evaluate import predict_tracks
-from mabe.train import Batches, augment
+from mabe.training.augment import augment
+from mabe.training.batches import Batches
 from mabe.windows import TrackSet, gather, window_index
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # every mabe name these tests use, in one place (the training modules are being reorganised)
-from mabe.train import pair_loss, scene_loss
+from mabe.training.losses import pair_loss, scene_loss
 from mabe.windows import IGNORE_INDEX
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 # every mabe name these tests use, in one place (the training modules are being reorganised)
-from mabe.accel import DeviceStore
+from mabe.training.batches import DeviceStore
 from mabe.windows import TrackSet, gather, window_index
 
 

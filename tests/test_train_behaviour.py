@@ -6,7 +6,7 @@ validation split and the storage dtype. Every test here was seen failing on its 
 
 Observed through stable outputs (metrics.csv, checkpoints, log.txt, eval/) and two hooks: torch's
 global optimizer-step hook (the lr of every optimizer step) and the ``loss_fn`` the trainer hands
-to ``accel.make_train_step`` (the loss the step really optimises).
+to ``training.step.make_train_step`` (the loss the step really optimises).
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-# every mabe name these tests use, in one place (the training modules are being reorganised)
-from mabe import accel, models, predictions, prepare
+from helpers import make_fake_cache
 from mabe import checkpoint as ckpt
+
+# every mabe name these tests use, in one place (the training modules are being reorganised)
+from mabe import models, predictions, prepare
 from mabe import train as T
 from mabe.config import load_config
 from mabe.errors import TrainingError
 from mabe.evaluate import trackset_for_model, videos_of_split
 from mabe.windows import IGNORE_INDEX, load_trackset, norm_stats
-from test_windows import make_fake_cache
 
 TRAIN = T.train
 MAIN = T.main_from_args
@@ -109,15 +110,15 @@ def test_lr_ramps_linearly_over_the_first_epoch_then_holds_the_base_lr(tmp_path,
 
 @pytest.fixture
 def step_loss_fn(monkeypatch):
-    """The ``loss_fn`` the trainer gives accel's step (grad_accum 1), kept after the run."""
+    """The ``loss_fn`` the trainer gives its step (training.step), kept after the run."""
     got = {}
-    real = accel.make_train_step
+    real = T.make_train_step  # the recipe's name for training.step.make_train_step
 
     def spy(model, loss_fn, *a, **k):
         got["fn"] = loss_fn
         return real(model, loss_fn, *a, **k)
 
-    monkeypatch.setattr(accel, "make_train_step", spy)
+    monkeypatch.setattr(T, "make_train_step", spy)
     return got
 
 

@@ -8,9 +8,9 @@
     ``DataLoader`` (one numpy gather per window, jitter and noise in the workers), ``.item()`` every
     step, default (non-fused) AdamW, grad-norm clipping.
 (b) fast: the trainer's own components (``mabe train`` with grad_accum 1 runs this code) -
-    ``accel.DeviceStore`` (training features resident on the device), windows gathered by index and
-    augmented on the device by ``train.augment``, ``train.scene_loss``, ``accel.make_optimizer`` and
-    ``accel.make_train_step``: bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the non-finite
+    ``training.batches.DeviceStore`` (training features resident on the device), windows gathered by
+    index and augmented on the device by ``training.augment``, ``training.losses.scene_loss``,
+    ``training.optim.make_optimizer`` and ``training.step.make_train_step``: bf16 autocast (LSTM fp32/TF32) on CUDA, fused AdamW with the non-finite
     skip on the device, TF32 + cudnn.benchmark, the whole step in one CUDA graph, no sync.
 
 Both train the same model on the same synthetic data of the reference shape (random features 288
@@ -28,22 +28,40 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import os
 import platform
 import shlex
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from mabe import accel, models
-from mabe.config import AugmentConfig, ModelConfig
+from mabe import data, models
+from mabe import features as F
+from mabe.config import AugmentConfig, FeatureConfig, ModelConfig
+from mabe.training.augment import augment as augment_batch
+from mabe.training.batches import DeviceStore, format_bytes
+from mabe.training.device import (
+    backend_flags,
+    pick_device,
+    resolve_lstm_precision,
+    resolve_precision,
+    restore_backends,
+    setup_backends,
+)
+from mabe.training.losses import scene_loss
+from mabe.training.optim import make_optimizer, param_groups
+from mabe.training.step import make_train_step
 from mabe.windows import TrackSet, WindowDataset, gather, window_index
 
 __all__ = [
@@ -135,22 +153,8 @@ class _ReferenceWindows(WindowDataset):
 
 
 def _loss_fn(setup: BenchSetup, device: torch.device):
-    from mabe.train import scene_loss
-
     weight = torch.tensor(setup.class_weights, dtype=torch.float32, device=device)
     return lambda logits, b: scene_loss(logits, b["y"], weight)
-
-
-def _augment(batch: dict, aug: AugmentConfig, gen: torch.Generator, rng: np.random.Generator):
-    from mabe.train import augment
-
-    return augment(batch, aug, gen, rng)
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    from mabe.train import param_groups
-
-    return param_groups(model, weight_decay)
 
 
 def _model(setup: BenchSetup, cfg: ModelConfig | None = None) -> nn.Module:
@@ -196,11 +200,16 @@ def _summary(path: str, batch: int, times: list[float], device: torch.device, pe
         "ms_per_step_mean": statistics.fmean(times) * 1000.0,
         "ms_per_step_pipelined": pipelined_ms if pipelined_ms is not None else statistics.fmean(times) * 1000.0,
         "windows_per_s": batch / (ms / 1000.0), "peak_mem_bytes": peak,
-        "epoch_s": accel.projected_seconds(ms, batch, REFERENCE_EPOCH_WINDOWS),
+        "epoch_s": projected_seconds(ms, batch, REFERENCE_EPOCH_WINDOWS),
     }
     res["epochs100_s"] = res["epoch_s"] * REFERENCE_EPOCHS
     res.update(extra)
     return res
+
+
+def projected_seconds(ms_per_step: float, batch: int, windows: int) -> float:
+    """Seconds for ``windows`` windows at ``ms_per_step`` per batch of ``batch``."""
+    return math.ceil(windows / batch) * ms_per_step / 1000.0
 
 
 def reference_step(model: nn.Module, loss_fn: Any, optimizer: torch.optim.Optimizer, batch: dict,
@@ -241,10 +250,10 @@ def bench_reference(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, war
     Runs with the backend flags PyTorch starts with (no cudnn.benchmark), as the reference did.
     """
     device = setup.torch_device
-    flags = accel.backend_flags()
+    flags = backend_flags()
     torch.backends.cudnn.benchmark = False
     model = _model(setup).to(device).train()
-    optimizer = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    optimizer = torch.optim.AdamW(param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
     loss_fn = _loss_fn(setup, device)
     windows = window_index(ts.lengths, setup.length, 1)
     n = warmup + steps
@@ -269,7 +278,7 @@ def bench_reference(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, war
                 times.append(t1 - t0)
     finally:
         del it
-        accel.restore_backends(flags)
+        restore_backends(flags)
     res = _summary("reference", batch, times, device, _peak(device), final_loss=loss,
                    details=f"fp32 eager, DataLoader({setup.num_workers} workers), .item() per step, AdamW (default)")
     del model, optimizer, loader, dataset
@@ -285,18 +294,18 @@ def bench_fast(
     precision: str = "auto", cuda_graphs: bool | None = None, compile: bool = False, augment: bool = True,
     lstm_precision: str = "fp32",
 ) -> dict:
-    """(b): ``accel`` end to end - resident data, device gather + augmentation, the fused/captured step.
+    """(b): the trainer's components end to end - resident data, device gather + augmentation, the fused/captured step.
 
     ``cuda_graphs`` None = on for CUDA; ``lstm_precision`` fp32 | bf16 | fp16 (``train.lstm_precision``).
     Timed twice: a sync per step (median, like (a)) and pipelined.
     """
     device = setup.torch_device
-    flags = accel.setup_backends(device)
+    flags = setup_backends(device)
     try:
         res = _fast(ts, setup, batch, steps, warmup, storage=storage, precision=precision, cuda_graphs=cuda_graphs,
                     compile=compile, augment=augment, lstm_precision=lstm_precision)
     finally:
-        accel.restore_backends(flags)
+        restore_backends(flags)
     _free(device)  # after _fast returned: its tensors are gone
     return res
 
@@ -305,12 +314,12 @@ def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, 
           cuda_graphs: bool | None, compile: bool, augment: bool, lstm_precision: str = "fp32") -> dict:
     device = setup.torch_device
     graphs = device.type == "cuda" if cuda_graphs is None else (cuda_graphs and device.type == "cuda")
-    store = accel.DeviceStore(ts, device, storage, precision=precision)
+    store = DeviceStore(ts, device, storage, precision=precision)
     model = _model(setup).to(device).train()
     models.set_lstm_precision(model, lstm_precision)
-    optimizer = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+    optimizer = make_optimizer(param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
                                      fused=True, capturable=graphs)
-    step = accel.make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
+    step = make_train_step(model, _loss_fn(setup, device), optimizer, precision=precision,
                                  grad_clip=setup.grad_clip, cuda_graphs=graphs, compile=compile,
                                  warmup=min(max(warmup, 1), 3))
     idx = store.index_device
@@ -326,7 +335,7 @@ def _fast(ts: TrackSet, setup: BenchSetup, batch: int, steps: int, warmup: int, 
     def one(i: int) -> torch.Tensor:
         b = store.batch(windows[order_t[i]], setup.length, shift_t[i] if augment else None)
         if augment:
-            b, _ = _augment(b, aug, gen, rng)  # the trainer's noise (x cast to float32)
+            b, _ = augment_batch(b, aug, gen, rng)  # the trainer's noise (x cast to float32)
         return step(b)
 
     _reset_peak(device)
@@ -362,7 +371,7 @@ def tolerance(precision: str, device: torch.device, lstm_precision: str = "fp32"
     and head, fp16 feature storage: 3e-2. A bf16 LSTM (8-bit mantissas through 100 recurrent steps):
     5e-2; an fp16 one (11-bit mantissas, loss scaled): 3e-2. These are estimates until measured on a GPU.
     """
-    precision = accel.resolve_precision(precision, device)
+    precision = resolve_precision(precision, device)
     base = 3e-2 if precision == "bf16" else (1e-2 if device.type == "cuda" else 1e-4)
     return max(base, {"fp32": 0.0, "bf16": 5e-2, "fp16": 3e-2}[lstm_precision])
 
@@ -396,32 +405,32 @@ def check_same(
         clip = 0.1 * _probe_norm(setup, cfg, batch_of(0), loss_fn)
 
     # (a) the reference: numpy gather on the CPU, fp32 eager, default AdamW
-    flags = accel.backend_flags()
+    flags = backend_flags()
     torch.backends.cudnn.benchmark = False
     model = _model(setup, cfg)
     init = {name: v.clone() for name, v in model.state_dict().items()}
     model.to(device).train()
-    opt = torch.optim.AdamW(_param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
+    opt = torch.optim.AdamW(param_groups(model, setup.weight_decay), lr=setup.lr, betas=setup.betas)
     ref, norms = [], []
     for i in range(k):
         loss, norm = _reference_step_norm(model, loss_fn, opt, batch_of(i), clip)
         ref.append(loss)
         norms.append(norm)
-    accel.restore_backends(flags)
+    restore_backends(flags)
     del model, opt
     _free(device)
 
     # (b) the fast path
-    flags = accel.setup_backends(device)
+    flags = setup_backends(device)
     try:
         model = models.create(cfg.name, setup.n_features, setup.n_classes, cfg)
         model.load_state_dict(init)
         model.to(device).train()
         models.set_lstm_precision(model, lstm_precision)
-        store = accel.DeviceStore(ts, device, storage, precision=precision)
-        opt = accel.make_optimizer(_param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
+        store = DeviceStore(ts, device, storage, precision=precision)
+        opt = make_optimizer(param_groups(model, setup.weight_decay), setup.lr, betas=setup.betas,
                                    fused=True, capturable=graphs)
-        step = accel.make_train_step(model, loss_fn, opt, precision=precision, grad_clip=clip,
+        step = make_train_step(model, loss_fn, opt, precision=precision, grad_clip=clip,
                                      cuda_graphs=graphs, warmup=min(3, max(k // 2, 1)))
         idx = store.index_device
         w_t, o_t = torch.from_numpy(windows).to(idx), torch.from_numpy(order).to(idx)
@@ -429,7 +438,7 @@ def check_same(
         fast = torch.stack(fast_t).tolist() if fast_t else []
         describe = step.describe()
     finally:
-        accel.restore_backends(flags)
+        restore_backends(flags)
     del model, opt, store, step
     _free(device)
 
@@ -441,7 +450,7 @@ def check_same(
           and clip_rel <= CLIP_UPDATE_RTOL)
     return {"steps": k, "batch": batch, "reference_losses": ref, "fast_losses": fast,
             "max_rel_diff": max(rel) if rel else 0.0, "final_rel_diff": rel[-1] if rel else 0.0,
-            "rtol": rtol, "ok": bool(ok), "precision": accel.resolve_precision(precision, device),
+            "rtol": rtol, "ok": bool(ok), "precision": resolve_precision(precision, device),
             "lstm_precision": lstm_precision, "clip": clip, "clipped_steps": clipped,
             "clip_update_rel_diff": clip_rel, "clip_update_rtol": CLIP_UPDATE_RTOL,
             "reference_grad_norms": norms, "fast_details": describe,
@@ -454,14 +463,14 @@ CLIP_UPDATE_RTOL = 1e-3  # fp32 both ways, no TF32: rounding only; a no-op clip 
 
 def _clip_update_diff(setup: BenchSetup, cfg: ModelConfig, batches: list[dict], loss_fn: Any, clip: float) -> float:
     """||update(b) - update(a)|| / ||update(a)|| after ``len(batches)`` plain-SGD steps with ``clip``:
-    the reference step's clip against ``accel``'s step (fp32, backend defaults)."""
+    the reference step's clip against the trainer's step (fp32, backend defaults)."""
     updates = []
     for fast in (False, True):
         model = _model(setup, cfg).to(setup.torch_device).train()
         init = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=setup.lr)
         if fast:
-            step = accel.make_train_step(model, loss_fn, opt, precision="fp32", grad_clip=clip)
+            step = make_train_step(model, loss_fn, opt, precision="fp32", grad_clip=clip)
             for b in batches:
                 step(b)
         else:
@@ -502,6 +511,145 @@ def sweep(ts: TrackSet, setup: BenchSetup, batch_sizes: list[int], steps: int, w
             _free(setup.torch_device)
     fits = [r["batch"] for r in rows if r["fits"]]
     return {"rows": rows, "largest_fit": max(fits) if fits else None}
+
+
+# ----------------------------------------------------------------------------- features vs pandas (--features)
+
+
+def synthetic_tracking(
+    n_frames: int, n_mice: int = 2, seed: int = 0, drop: float = 0.03, size_px: float = 600.0
+) -> pd.DataFrame:
+    """A long-format tracking table (video_frame, mouse_id, bodypart, x, y) of random-walking mice.
+
+    ``drop`` of the rows are removed (missing detections). For benchmarks and tests only.
+    """
+    rng = np.random.default_rng(seed)
+    parts = [p for p in data.DEFAULT_SLOTS if p in data.BODYPARTS]
+    body = np.cumsum(rng.normal(0, 2.0, (n_frames, n_mice, 1, 2)), axis=0) + size_px / 2
+    offsets = rng.normal(0, 15.0, (1, n_mice, len(parts), 2))
+    xy = (body + offsets + rng.normal(0, 0.5, (n_frames, n_mice, len(parts), 2))).astype(np.float32)
+    f, m, p = np.meshgrid(np.arange(n_frames), np.arange(n_mice), np.arange(len(parts)), indexing="ij")
+    df = pd.DataFrame({
+        "video_frame": f.ravel().astype(np.int64),
+        "mouse_id": (m.ravel() + 1).astype(np.int64),
+        "bodypart": np.asarray(parts, dtype=object)[p.ravel()],  # written as parquet utf8, like the real files
+        "x": xy[..., 0].ravel(),
+        "y": xy[..., 1].ravel(),
+    })
+    keep = rng.random(len(df)) >= drop
+    return df[keep].reset_index(drop=True)
+
+
+def _pandas_baseline(path: Path, fps: float, ppc: float, centre: tuple[float, float], max_gap: int,
+                     slots: Sequence[str], n_mice: int = 4) -> np.ndarray:
+    """The straightforward way: read_parquet -> pivot_table -> per-column pandas/np.gradient -> (T, 288)."""
+    df = pd.read_parquet(path)
+    wide = df.pivot_table(index="video_frame", columns=["mouse_id", "bodypart"], values=["x", "y"])
+    wide = wide.reindex(range(int(df["video_frame"].max()) + 1))
+    pos, spd, acc = [], [], []
+    for m in range(1, n_mice + 1):
+        for s in slots:
+            if ("x", m, s) in wide.columns:
+                x = (wide[("x", m, s)] - centre[0]) / ppc
+                y = (wide[("y", m, s)] - centre[1]) / ppc
+                x = x.interpolate(limit=max_gap, limit_area="inside")
+                y = y.interpolate(limit=max_gap, limit_area="inside")
+            else:
+                x = y = pd.Series(np.nan, index=wide.index)
+            vx = np.gradient(x.to_numpy(), 1.0 / fps)
+            vy = np.gradient(y.to_numpy(), 1.0 / fps)
+            ax = np.gradient(vx, 1.0 / fps)
+            ay = np.gradient(vy, 1.0 / fps)
+            pos += [x.to_numpy(), y.to_numpy()]
+            spd.append(np.sqrt(vx**2 + vy**2))
+            acc.append(np.sqrt(ax**2 + ay**2))
+    return np.stack(pos + spd + acc, axis=1).astype(np.float32)
+
+
+def bench_prepare(
+    n_frames: int = 54_000, n_mice: int = 2, repeats: int = 5, seed: int = 0, workdir: str | Path | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Reading + scene features: mabe (read_tracking + scene_features) vs a pandas pivot baseline.
+
+    Same synthetic tracking file for both; the two are timed in alternating rounds (so a burst of
+    load elsewhere hits both) and each reports its best of ``repeats``. Returns frames/s of each,
+    their ratio, the read / feature split, the pair-feature throughput and the largest difference
+    where both results are finite.
+    """
+    fcfg = FeatureConfig()
+    slots = list(data.DEFAULT_SLOTS)
+    fps, ppc, centre = 30.0, 2.0, (300.0, 300.0)
+    tmp_ctx = tempfile.TemporaryDirectory() if workdir is None else None
+    folder = Path(tmp_ctx.name if tmp_ctx else workdir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench_tracking.parquet"
+    synthetic_tracking(n_frames, n_mice, seed).to_parquet(path, index=False)
+
+    def best(fn):
+        times, out = [], None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return min(times), out
+
+    def fast() -> np.ndarray:
+        trk = data.read_tracking(path, slots, data.MAX_MICE)
+        return F.scene_features(trk.xy, fps, ppc, centre, fcfg)
+
+    def baseline() -> np.ndarray:
+        return _pandas_baseline(path, fps, ppc, centre, fcfg.max_gap, slots, fcfg.n_mice)
+
+    try:
+        fast_times, base_times = [], []
+        for _ in range(repeats):  # alternate the two
+            t = time.perf_counter()
+            ours = fast()
+            fast_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            theirs = baseline()
+            base_times.append(time.perf_counter() - t)
+        t_fast, t_base = min(fast_times), min(base_times)
+        t_read, trk = best(lambda: data.read_tracking(path, slots, data.MAX_MICE))
+        t_scene, _ = best(lambda: F.scene_features(trk.xy, fps, ppc, centre, fcfg))
+        cm = F.clean_positions(trk.xy, ppc, centre, fcfg.max_gap)
+        mice = np.flatnonzero(trk.mice).tolist()
+        pairs = [(a, t) for a in mice for t in mice]
+        t_pair, _ = best(lambda: F.all_pair_features(cm, fps, pairs, slots))
+    finally:
+        if tmp_ctx:
+            tmp_ctx.cleanup()
+    both = np.isfinite(ours) & np.isfinite(theirs)
+    n_pos = fcfg.n_mice * len(slots) * 2
+    res = {
+        "n_frames": n_frames,
+        "n_mice": n_mice,
+        "mabe_s": t_fast,
+        "baseline_s": t_base,
+        "mabe_frames_per_s": n_frames / t_fast,
+        "baseline_frames_per_s": n_frames / t_base,
+        "speedup": t_base / t_fast,
+        "read_s": t_read,
+        "scene_s": t_scene,
+        "pair_s": t_pair,
+        "pair_frames_per_s": n_frames / t_pair,
+        "n_pairs": len(pairs),
+        "max_abs_diff_positions": float(np.abs(ours - theirs)[:, :n_pos][both[:, :n_pos]].max(initial=0.0)),
+        # relative to the largest baseline value of the block: float32 rounding, not a formula difference
+        "max_rel_diff_motion": float(np.abs(ours - theirs)[:, n_pos:][both[:, n_pos:]].max(initial=0.0)
+                                     / max(float(np.nanmax(np.abs(theirs[:, n_pos:]))), 1e-12)),
+    }
+    if verbose:
+        print(f"features bench: {n_frames:,} frames, {n_mice} mice, best of {repeats}")
+        print(f"  pandas pivot baseline  {res['baseline_s']:7.3f} s  {res['baseline_frames_per_s']:>12,.0f} frames/s")
+        print(f"  mabe read + scene      {res['mabe_s']:7.3f} s  {res['mabe_frames_per_s']:>12,.0f} frames/s"
+              f"  ({res['speedup']:.1f}x; read {res['read_s']:.3f} s + features {res['scene_s']:.3f} s)")
+        print(f"  mabe pair features     {res['pair_s']:7.3f} s  {res['pair_frames_per_s']:>12,.0f} frames/s"
+              f"  ({len(pairs)} pairs)")
+        print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
+              f"speeds/accelerations {res['max_rel_diff_motion']:.2e} (relative)")
+    return res
 
 
 # ----------------------------------------------------------------------------- environment
@@ -549,10 +697,7 @@ def run(
     the sweep and is reported as ``recommended_lstm_precision`` next to what ``auto`` resolves to.
     """
     steps, warmup, check_steps = max(int(steps), 1), max(int(warmup), 0), max(int(check_steps), 1)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = pick_device(device, torch.cuda.current_device() if torch.cuda.is_available() else 0)
     batch_sizes = batch_sizes or [32 if small else 384]
     main_batch = batch_sizes[0]
     setup = BenchSetup(device=str(dev), model=small_model() if small else ModelConfig())
@@ -589,8 +734,6 @@ def run(
         sw = sweep(ts, setup, batch_sizes, steps, warmup, known={main_batch: fast}, **fast_kwargs)
     feat = None
     if features:
-        from mabe.prepare import bench_prepare
-
         say("features: reading + scene features vs the pandas pivot baseline ...")
         feat = bench_prepare(feature_frames or (10_000 if small else 54_000), n_mice=4, repeats=1 if small else 3,
                              verbose=False)
@@ -608,7 +751,7 @@ def run(
         "class_weights": setup.class_weights, "batch": main_batch, "steps": steps, "warmup": warmup,
         "reference": ref, "fast": fast, "ratio": ratio, "check": check, "sweep": sw, "features": feat,
         "lstm": lstm_rows, "recommended_lstm_precision": fast["lstm_precision"],
-        "auto_lstm_precision": accel.resolve_lstm_precision("auto", dev),
+        "auto_lstm_precision": resolve_lstm_precision("auto", dev),
         "targets": targets, "epoch_windows": REFERENCE_EPOCH_WINDOWS, "wall_s": time.perf_counter() - t0,
     }
 
@@ -641,7 +784,7 @@ def print_results(res: dict) -> None:
     for key, label in (("reference", "(a) reference"), ("fast", "(b) fast")):
         r = res[key]
         t.add_row(label, str(r["batch"]), f"{r['ms_per_step']:.2f}", f"{r['ms_per_step_pipelined']:.2f}",
-                  f"{r['windows_per_s']:,.0f}", accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epoch_s"]),
+                  f"{r['windows_per_s']:,.0f}", format_bytes(r["peak_mem_bytes"]), _dur(r["epoch_s"]),
                   _dur(r["epochs100_s"]))
     con.print(t)
     con.print(f"(a) {res['reference']['details']}")
@@ -683,13 +826,13 @@ def print_results(res: dict) -> None:
         for r in res["sweep"]["rows"]:
             if r["fits"]:
                 t.add_row(str(r["batch"]), "yes", f"{r['ms_per_step']:.2f}", f"{r['windows_per_s']:,.0f}",
-                          accel.format_bytes(r["peak_mem_bytes"]), _dur(r["epochs100_s"]))
+                          format_bytes(r["peak_mem_bytes"]), _dur(r["epochs100_s"]))
             else:
                 t.add_row(str(r["batch"]), "[red]OOM[/]", "-", "-", "-", "-")
         con.print(t)
         con.print(f"largest batch that fits: {res['sweep']['largest_fit']}")
     f = res["features"]
-    if f:  # prepare.bench_prepare's dict; only its core keys are relied on
+    if f:  # bench_prepare's dict; only its core keys are relied on
         line = (f"reading + scene features ({f.get('n_frames', 0):,} frames, {f.get('n_mice', '?')} mice): mabe "
                 f"{f.get('mabe_frames_per_s', float('nan')):,.0f} frames/s vs pandas pivot baseline "
                 f"{f.get('baseline_frames_per_s', float('nan')):,.0f} frames/s ({f.get('speedup', float('nan')):.1f}x)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from mabe import checkpoint, postprocess
 from mabe.errors import MabeError
 
 BUNDLE_CACHE = "mabe_cache"  # relative: the notebook's working folder, never the read-only input
@@ -124,8 +125,6 @@ def build_wheel(dest: Path, wheel: str | Path | None = None) -> Path:
 
 def export_models(runs: list[str], dest: Path) -> list[Path]:
     """Each run / checkpoint / exported file -> ``dest/<name>.mabe`` with a relative feature cache."""
-    from mabe import checkpoint
-
     dest.mkdir(parents=True, exist_ok=True)
     out: list[Path] = []
     for i, run in enumerate(runs):
@@ -149,8 +148,6 @@ def export_models(runs: list[str], dest: Path) -> list[Path]:
 def write_bundle(runs: list[str], out: str | Path, thresholds: str | Path | None = None,
                  wheel: str | Path | None = None, data_default: str = KAGGLE_DATA) -> dict[str, object]:
     """Write the Kaggle dataset folder (see the module docstring); returns what went where."""
-    from mabe import checkpoint, postprocess
-
     if not runs:
         raise MabeError("give at least one run, checkpoint or exported model")
     out = Path(out)

@@ -9,10 +9,7 @@ tensor or a plain Python container, so files load with ``torch.load(weights_only
 from __future__ import annotations
 
 import io
-import os
 import random
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +18,8 @@ import torch
 from torch import nn
 
 import mabe
+from mabe import io as mio
+from mabe import models
 from mabe.config import Config, config_from_dict
 from mabe.errors import MabeError
 
@@ -105,66 +104,20 @@ def _tuplify(x: Any) -> Any:
 
 
 def save(path: str | Path, state: dict) -> Path:
-    """Write ``state`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+    """Write ``state`` atomically and durably (``mabe.io.write_bytes``: temporary file, fsync, ``os.replace``).
 
     A kill mid-write leaves the previous file intact, never a truncated one; the orphaned temporary
     file (``.<name>.<pid>-<hex>.tmp``) is never read and ``clean_partial`` removes it later. The state
     is serialised in memory first, so a failing disk shows up as a plain ``OSError`` (ENOSPC, EROFS,
     EACCES...) from ``open`` / ``write`` / ``os.replace``, after which nothing of the new file remains.
     """
-    path = Path(path)
     buf = io.BytesIO()
     torch.save(state, buf)  # before touching the disk: a serialisation error leaves no file behind
-    data = buf.getbuffer()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "xb") as f:  # normal permissions (umask), unlike mkstemp's 0600
-            _write(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
+    return mio.write_bytes(path, buf.getbuffer(), durable=True)
 
 
-TMP_SUFFIX = ".tmp"
-SLOW_SAVE_ENV = "MABE_TEST_SLOW_SAVE"  # tests only: seconds one checkpoint write takes (see _write)
-
-
-def _write(f: Any, data: memoryview) -> None:
-    """``f.write(data)``; with ``MABE_TEST_SLOW_SAVE=<seconds>`` in 8 chunks spread over that time, so a
-    crash test can land a SIGKILL in the middle of a checkpoint write."""
-    delay = float(os.environ.get(SLOW_SAVE_ENV) or 0)
-    if delay <= 0:
-        f.write(data)
-        return
-    n = len(data)
-    for i in range(8):
-        f.write(data[i * n // 8 : (i + 1) * n // 8])
-        f.flush()
-        time.sleep(delay / 8)
-
-
-def clean_partial(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writes killed mid-way left in ``folder``; returns them."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [p for p in folder.glob(f".*{TMP_SUFFIX}") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
+clean_partial = mio.clean_partial  # the temporaries of writes a kill interrupted
+TMP_SUFFIX = mio.TMP_SUFFIX
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -182,7 +135,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     return state
 
 
-def resolve(run_or_ckpt: str | Path, runs_root: str | Path = "runs") -> Path:
+def resolve(run_or_ckpt: str | Path, runs_root: str | Path = Config.runs) -> Path:
     """A checkpoint file, a run directory or a run name -> the checkpoint file (best, else last)."""
     p = Path(run_or_ckpt)
     if p.is_file():
@@ -204,8 +157,6 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     meta: ``config`` (Config), ``outputs``, ``mode``, ``norm`` (numpy mean/std), ``in_features``,
     ``n_outputs``, ``epoch``, ``best_metric``, ``path``.
     """
-    from mabe import models
-
     path = resolve(path)
     state = load(path)
     cfg: Config = config_from_dict(state[CONFIG_KEY], where=f"{path} (config)")

@@ -1,7 +1,9 @@
 """The ``mabe`` command line: argparse, one thin function per command.
 
 argparse (stdlib) rather than typer: no extra dependency, and ``torchrun -m mabe train`` works as is.
-Each ``cmd_*`` parses nothing itself; it calls into the stage module that does the work.
+Each ``cmd_*`` parses nothing itself; it calls into the stage module that does the work. The stage
+modules are imported inside each ``cmd_*`` on purpose: they pull in torch / pandas / pyarrow, and
+``mabe --help`` or ``mabe status`` should not wait seconds for those.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+
+from mabe.config import Config, ConfigError, load_config
+from mabe.errors import MabeError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -42,7 +47,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from mabe import prepare
-    from mabe.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     prepare.prepare_dataset(
@@ -172,7 +176,7 @@ def cmd_gbdt(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
-    return demo.run_demo(args)
+    return demo.run_demo(args, main)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -363,18 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in [("status", "list runs: state, epoch, best F1"), ("runs", "same as status")]:
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+        p.add_argument("--runs", type=Path, default=Path(Config.runs), help="runs root")
         p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="print a run's log (--follow streams it)")
     p.add_argument("run", help="run directory or name")
     p.add_argument("--follow", "-f", action="store_true", help="keep streaming until the run ends")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+    p.add_argument("--runs", type=Path, default=Path(Config.runs), help="runs root")
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("stop", help="stop a running run gracefully (it writes a checkpoint)")
     p.add_argument("run", help="run directory or name")
-    p.add_argument("--runs", type=Path, default=Path("runs"), help="runs root")
+    p.add_argument("--runs", type=Path, default=Path(Config.runs), help="runs root")
     p.add_argument("--no-wait", action="store_true", help="return at once instead of waiting for the run to stop")
     p.set_defaults(func=cmd_stop)
     return parser
@@ -382,9 +386,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mabe``; clear one-line errors for expected failures."""
-    from mabe.config import ConfigError
-    from mabe.errors import MabeError
-
     args = build_parser().parse_args(argv)
     original = warnings.formatwarning
     warnings.formatwarning = _one_line_warning(args.command)  # data quirks: one line each, no source line

@@ -11,18 +11,18 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mabe import metric, predictions
 from mabe.config import PACKAGED_CONFIGS, resolve_config
 from mabe.errors import MabeError
 
 DEMO_CONFIG = PACKAGED_CONFIGS / "demo.yaml"  # package data: found from any folder, installed or not
 
 
-def _run(argv: list[str]) -> None:
-    from mabe.cli import main
-
+def _run(main: Callable[[list[str]], int], argv: list[str]) -> None:
     print(f"\n$ mabe {' '.join(argv)}", flush=True)
     t0 = time.perf_counter()
     code = main(argv)
@@ -33,8 +33,6 @@ def _run(argv: list[str]) -> None:
 
 def _val_solution(data: Path, val_predictions: Path, out: Path) -> Path:
     """Solution CSV restricted to the validation videos, so training videos do not count as misses."""
-    from mabe import metric, predictions
-
     videos = {str(v) for v in predictions.load(val_predictions).video_id.tolist()}
     sol = metric.load_solution(data)
     sol = sol[sol["video_id"].astype(str).isin(videos)]
@@ -42,8 +40,9 @@ def _val_solution(data: Path, val_predictions: Path, out: Path) -> Path:
     return out
 
 
-def run_demo(args: Any) -> int:
-    """Run the whole pipeline in ``args.workdir``; print where everything is."""
+def run_demo(args: Any, main: Callable[[list[str]], int]) -> int:
+    """Run the whole pipeline in ``args.workdir`` through ``main`` (``mabe.cli.main``, which calls this:
+    the demo sits below the CLI, not beside it); print where everything is."""
     work = Path(args.workdir)
     config = resolve_config(args.config or DEMO_CONFIG)
     if not config.is_file():
@@ -56,25 +55,25 @@ def run_demo(args: Any) -> int:
     t0 = time.perf_counter()
 
     if not (data / "train.csv").is_file() or getattr(args, "fresh", False):
-        _run(["synth", str(data), "--preset", "demo", "--seed", str(args.seed)])
-    _run(["info", str(data)])
-    _run(["train", "-c", str(config), "--data", str(data), "--name", "demo",
+        _run(main, ["synth", str(data), "--preset", "demo", "--seed", str(args.seed)])
+    _run(main, ["info", str(data)])
+    _run(main, ["train", "-c", str(config), "--data", str(data), "--name", "demo",
           "--set", f"cache={cache}", "--set", f"runs={runs}"])
     val_preds = run / "eval" / "val_predictions.npz"
-    _run(["evaluate", str(run), str(data), "--json", str(out / "val_metrics.json")])
+    _run(main, ["evaluate", str(run), str(data), "--json", str(out / "val_metrics.json")])
 
     # Honest score: default post-processing, nothing fitted on the videos being scored.
-    _run(["submit", str(val_preds), "--out", str(out / "val_submission.csv"), "-c", str(config)])
+    _run(main, ["submit", str(val_preds), "--out", str(out / "val_submission.csv"), "-c", str(config)])
     solution = _val_solution(data, val_preds, out / "val_solution.csv")
-    _run(["score", str(solution), str(out / "val_submission.csv")])
+    _run(main, ["score", str(solution), str(out / "val_submission.csv")])
 
     # Thresholds fitted on validation are for the test submission only.
-    _run(["submit", str(val_preds), "--fit", str(val_preds), "--out", str(out / "fit" / "val_fitted.csv"),
+    _run(main, ["submit", str(val_preds), "--fit", str(val_preds), "--out", str(out / "fit" / "val_fitted.csv"),
           "-c", str(config)])
-    _run(["predict", str(run), "--data", str(data), "--split", "test", "--out", str(out / "test_predictions.npz")])
-    _run(["submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "fit" / "thresholds.json"),
+    _run(main, ["predict", str(run), "--data", str(data), "--split", "test", "--out", str(out / "test_predictions.npz")])
+    _run(main, ["submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "fit" / "thresholds.json"),
           "--out", str(out / "submission.csv"), "-c", str(config)])
-    _run(["export", str(run), "--out", str(out / "model.mabe")])  # `mabe train` already wrote report.html
+    _run(main, ["export", str(run), "--out", str(out / "model.mabe")])  # `mabe train` already wrote report.html
 
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s")
     for what, path in [

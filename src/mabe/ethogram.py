@@ -16,7 +16,12 @@ import numpy as np
 import pandas as pd
 
 from mabe import paths
+from mabe import postprocess, predictions
+from mabe.config import load_config
 from mabe.errors import MabeError
+from mabe.importer import SOURCES_FILE
+from mabe.predictions import Predictions
+from mabe.report import NotAvailable, ethogram_png
 
 INTERVALS_FILE = "intervals.csv"
 ETHOGRAM_COLUMNS: tuple[str, ...] = (
@@ -27,8 +32,6 @@ ETHOGRAM_COLUMNS: tuple[str, ...] = (
 
 def _animal_names(data_dir: Path | None) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int], list[str]]]:
     """(lab, video) -> video name, and -> animal names, from import_sources.csv ({} without one)."""
-    from mabe.importer import SOURCES_FILE
-
     path = None if data_dir is None else Path(data_dir) / SOURCES_FILE
     if path is None or not path.is_file():
         return {}, {}
@@ -66,8 +69,6 @@ def intervals_table(preds, intervals: pd.DataFrame, data_dir: Path | None = None
 
 def decisions(preds, intervals: pd.DataFrame):
     """Predictions whose probs are the intervals as 0/1 per frame (labels kept): what the PNGs draw."""
-    from mabe.predictions import Predictions
-
     probs = np.zeros(preds.probs.shape, dtype=np.float16)
     col = {str(a): i for i, a in enumerate(preds.actions)}
     track = {(int(v), int(a), int(t)): i for i, (v, a, t) in enumerate(zip(preds.video_id, preds.agent_id,
@@ -86,9 +87,6 @@ def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Pat
     ``out/ethogram_<lab>_<video_id>.png`` per video; returns (intervals.csv, PNG paths). Ids, not names, in
     file names: lab ids are checked folder names, video names come from users' files."""
     from tqdm.auto import tqdm
-
-    from mabe import postprocess, predictions
-    from mabe.report import NotAvailable, ethogram_png
 
     preds = predictions.load(preds_path)
     if not preds.labeled.any():
@@ -119,9 +117,6 @@ def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Pat
 
 def main_from_args(args) -> Path:
     """``mabe ethogram PREDICTIONS --out DIR [--data DATA] [--thresholds JSON] [-c CONFIG]``."""
-    from mabe import postprocess
-    from mabe.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     thr = postprocess.load_thresholds(args.thresholds) if args.thresholds else {}
     csv, pngs = write_ethograms(args.predictions, args.out, args.data, cfg.postprocess, thr, png=not args.no_png)

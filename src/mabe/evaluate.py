@@ -8,9 +8,8 @@ multi-label detection (threshold 0.5) on the labelled (track, action) cells only
 
 from __future__ import annotations
 
-import contextlib
-import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from mabe import checkpoint as ckpt
+from mabe import metric, postprocess, predictions, prepare, submit
+from mabe.checkpoint import load_for_inference
+from mabe.config import PostprocessConfig
 from mabe.errors import MabeError
-from mabe.windows import TrackSet, gather, rows_to_video_frames, window_index
+from mabe.io import write_json
+from mabe.metric import f1_from_counts
+from mabe.training.device import autocast_for, pick_device
+from mabe.windows import (
+    TrackSet,
+    gather,
+    load_trackset,
+    normalize_,
+    rows_to_video_frames,
+    split_videos,
+    window_index,
+)
 
 __all__ = [
     "frame_metrics",
@@ -39,7 +53,7 @@ __all__ = [
 def _f1_parts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     precision = np.divide(tp, tp + fp, out=np.zeros(tp.shape), where=(tp + fp) > 0)
     recall = np.divide(tp, tp + fn, out=np.zeros(tp.shape), where=(tp + fn) > 0)
-    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(tp.shape), where=(2 * tp + fp + fn) > 0)
+    f1 = f1_from_counts(tp, fp, fn)
     return precision, recall, f1
 
 
@@ -132,20 +146,6 @@ def trackset_metrics(ts: TrackSet, probs: np.ndarray, threshold: float = 0.5) ->
 # ----------------------------------------------------------------------------- prediction
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA, fp32 elsewhere; explicit values pass through."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast where ``precision`` resolves to bf16 (convs and linears; see the model's LSTM note)."""
-    if resolve_precision(precision, device) == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def predict_tracks(
     model: nn.Module, ts: TrackSet, batch: int = 256, stride: int | None = None, *, length: int = 100,
@@ -192,8 +192,6 @@ def competition_score(ts: TrackSet, probs: np.ndarray, data_root: str | Path, pp
     """
     if ts.mode != "pair":
         return None
-    from mabe import metric, postprocess, predictions, submit
-    from mabe.config import PostprocessConfig
 
     preds = predictions.validate(_prediction_arrays(ts, probs, with_labels=False))
     try:
@@ -235,7 +233,6 @@ def save_predictions(
     included), agent and target are -1 and ``labels`` is the one-hot class (the training run's
     ``eval/val_predictions.npz`` for reports; not usable for a submission).
     """
-    from mabe import predictions
 
     if ts.mode == "scene" and allow_scene:
         a = _prediction_arrays(ts, probs, with_labels=False)
@@ -250,47 +247,12 @@ def save_predictions(
                             a["target_id"], a["actions"], a["labeled"], a["fps"], labels=a.get("labels"))
 
 
-def _json_ready(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_json_ready(obj), indent=1) + "\n")
-    tmp.replace(path)
-    return path
-
-
 # ----------------------------------------------------------------------------- loading data for a model
-
-
-def _device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
-    """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
-    from mabe import prepare
-
-    return prepare.ensure_prepared(data_root, cfg.features, cfg.cache, splits)
 
 
 def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
     """Video ids of ``split``: val / train (the training run's split of labelled train videos),
     all (every labelled train video) or test."""
-    from mabe.windows import split_videos
 
     if split == "test":
         return np.unique(index_df.loc[index_df["split"] == "test", "video_id"].to_numpy())
@@ -303,11 +265,9 @@ def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
 
 def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSet:
     """The normalised TrackSet a loaded model (``meta`` from load_for_inference) reads on ``split``."""
-    from mabe import prepare
-    from mabe.windows import load_trackset, normalize_
 
     cfg = meta["config"]
-    cache_dir = ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
+    cache_dir = prepare.ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
     _, index_df = prepare.open_cache(cache_dir)
     videos = videos_of_split(index_df, cfg, split)
     if len(videos) == 0:
@@ -315,6 +275,29 @@ def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSe
     actions = meta["outputs"] if meta["mode"] == "pair" else None
     ts = load_trackset(cache_dir, cfg.task, videos, actions, drop_unlabeled=split != "test", index_df=index_df)
     return normalize_(ts, meta["norm"])
+
+
+def write_validation(
+    cfg: Any, run_dir: Path, model: nn.Module, val_ts: TrackSet, device: torch.device, precision: str,
+    arrays: dict | None = None, say: Callable[[str], Any] = print,
+) -> dict:
+    """A run's best checkpoint (``run_dir/checkpoints/best.pt``, loaded into ``model``) on validation ->
+    ``eval/val_metrics.json`` and ``eval/val_predictions.npz`` (with labels); returns the metrics."""
+    best = run_dir / "checkpoints" / "best.pt"
+    if best.is_file():
+        model.load_state_dict(ckpt.load(best, map_location=device)[ckpt.MODEL_KEY])
+    probs = predict_tracks(model, val_ts, batch=cfg.train.batch_size, stride=cfg.windows.eval_stride,
+                           length=cfg.windows.sequence_length, device=device, precision=precision, arrays=arrays)
+    metrics = trackset_metrics(val_ts, probs)
+    metrics["score"] = competition_score(val_ts, probs, cfg.data, cfg.postprocess)
+    metrics["checkpoint"] = str(best)
+    write_json(run_dir / "eval" / "val_metrics.json", metrics)
+    save_predictions(run_dir / "eval" / "val_predictions.npz", val_ts, probs, with_labels=True, allow_scene=True)
+    line = f"best model on validation: F1 {metrics['f1_macro']:.4f} acc {metrics['accuracy']:.4f}"
+    if metrics["score"] is not None:
+        line += f" score {metrics['score']:.4f}"
+    say(line + f" -> {run_dir / 'eval'}")
+    return metrics
 
 
 # ----------------------------------------------------------------------------- commands
@@ -347,9 +330,8 @@ def _print_table(metrics: dict, title: str) -> None:
 
 def main_from_args(args: Any) -> dict:
     """``mabe evaluate RUN [DATA] [--split val|train|all] [--json FILE]``."""
-    from mabe.checkpoint import load_for_inference
-
-    device = _device()
+    
+    device = pick_device("auto")
     model, meta = load_for_inference(args.run, device)
     cfg = meta["config"]
     data_root = Path(args.data) if args.data else Path(cfg.data)
@@ -368,9 +350,8 @@ def main_from_args(args: Any) -> dict:
 
 def predict_from_args(args: Any) -> Path:
     """``mabe predict CKPT [CKPT ...] --data DIR --split test --out FILE``: averaged probabilities."""
-    from mabe.checkpoint import load_for_inference
-
-    device = _device()
+    
+    device = pick_device("auto")
     ref: TrackSet | None = None
     total: np.ndarray | None = None
     for ck in args.checkpoints:

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from mabe import data, label_io, pose_io
 from mabe.errors import MabeDataError, MabeError
 from mabe.paths import safe_name, within
+from mabe.synth import PARQUET_KW, TRACKING_SCHEMA, annotation_schema
 
 SOURCES_FILE = "import_sources.csv"
 SOURCES_COLUMNS: tuple[str, ...] = (
@@ -288,8 +289,6 @@ def labeled_triples(v: Video, actions: set[str]) -> list[str]:
 def _tracking_table(xy: np.ndarray, parts: list[str]) -> pa.Table:
     """(T, N, K, 2) float32 -> long rows of the tracked points (frame, mouse, part order); the last frame is
     always written (NaN if untracked) so that the reader's T = max(video_frame) + 1 is the video's length."""
-    from mabe.synth import TRACKING_SCHEMA
-
     T, N, K, _ = xy.shape
     ok = np.isfinite(xy[..., 0])
     ok[-1] = True
@@ -340,8 +339,6 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
                   annotations: list[str | Path] | None = None) -> list[Video]:
     """Read, map and check every pose (and label) file, then write them into ``out`` (created, or added to)."""
     from tqdm.auto import tqdm
-
-    from mabe.synth import PARQUET_KW, annotation_schema
 
     out = Path(out)
     safe_name(opt.lab, "mabe import --lab", "lab_id")  # it becomes a folder name

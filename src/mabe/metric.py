@@ -47,13 +47,16 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mabe.errors import MabeDataError, MabeError
+from mabe.schema import INTERVAL_COLUMNS, SOLUTION_COLUMNS, SUBMISSION_COLUMNS
 
 __all__ = [
+    "f1_from_counts",
     "InvalidSubmission",
     "InvalidSolution",
     "ScoreResult",
@@ -67,11 +70,14 @@ __all__ = [
     "main_from_args",
 ]
 
-SOLUTION_COLUMNS = (
-    "lab_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame", "behaviors_labeled",
-)
-SUBMISSION_COLUMNS = ("row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
-_INTERVAL_COLUMNS = ("video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
+_INTERVAL_COLUMNS = INTERVAL_COLUMNS
+
+
+def f1_from_counts(tp: Any, fp: Any, fn: Any) -> np.ndarray:
+    """F1 = 2 TP / (2 TP + FP + FN) elementwise (float64), 0 where all three are 0: the one F1 formula."""
+    tp, fp, fn = np.asarray(tp), np.asarray(fp), np.asarray(fn)
+    denom = 2 * tp + fp + fn
+    return np.divide(2 * tp, denom, out=np.zeros(np.shape(denom), dtype=np.float64), where=denom > 0)
 
 
 class InvalidSubmission(MabeError, ValueError):
@@ -378,8 +384,7 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame) -> ScoreResult:
 
     tp_la, pred_la, label_la = pool(tp), pool(pred_frames), pool(label_frames)
     fp_la, fn_la = pred_la - tp_la, label_la - tp_la
-    denom = 2 * tp_la + fp_la + fn_la
-    f1 = np.where(denom > 0, 2 * tp_la / np.maximum(denom, 1), 0.0)
+    f1 = f1_from_counts(tp_la, fp_la, fn_la)
     split = [str(x).split("\x1f") for x in la_names]
     per_action = pd.DataFrame({
         "lab_id": [x[0] for x in split], "action": [x[1] for x in split],

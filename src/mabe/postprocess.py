@@ -18,7 +18,10 @@ import pandas as pd
 
 from mabe.config import PostprocessConfig
 from mabe.errors import MabeDataError
+from mabe.io import write_json
+from mabe.metric import f1_from_counts
 from mabe.predictions import Predictions
+from mabe.schema import INTERVAL_COLUMNS
 
 __all__ = [
     "smooth",
@@ -32,7 +35,6 @@ __all__ = [
     "INTERVAL_COLUMNS",
 ]
 
-INTERVAL_COLUMNS = ("video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
 Thresholds = dict[tuple[str, str], float | None]
 
 
@@ -189,8 +191,7 @@ def _f1_from_bins(total: np.ndarray, pos: np.ndarray) -> np.ndarray:
     n_pos = pos.sum(-1, keepdims=True)
     fp = predicted - tp
     fn = n_pos - tp
-    denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return f1_from_counts(tp, fp, fn)
 
 
 def fit_thresholds(
@@ -253,12 +254,7 @@ def save_thresholds(path: str | Path, thresholds: Mapping) -> Path:
     nested: dict[str, dict[str, float | None]] = {}
     for (lab, action), thr in sorted(thresholds.items()):
         nested.setdefault(str(lab), {})[str(action)] = None if thr is None else float(thr)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(nested, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, nested, sort_keys=True)
 
 
 def load_thresholds(path: str | Path) -> Thresholds:

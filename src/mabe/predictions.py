@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mabe.errors import MabeDataError
+from mabe.io import atomic_path
 
 __all__ = ["Predictions", "save", "load", "average", "validate"]
 
@@ -185,11 +186,8 @@ def save(
     }
     if preds.labels is not None:
         arrays["labels"] = preds.labels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: savez would add ".npz" to a path
         np.savez(fh, **arrays)
-    tmp.replace(path)
     return path
 
 

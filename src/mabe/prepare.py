@@ -42,10 +42,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from mabe import data, paths
 from mabe import features as F
-from mabe import paths
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
+from mabe.data import MabeDataWarning
 from mabe.errors import MabeDataError, MabeError
+from mabe.io import atomic_path, write_json
 
 __all__ = [
     "prepare_dataset",
@@ -56,7 +58,6 @@ __all__ = [
     "open_cache",
     "load_video",
     "video_dir",
-    "bench_prepare",
     "INDEX_COLUMNS",
 ]
 
@@ -222,15 +223,11 @@ def _damaged(folder: Path, reason: str) -> MabeError:
 
 
 def _slots(fcfg: FeatureConfig) -> list[str]:
-    from mabe import data
-
     return list(fcfg.slots) if fcfg.slots is not None else list(data.DEFAULT_SLOTS)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    os.replace(tmp, path)
+    write_json(path, obj, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:
@@ -260,8 +257,6 @@ def _labels_for(
     task: dict, pairs: list[tuple[int, int]], n_frames: int
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-frame labels (n_pairs, T, 37) uint8, labelled mask (n_pairs, 37) bool and has_labels."""
-    from mabe import data
-
     n_act = len(data.ACTIONS)
     labels = np.zeros((len(pairs), n_frames, n_act), dtype=np.uint8)
     labeled = np.zeros((len(pairs), n_act), dtype=bool)
@@ -346,16 +341,12 @@ def _drop_far_points(xy: np.ndarray, task: dict) -> None:
                             f"{n_far} of {n_pts} points more than {k:g} frame sizes outside it "
                             f"(x {np.nanmin(x):.4g}..{np.nanmax(x):.4g}, y {np.nanmin(y):.4g}..{np.nanmax(y):.4g})")
     xy[far] = np.nan
-    from mabe.data import MabeDataWarning
-
     warnings.warn(f"{path}: {n_far} point(s) far outside the {W:g} x {H:g} px video frame (more than {k:g} "
                   f"frame sizes away) set to missing (NaN), of {n_pts}", MabeDataWarning, stacklevel=3)
 
 
 def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read one video and compute everything the cache stores; pure apart from reading its files."""
-    from mabe import data
-
     slots = _slots(fcfg)
     trk = data.read_tracking(_check_file(task["tracking_path"], "tracking", task), slots, data.MAX_MICE)
     xy = np.asarray(trk.xy)
@@ -517,8 +508,6 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
     if not found:
         raise MabeDataError(root, None, "train.csv and/or test.csv", "neither")
     if "train" not in found:
-        from mabe.data import MabeDataWarning
-
         warnings.warn(f"{root / 'train.csv'}: no such file; preparing {', '.join(found)} only (mabe train and "
                       "evaluate need train.csv)", MabeDataWarning, stacklevel=3)
     return found
@@ -527,8 +516,6 @@ def _splits_present(root: Path, splits: Iterable[str] | None) -> list[str]:
 def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) -> list[dict]:
     """One task per metadata row of ``splits``; ``bad_rows`` collects rows with a bad value instead of
     raising (see data.load_metadata). Raises when no split has a single row (an empty dataset)."""
-    from mabe import data
-
     tasks = []
     for split in splits:
         meta = data.load_metadata(root, split, check_files=False, bad_rows=bad_rows)
@@ -565,8 +552,6 @@ def _tasks(root: Path, splits: list[str], bad_rows: list[dict] | None = None) ->
 def _warn_orphans(root: Path, split: str, meta: pd.DataFrame, skipped: set[str] = frozenset()) -> None:
     """Warn about parquet files of ``split`` that no metadata row lists (they are ignored); ``skipped``:
     '<lab>/<video>.parquet' of rows dropped as bad, which do list theirs."""
-    from mabe import data
-
     listed = (set(data._relative_paths(meta)) if len(meta) else set()) | set(skipped)
     subs = [f"{split}_tracking"] + (["train_annotation"] if split == "train" else [])
     for sub in subs:
@@ -740,9 +725,8 @@ def prepare_dataset(
     listed = {s: {(lab, vid) for sp, lab, vid in rows_now if sp == s}
               for s in ("train", "test") if s not in keep_other}
     index = _build_index(cache_dir, listed)
-    tmp_index = cache_dir / f"index.parquet.{os.getpid()}.tmp"
-    index.to_parquet(tmp_index, index=False)
-    os.replace(tmp_index, cache_dir / "index.parquet")
+    with atomic_path(cache_dir / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
     _write_json(cache_dir / "skipped.json", skipped)
     _write_json(cache_dir / SOURCE_FILE, {"data": here, "csv": {
         s: now[s] for s in ("train", "test") if s in split_list or (s in keep_other and s in prev)}})
@@ -806,146 +790,6 @@ def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True
     return out
 
 
-# ----------------------------------------------------------------------------- benchmark
-
-
-def synthetic_tracking(
-    n_frames: int, n_mice: int = 2, seed: int = 0, drop: float = 0.03, size_px: float = 600.0
-) -> pd.DataFrame:
-    """A long-format tracking table (video_frame, mouse_id, bodypart, x, y) of random-walking mice.
-
-    ``drop`` of the rows are removed (missing detections). For benchmarks and tests only.
-    """
-    from mabe import data
-
-    rng = np.random.default_rng(seed)
-    parts = [p for p in data.DEFAULT_SLOTS if p in data.BODYPARTS]
-    body = np.cumsum(rng.normal(0, 2.0, (n_frames, n_mice, 1, 2)), axis=0) + size_px / 2
-    offsets = rng.normal(0, 15.0, (1, n_mice, len(parts), 2))
-    xy = (body + offsets + rng.normal(0, 0.5, (n_frames, n_mice, len(parts), 2))).astype(np.float32)
-    f, m, p = np.meshgrid(np.arange(n_frames), np.arange(n_mice), np.arange(len(parts)), indexing="ij")
-    df = pd.DataFrame({
-        "video_frame": f.ravel().astype(np.int64),
-        "mouse_id": (m.ravel() + 1).astype(np.int64),
-        "bodypart": np.asarray(parts, dtype=object)[p.ravel()],  # written as parquet utf8, like the real files
-        "x": xy[..., 0].ravel(),
-        "y": xy[..., 1].ravel(),
-    })
-    keep = rng.random(len(df)) >= drop
-    return df[keep].reset_index(drop=True)
-
-
-def _pandas_baseline(path: Path, fps: float, ppc: float, centre: tuple[float, float], max_gap: int,
-                     slots: Sequence[str], n_mice: int = 4) -> np.ndarray:
-    """The straightforward way: read_parquet -> pivot_table -> per-column pandas/np.gradient -> (T, 288)."""
-    df = pd.read_parquet(path)
-    wide = df.pivot_table(index="video_frame", columns=["mouse_id", "bodypart"], values=["x", "y"])
-    wide = wide.reindex(range(int(df["video_frame"].max()) + 1))
-    pos, spd, acc = [], [], []
-    for m in range(1, n_mice + 1):
-        for s in slots:
-            if ("x", m, s) in wide.columns:
-                x = (wide[("x", m, s)] - centre[0]) / ppc
-                y = (wide[("y", m, s)] - centre[1]) / ppc
-                x = x.interpolate(limit=max_gap, limit_area="inside")
-                y = y.interpolate(limit=max_gap, limit_area="inside")
-            else:
-                x = y = pd.Series(np.nan, index=wide.index)
-            vx = np.gradient(x.to_numpy(), 1.0 / fps)
-            vy = np.gradient(y.to_numpy(), 1.0 / fps)
-            ax = np.gradient(vx, 1.0 / fps)
-            ay = np.gradient(vy, 1.0 / fps)
-            pos += [x.to_numpy(), y.to_numpy()]
-            spd.append(np.sqrt(vx**2 + vy**2))
-            acc.append(np.sqrt(ax**2 + ay**2))
-    return np.stack(pos + spd + acc, axis=1).astype(np.float32)
-
-
-def bench_prepare(
-    n_frames: int = 54_000, n_mice: int = 2, repeats: int = 5, seed: int = 0, workdir: str | Path | None = None,
-    verbose: bool = True,
-) -> dict:
-    """Reading + scene features: mabe (read_tracking + scene_features) vs a pandas pivot baseline.
-
-    Same synthetic tracking file for both; the two are timed in alternating rounds (so a burst of
-    load elsewhere hits both) and each reports its best of ``repeats``. Returns frames/s of each,
-    their ratio, the read / feature split, the pair-feature throughput and the largest difference
-    where both results are finite.
-    """
-    import tempfile
-
-    from mabe import data
-
-    fcfg = FeatureConfig()
-    slots = _slots(fcfg)
-    fps, ppc, centre = 30.0, 2.0, (300.0, 300.0)
-    tmp_ctx = tempfile.TemporaryDirectory() if workdir is None else None
-    folder = Path(tmp_ctx.name if tmp_ctx else workdir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "bench_tracking.parquet"
-    synthetic_tracking(n_frames, n_mice, seed).to_parquet(path, index=False)
-
-    def best(fn):
-        times, out = [], None
-        for _ in range(repeats):
-            t = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t)
-        return min(times), out
-
-    def fast() -> np.ndarray:
-        trk = data.read_tracking(path, slots, data.MAX_MICE)
-        return F.scene_features(trk.xy, fps, ppc, centre, fcfg)
-
-    def baseline() -> np.ndarray:
-        return _pandas_baseline(path, fps, ppc, centre, fcfg.max_gap, slots, fcfg.n_mice)
-
-    try:
-        fast_times, base_times = [], []
-        for _ in range(repeats):  # alternate the two
-            t = time.perf_counter()
-            ours = fast()
-            fast_times.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            theirs = baseline()
-            base_times.append(time.perf_counter() - t)
-        t_fast, t_base = min(fast_times), min(base_times)
-        t_read, trk = best(lambda: data.read_tracking(path, slots, data.MAX_MICE))
-        t_scene, _ = best(lambda: F.scene_features(trk.xy, fps, ppc, centre, fcfg))
-        cm = F.clean_positions(trk.xy, ppc, centre, fcfg.max_gap)
-        mice = np.flatnonzero(trk.mice).tolist()
-        pairs = [(a, t) for a in mice for t in mice]
-        t_pair, _ = best(lambda: F.all_pair_features(cm, fps, pairs, slots))
-    finally:
-        if tmp_ctx:
-            tmp_ctx.cleanup()
-    both = np.isfinite(ours) & np.isfinite(theirs)
-    n_pos = fcfg.n_mice * len(slots) * 2
-    res = {
-        "n_frames": n_frames,
-        "n_mice": n_mice,
-        "mabe_s": t_fast,
-        "baseline_s": t_base,
-        "mabe_frames_per_s": n_frames / t_fast,
-        "baseline_frames_per_s": n_frames / t_base,
-        "speedup": t_base / t_fast,
-        "read_s": t_read,
-        "scene_s": t_scene,
-        "pair_s": t_pair,
-        "pair_frames_per_s": n_frames / t_pair,
-        "n_pairs": len(pairs),
-        "max_abs_diff_positions": float(np.abs(ours - theirs)[:, :n_pos][both[:, :n_pos]].max(initial=0.0)),
-        # relative to the largest baseline value of the block: float32 rounding, not a formula difference
-        "max_rel_diff_motion": float(np.abs(ours - theirs)[:, n_pos:][both[:, n_pos:]].max(initial=0.0)
-                                     / max(float(np.nanmax(np.abs(theirs[:, n_pos:]))), 1e-12)),
-    }
-    if verbose:
-        print(f"features bench: {n_frames:,} frames, {n_mice} mice, best of {repeats}")
-        print(f"  pandas pivot baseline  {res['baseline_s']:7.3f} s  {res['baseline_frames_per_s']:>12,.0f} frames/s")
-        print(f"  mabe read + scene      {res['mabe_s']:7.3f} s  {res['mabe_frames_per_s']:>12,.0f} frames/s"
-              f"  ({res['speedup']:.1f}x; read {res['read_s']:.3f} s + features {res['scene_s']:.3f} s)")
-        print(f"  mabe pair features     {res['pair_s']:7.3f} s  {res['pair_frames_per_s']:>12,.0f} frames/s"
-              f"  ({len(pairs)} pairs)")
-        print(f"  max |diff| where both finite: positions {res['max_abs_diff_positions']:.2e} cm, "
-              f"speeds/accelerations {res['max_rel_diff_motion']:.2e} (relative)")
-    return res
+def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:
+    """The cache folder of ``cfg.features`` for ``data_root``, preparing ``splits`` where missing."""
+    return ensure_prepared(data_root, cfg.features, cfg.cache, splits)

@@ -17,13 +17,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mabe import runs
+from mabe import predictions, runs
+from mabe.io import write_text
+from mabe.metric import f1_from_counts
 
 __all__ = ["write_report", "run_lengths", "per_lab_from_predictions", "per_action_from_predictions"]
 
@@ -92,23 +93,7 @@ def _read_metrics(run_dir: Path) -> pd.DataFrame | None:
 
 def _load_predictions(path: Path) -> Any:
     """The predictions ``.npz`` (design.md format) as an object with the documented attributes."""
-    try:
-        from mabe import predictions
-    except ImportError:  # pragma: no cover - predictions.py is part of the package
-        predictions = None
-    if predictions is not None and hasattr(predictions, "load"):
-        return predictions.load(path)
-    with np.load(path, allow_pickle=False) as z:  # pragma: no cover
-        arrays = {k: z[k] for k in z.files}
-    arrays.setdefault("labels", None)
-    return SimpleNamespace(**arrays)
-
-
-def _get(d: dict, *keys: str, default: Any = None) -> Any:
-    for k in keys:
-        if k in d and d[k] is not None:
-            return d[k]
-    return default
+    return predictions.load(path)
 
 
 def _num(x: Any) -> float | None:
@@ -176,9 +161,7 @@ def _counts_by_lab(preds: Any, scene: bool) -> tuple[dict[str, np.ndarray], dict
     return counts, frames
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    den = 2 * tp + fp + fn
-    return np.divide(2 * tp, den, out=np.zeros(np.shape(tp), dtype=np.float64), where=den > 0)
+_f1 = f1_from_counts
 
 
 def per_lab_from_predictions(preds: Any) -> pd.DataFrame:
@@ -230,96 +213,37 @@ def _confusion_from_predictions(preds: Any) -> tuple[np.ndarray, list[str]]:
 
 
 def _per_class_table(vm: dict) -> pd.DataFrame | None:
-    """Per-class metrics from val_metrics.json in any of the shapes the evaluator may write."""
-    for key in ("per_class", "per_action", "classes_metrics"):
-        obj = vm.get(key)
-        if isinstance(obj, dict) and obj:
-            rows = []
-            for name, v in obj.items():
-                if isinstance(v, dict):
-                    rows.append({"name": str(name), "precision": _num(_get(v, "precision", "p")),
-                                 "recall": _num(_get(v, "recall", "r")), "f1": _num(_get(v, "f1", "f1_score")),
-                                 "support": _num(_get(v, "support", "n", "count", "n_frames"))})
-                else:
-                    rows.append({"name": str(name), "precision": None, "recall": None, "f1": _num(v),
-                                 "support": None})
-            return pd.DataFrame(rows)
-        if isinstance(obj, list) and obj and isinstance(obj[0], dict):
-            rows = [{"name": str(_get(v, "name", "class", "action", "label", default=i)),
-                     "precision": _num(_get(v, "precision")), "recall": _num(_get(v, "recall")),
-                     "f1": _num(_get(v, "f1", "f1_score")), "support": _num(_get(v, "support", "n", "count"))}
-                    for i, v in enumerate(obj)]
-            return pd.DataFrame(rows)
-    names = _get(vm, "names", "classes", "class_names", "actions", "labels")
-    f1 = _get(vm, "f1_per_class", "per_class_f1", "f1")
-    if isinstance(names, list) and isinstance(f1, list) and len(names) == len(f1):
-        n = len(names)
-
-        def col(*keys: str) -> list:
-            v = _get(vm, *keys)
-            return [_num(x) for x in v] if isinstance(v, list) and len(v) == n else [None] * n
-
-        df = pd.DataFrame({"name": [str(x) for x in names], "precision": col("precision_per_class", "precision"),
-                           "recall": col("recall_per_class", "recall"), "f1": [_num(x) for x in f1],
-                           "support": col("support", "support_per_class")})
-        tp, fp, fn = col("tp"), col("fp"), col("fn")
-        if all(x is not None for x in tp + fp + fn):  # pair mode: keep the actions that were scored
-            df = df[(np.asarray(tp) + np.asarray(fp) + np.asarray(fn)) > 0].reset_index(drop=True)
-        return df
-    return None
+    """Per-class metrics of val_metrics.json (``evaluate.trackset_metrics``'s lists ``names``,
+    ``precision``, ``recall``, ``f1``, ``support``); pair mode keeps the actions that were scored
+    (``tp + fp + fn > 0``). None when the file has no per-class lists."""
+    names, f1 = vm.get("names"), vm.get("f1")
+    if not (isinstance(names, list) and isinstance(f1, list) and len(names) == len(f1)):
+        return None
+    df = pd.DataFrame({"name": [str(x) for x in names], "precision": vm.get("precision"),
+                       "recall": vm.get("recall"), "f1": f1, "support": vm.get("support")})
+    if "tp" in vm:  # pair mode
+        scored = (np.asarray(vm["tp"]) + np.asarray(vm["fp"]) + np.asarray(vm["fn"])) > 0
+        df = df[scored].reset_index(drop=True)
+    return df
 
 
 def _confusion(vm: dict) -> tuple[np.ndarray, list[str]] | None:
-    obj = _get(vm, "confusion", "confusion_matrix")
-    names = None
-    if isinstance(obj, dict):
-        names = _get(obj, "labels", "classes", "names")
-        obj = _get(obj, "matrix", "counts", "values")
-    if not isinstance(obj, list) or not obj:
+    """Scene mode's ``confusion`` (true x predicted frame counts) and class ``names``; None in pair mode."""
+    if "confusion" not in vm:
         return None
-    cm = np.asarray(obj, dtype=np.float64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        return None
-    n = cm.shape[0]
-    if not (isinstance(names, list) and len(names) == n):
-        names = _get(vm, "names", "classes", "class_names", "labels")
-    if not (isinstance(names, list) and len(names) == n):
-        table = _per_class_table(vm)
-        names = list(table["name"]) if table is not None and len(table) == n else [str(i) for i in range(n)]
-    return cm, [str(x) for x in names]
-
-
-_LAB_SCORE_KEYS = ("score", "competition_score", "val_score", "f1_macro", "macro_f1", "f1")
-_LAB_FRAME_KEYS = ("n_frames", "labelled_frames", "labeled_frames", "n_labelled_frames", "n_labeled_frames",
-                   "frames")
+    return np.asarray(vm["confusion"], dtype=np.float64), [str(x) for x in vm["names"]]
 
 
 def _per_lab_table(vm: dict) -> tuple[pd.DataFrame, str] | None:
-    """val_metrics.json ``per_lab`` -> (DataFrame lab, score, n_frames; the key the scores came from).
-
-    Takes the first numeric value among ``_LAB_SCORE_KEYS`` (the evaluator writes ``f1_macro`` per lab,
-    plus a per-class ``f1`` list, which is skipped).
-    """
-    obj = vm.get("per_lab")
-    items = []
-    if isinstance(obj, dict):
-        items = list(obj.items())
-    elif isinstance(obj, list):
-        items = [(_get(v, "lab", "lab_id", default="?"), v) for v in obj if isinstance(v, dict)]
-    rows, kinds = [], []
-    for lab, v in items:
-        if isinstance(v, dict):
-            key = next((k for k in _LAB_SCORE_KEYS if _num(v.get(k)) is not None), None)
-            frames = next((_num(v[k]) for k in _LAB_FRAME_KEYS if _num(v.get(k)) is not None), None)
-            rows.append({"lab": str(lab), "score": _num(v.get(key)) if key else None, "n_frames": frames})
-            kinds.append(key)
-        else:
-            rows.append({"lab": str(lab), "score": _num(v), "n_frames": None})
-            kinds.append("score")
-    kinds = [k for k in kinds if k]
-    if not rows or not kinds:
+    """val_metrics.json ``per_lab`` (``{lab: {"f1_macro", "accuracy", "f1"}}``) -> (DataFrame lab,
+    score, n_frames; ``"f1_macro"``, the score's name); None without per-lab numbers."""
+    per_lab = vm.get("per_lab")
+    if not isinstance(per_lab, dict) or not per_lab:
         return None
-    return pd.DataFrame(rows), max(set(kinds), key=kinds.count)
+    rows = [{"lab": str(lab), "score": _num(v.get("f1_macro")), "n_frames": None} for lab, v in per_lab.items()]
+    if all(r["score"] is None for r in rows):
+        return None
+    return pd.DataFrame(rows), "f1_macro"
 
 
 # ----------------------------------------------------------------------------- figures
@@ -704,7 +628,7 @@ def _section(sections: list[Section], title: str, fn: Callable[[], str]) -> None
     sections.append(Section(title, body))
 
 
-def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") -> Path:
+def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = runs.RUNS_ROOT) -> Path:
     """Write ``report.html`` and ``figures/*.png`` into the run directory; return the HTML path.
 
     ``run``: a run directory or a run name under ``runs_root``.
@@ -765,18 +689,15 @@ def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") 
     def per_lab() -> str:
         got = _per_lab_table(vm) if vm else None
         vm_table, vm_kind = got if got else (None, None)
-        vm_is_score = vm_kind in ("score", "competition_score", "val_score")
         pred_table = None
-        if preds is not None and preds.labels is not None and not vm_is_score:
+        if preds is not None and preds.labels is not None:
             pred_table = per_lab_from_predictions(preds)
         series: list[tuple[str, pd.DataFrame]] = []
-        if vm_table is not None and vm_is_score:
-            series.append(("competition score (val_metrics.json)", vm_table))
         if pred_table is not None and not pred_table.empty:
             what = "macro F1 over classes except none" if scene else "competition-style score"
             series.append((f"{what}, from val_predictions.npz (p ≥ 0.5, unsmoothed)"
                            if not scene else f"{what}, from val_predictions.npz (argmax)", pred_table))
-        if vm_table is not None and not vm_is_score:
+        if vm_table is not None:
             series.append((f"frame {vm_kind} (val_metrics.json)", vm_table))
         if not series:
             why = "no per_lab in eval/val_metrics.json"
@@ -855,8 +776,4 @@ def write_report(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") 
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>mabe run {name}</title>'
             f"<style>{_CSS}</style></head><body>\n" + "\n".join(body)
             + f'\n<p class="sub">generated by mabe report in {time.perf_counter() - t0:.1f} s</p></body></html>\n')
-    out = run_dir / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(run_dir / "report.html", page)

@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from mabe import paths
+from mabe.config import Config
 from mabe.errors import MabeError
+from mabe.io import write_json
 
 __all__ = [
+    "RUNS_ROOT",
     "STATES",
     "LOCK_FILE",
     "run_dir_for",
@@ -41,6 +44,7 @@ __all__ = [
     "stop",
 ]
 
+RUNS_ROOT: str = Config.runs  # the default runs root: config.py's, nowhere else
 STATES = ("running", "finished", "failed", "stopped")  # what the trainer writes; "died" is derived
 POLL_S = 0.5  # logs --follow polling interval
 STOP_TIMEOUT_S = 120.0  # how long stop() waits for the run to finish its step and exit
@@ -100,7 +104,7 @@ def lock_holder(run_dir: str | os.PathLike) -> int | None:
     return None
 
 
-def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = "runs") -> Path:
+def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT) -> Path:
     """A run directory path, or a run name under ``runs_root`` -> the run directory.
 
     Raises MabeError naming the available runs when neither exists.
@@ -144,9 +148,7 @@ def write_status(run_dir: str | os.PathLike, **updates: Any) -> dict[str, Any]:
     status.update(updates)
     if "updated" not in updates:
         status["updated"] = _now()
-    tmp = run_dir / f".status.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(status, indent=2, default=str) + "\n")
-    os.replace(tmp, run_dir / "status.json")
+    write_json(run_dir / "status.json", status, indent=2, default=str)
     return status
 
 
@@ -287,7 +289,7 @@ def detach(argv: list[str], run_dir: str | os.PathLike, command: list[str] | Non
 # ----------------------------------------------------------------------------- logs
 
 
-def logs(run: str | os.PathLike, follow: bool = False, runs_root: str | os.PathLike = "runs") -> int:
+def logs(run: str | os.PathLike, follow: bool = False, runs_root: str | os.PathLike = RUNS_ROOT) -> int:
     """Print ``log.txt``; with ``follow``, stream new output until the run stops running.
 
     Returns 0, or with ``follow`` 1 when the run ended ``failed`` or ``died``. Ctrl-C stops following
@@ -373,7 +375,7 @@ def _parse_time(value: Any) -> datetime | None:
     return t.astimezone().replace(tzinfo=None) if t.tzinfo else t
 
 
-def list_runs(runs_root: str | os.PathLike = "runs") -> list[dict[str, Any]]:
+def list_runs(runs_root: str | os.PathLike = RUNS_ROOT) -> list[dict[str, Any]]:
     """One dict per run directory under ``runs_root``, oldest first.
 
     Keys: name, path, state (running | finished | failed | stopped | died | unknown), pid, epoch,
@@ -448,7 +450,7 @@ _STATE_STYLE = {
 }
 
 
-def print_status(runs_root: str | os.PathLike = "runs") -> None:
+def print_status(runs_root: str | os.PathLike = RUNS_ROOT) -> None:
     """A table of every run under ``runs_root``: state, progress, best F1, last score, device, time."""
     from rich.console import Console
     from rich.table import Table
@@ -484,7 +486,7 @@ def print_status(runs_root: str | os.PathLike = "runs") -> None:
 # ----------------------------------------------------------------------------- stop
 
 
-def stop(run: str | os.PathLike, runs_root: str | os.PathLike = "runs", wait: bool = True,
+def stop(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT, wait: bool = True,
          timeout: float = STOP_TIMEOUT_S) -> int:
     """Ask a running run to stop: SIGTERM to its pid (the trainer finishes the step, writes
     checkpoints/last.pt and marks itself ``stopped``). With ``wait``, wait up to ``timeout`` s.

@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mabe.data import ACTIONS
+from mabe import postprocess, predictions
+from mabe.config import load_config
 from mabe.errors import MabeError
-from mabe.metric import SUBMISSION_COLUMNS, InvalidSubmission, find_pair_overlap, mouse_ids
+from mabe.io import atomic_path
+from mabe.metric import InvalidSubmission, find_pair_overlap, mouse_ids
+from mabe.schema import ACTIONS, INTERVAL_COLUMNS, SUBMISSION_COLUMNS
 
 __all__ = ["to_submission", "validate_submission", "write_submission", "main_from_args"]
 
@@ -31,7 +34,7 @@ def to_submission(intervals: pd.DataFrame) -> pd.DataFrame:
 
     Integer ids become ``mouseN`` (``self`` where target == agent); string ids are kept as given.
     """
-    need = ["video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame"]
+    need = list(INTERVAL_COLUMNS)
     missing = [c for c in need if c not in intervals.columns]
     if missing:
         raise InvalidSubmission(f"intervals are missing column(s) {', '.join(missing)}")
@@ -181,16 +184,12 @@ def validate_submission(sub: pd.DataFrame, metadata=None) -> None:
 def write_submission(sub: pd.DataFrame, path: str | Path) -> Path:
     """Write the CSV atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sub.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        sub.to_csv(tmp, index=False)
     return path
 
 
 def _thresholds_for(args, cfg) -> Mapping:
-    from mabe import postprocess, predictions
-
     fit = getattr(args, "fit", None)
     given = getattr(args, "thresholds", None)
     if fit is not None and given is not None:
@@ -233,9 +232,6 @@ def warn_uncovered_thresholds(preds, thresholds: Mapping, source: object, defaul
 
 def main_from_args(args) -> pd.DataFrame:
     """``mabe submit PREDICTIONS --out CSV [--fit VAL | --thresholds JSON]``."""
-    from mabe import postprocess, predictions
-    from mabe.config import load_config
-
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     preds = predictions.load(args.predictions)
     thr = _thresholds_for(args, cfg)

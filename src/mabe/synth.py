@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mabe.data import ACTIONS, BODYPARTS, HEADPIECE_PARTS
+from mabe.schema import ACTIONS, BODYPARTS, HEADPIECE_PARTS, METADATA_COLUMNS, SUBMISSION_COLUMNS
 
 __all__ = [
     "COLUMNS", "PRESETS", "TRACKING_SCHEMA", "Arena", "Interval", "LabPick", "Preset", "Scene",
@@ -63,17 +63,7 @@ __all__ = [
 
 STATS_PATH = Path(__file__).with_name("synth_stats.json")
 
-# train.csv / test.csv: the 38 real columns, in the real order.
-COLUMNS: tuple[str, ...] = (
-    ("lab_id", "video_id")
-    + tuple(f"mouse{i}_{f}" for i in range(1, 5) for f in ("strain", "color", "sex", "id", "age", "condition"))
-    + (
-        "frames_per_second", "video_duration_sec", "pix_per_cm_approx", "video_width_pix",
-        "video_height_pix", "arena_width_cm", "arena_height_cm", "arena_shape", "arena_type",
-        "body_parts_tracked", "behaviors_labeled", "tracking_method",
-    )
-)
-SUBMISSION_COLUMNS = ("row_id", "video_id", "agent_id", "target_id", "action", "start_frame", "stop_frame")
+COLUMNS = METADATA_COLUMNS  # train.csv / test.csv: the 38 real columns, in the real order
 
 # Tracking parquet. The real Kaggle tracking files could not be inspected (not downloadable, and no
 # public schema dump was found); this is the fallback agreed for the project: video_frame int64,

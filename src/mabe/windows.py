@@ -19,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mabe import prepare
 from mabe.config import TaskConfig
-from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.errors import MabeError
+from mabe.schema import ACTION_INDEX, ACTIONS
 
 __all__ = [
     "IGNORE_INDEX",
@@ -178,15 +179,11 @@ def _check_actions(actions: Iterable[str], where: str) -> list[str]:
 
 
 def _open_cache(cache_dir: Path) -> pd.DataFrame:
-    from mabe import prepare
-
     _, index_df = prepare.open_cache(cache_dir)
     return index_df
 
 
 def _load_video(cache_dir: Path, lab: str, video_id: int) -> dict:
-    from mabe import prepare
-
     return prepare.load_video(cache_dir, lab, int(video_id), mmap=True)
 
 

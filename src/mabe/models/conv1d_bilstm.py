@@ -14,7 +14,7 @@ LSTM precision (``train.lstm_precision``, set with ``set_lstm_precision``): auto
 cuDNN's ``lstm`` to *fp16* whatever dtype was asked for, so the LSTM always runs outside autocast,
 in the dtype chosen here: ``fp32`` (TF32 tensor cores on CUDA; what a new model runs), ``bf16`` (cuDNN's bf16
 RNN kernels, torch >= 2.10 with cuDNN >= 9.13 on sm80+; older cuDNN falls back to a slow non-cuDNN
-path) or ``fp16`` (the trainer then scales the loss, see ``accel.TrainStep``). In bf16/fp16 the
+path) or ``fp16`` (the trainer then scales the loss, see ``training.step.TrainStep``). In bf16/fp16 the
 weights are cast per forward from the fp32 master copy (gradients flow back to it in fp32) and the
 output is cast back to fp32 for the head.
 """
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models import register
+from mabe.models.registry import register
 
 _LSTM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

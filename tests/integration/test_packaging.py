@@ -15,7 +15,7 @@ import pytest
 
 from mabe import cli, config, metric
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_are_the_repository_configs():

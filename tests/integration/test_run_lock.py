@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import yaml
-
-from mabe import cli, paths, runs
 from test_crash import _env, _kill, _mabe, _raw, _wait_for
-from test_windows import make_fake_cache
+
+from helpers import make_fake_cache
+from mabe import cli, paths, runs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -21,7 +21,6 @@ Tolerance: 1e-5 absolute on weights and 1e-5 relative on every logged loss / met
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -34,10 +33,11 @@ import pytest
 import torch
 import yaml
 
+from helpers import metric_rows, tiny_run
 from mabe import checkpoint as ckpt
 from mabe import train as T
 from mabe.config import load_config
-from test_windows import make_fake_cache
+from mabe.training import runlog, schedule
 
 pytestmark = [pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -50,15 +50,9 @@ HANG_S = 600
 
 
 def _config(tmp_path: Path, task: dict | None = None, **train) -> dict:
-    return {
-        "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
-        "task": task or {"mode": "scene"},
-        "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
-        "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1, "dropout": 0.0, "norm": "group"},
-        "augment": {"noise_std": 0.0, "temporal_jitter": 2, "mixup_alpha": 0.0},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu", **train},
-    }
+    return tiny_run(tmp_path, task=task or {"mode": "scene"}, model={"dropout": 0.0, "norm": "group"},
+                    augment={"noise_std": 0.0, "mixup_alpha": 0.0},
+                    train={"epochs": 2, "batch_size": 8, "device": "cpu", **train})
 
 
 def _write(tmp_path: Path, name: str, raw: dict) -> Path:
@@ -69,7 +63,7 @@ def _write(tmp_path: Path, name: str, raw: dict) -> Path:
 
 def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -81,12 +75,7 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
             "-m", "mabe", *args]
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        del r["epoch_time_s"], r["windows_per_s"]
-    return rows
+_rows = metric_rows
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -104,8 +93,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return make_fake_cache(tmp_path / "cache")
+def cache(fake_cache):
+    return fake_cache
 
 
 @pytest.mark.parametrize("task", [
@@ -163,7 +152,7 @@ def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, 
     state = ckpt.load(run / "checkpoints" / "last.pt")
     stopped_epoch, micro = state[ckpt.EPOCH_KEY], state[ckpt.BATCH_KEY]
     assert state[ckpt.WORLD_KEY] == 2 and stopped_epoch < 40
-    assert (state[ckpt.STEP_KEY] % T.STOP_CHECK_STEPS == 0) or micro == 0  # a mid-epoch stop lands on a check
+    assert (state[ckpt.STEP_KEY] % runlog.STOP_CHECK_STEPS == 0) or micro == 0  # a mid-epoch stop lands on a check
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
     end = stopped_epoch + 2  # finish the interrupted epoch (if any) and one more
@@ -180,11 +169,11 @@ def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, 
 
 
 def test_stop_flag_and_lr_scaling_units():
-    assert T._lr_factor("none", 8) == 1.0 and T._lr_factor("linear", 8) == 8.0
-    assert T._lr_factor("sqrt", 4) == 2.0
-    stop = T.StopRequest.__new__(T.StopRequest)  # no signal handlers: the flag logic alone
+    assert schedule.lr_factor("none", 8) == 1.0 and schedule.lr_factor("linear", 8) == 8.0
+    assert schedule.lr_factor("sqrt", 4) == 2.0
+    stop = runlog.StopRequest.__new__(runlog.StopRequest)  # no signal handlers: the flag logic alone
     stop.requested, stop.world, stop.every, stop.announced = False, 1, 10, False
-    stop.signal_name, stop.log = "SIGTERM", T.RunLog(Path("."), None, enabled=False)
+    stop.signal_name, stop.log = "SIGTERM", runlog.RunLog(Path("."), None, enabled=False)
     assert not stop.check(10)
     stop.requested = True
     assert stop.check(3) and stop.agree()  # one process: every step, no collective

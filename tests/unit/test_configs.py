@@ -9,7 +9,7 @@ import pytest
 from mabe.bench import REFERENCE_EPOCH_WINDOWS
 from mabe.config import ConfigError, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
 
 def test_there_are_configs():

@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL at seeded random moments, failing disks, non-finite streaks, graceful stops.
 
 The kill test runs ``python -m mabe train`` in a subprocess, kills it (SIGKILL: no handler runs) mid
-epoch, in the middle of a checkpoint write (``MABE_TEST_SLOW_SAVE`` stretches each write over a
+epoch, in the middle of a checkpoint write (``tests/slow_save.py`` stretches each write over a
 second so the kill lands inside it) and at a random moment, resuming after each kill from whatever
 ``checkpoints/last.pt`` holds. After every kill the latest checkpoint must load and be complete; at
 the end the metrics and weights must equal those of an uninterrupted run exactly (CPU).
@@ -24,32 +24,25 @@ import pytest
 import torch
 import yaml
 
+from helpers import metric_rows as _rows  # metrics.csv rows without the timing columns
+from helpers import tiny_run
 from mabe import checkpoint as ckpt
+from mabe import io as mio
 from mabe import models, runs
 from mabe import train as T
 from mabe.config import load_config
 from mabe.errors import TrainingError
-from test_distributed import _rows  # metrics.csv rows without the timing columns
-from test_windows import make_fake_cache
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
 
 
 def _raw(tmp_path: Path, **train) -> dict:
-    return {
-        "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
-        "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
-        "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
-        "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
-        "train": {"epochs": 6, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, "device": "cpu",
-                  "steps_per_epoch": 30, **train},
-    }
+    return tiny_run(tmp_path, train={"epochs": 6, "device": "cpu", "steps_per_epoch": 30, **train})
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return make_fake_cache(tmp_path / "cache")
+def cache(fake_cache):
+    return fake_cache
 
 
 def _weights(path: Path) -> dict:
@@ -58,7 +51,7 @@ def _weights(path: Path) -> dict:
 
 def _env(**extra: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + env.get("PYTHONPATH", "")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     return env
@@ -90,7 +83,9 @@ def _start(cfg: Path, run: Path, slow_save: float = 0.0) -> subprocess.Popen:
         argv = _mabe("train", "--resume", str(run))
     else:  # killed before its first checkpoint: start again under the same name
         argv = _mabe("train", "--config", str(cfg), "--name", run.name)
-    env = _env(**({ckpt.SLOW_SAVE_ENV: str(slow_save)} if slow_save else {}))
+    if slow_save:  # each checkpoint write takes slow_save seconds (tests/slow_save.py wraps mabe.io's write)
+        argv = [sys.executable, str(Path(__file__).with_name("slow_save.py")), str(slow_save), *argv[3:]]
+    env = _env()
     return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -255,9 +250,9 @@ def test_unwritable_checkpoint_dir_is_a_clear_error_and_keeps_the_previous(tmp_p
 
     monkeypatch.setattr(T, "epoch_line", epoch_line)
     if where == "replace":
-        monkeypatch.setattr(ckpt.os, "replace", replace)
+        monkeypatch.setattr(mio.os, "replace", replace)
     else:
-        monkeypatch.setattr(ckpt, "open", open_, raising=False)
+        monkeypatch.setattr(mio, "open", open_, raising=False)
     with pytest.raises(TrainingError) as err:
         T.train(load_config(None, _raw(tmp_path, epochs=3)), run)
     msg = str(err.value)

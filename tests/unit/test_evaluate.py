@@ -117,7 +117,7 @@ def test_predict_refuses_scene_models(tmp_path):
 
 
 def test_predict_from_args_averages_checkpoints(tmp_path, monkeypatch):
-    from test_windows import make_fake_cache
+    from helpers import make_fake_cache
 
     monkeypatch.chdir(tmp_path)
     make_fake_cache(tmp_path / "cache", n_pair=6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import signal
@@ -12,140 +11,27 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import metric_rows as _rows
+from helpers import tiny_run
 from mabe import checkpoint as ckpt
 from mabe import models, predictions
 from mabe import train as T
-from mabe.config import Config, TrainConfig, load_config
+from mabe.config import Config, load_config
 from mabe.errors import TrainingError
-from mabe.windows import TrackSet
-from test_windows import make_fake_cache
 
 torch.set_num_threads(1)
-
-
-# ----------------------------------------------------------------------------- pure pieces
-
-
-def test_warmup_is_a_pure_function_of_the_step():
-    assert [T.warmup_lr(s, 4e-4, 4) for s in range(6)] == pytest.approx([1e-4, 2e-4, 3e-4, 4e-4, 4e-4, 4e-4])
-    assert T.warmup_lr(0, 4e-4, 0) == 4e-4
-
-
-def test_schedule_warmup_then_plateau():
-    p = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.AdamW([p], lr=1.0)
-    tc = TrainConfig(lr=4e-4, plateau_patience=1, plateau_factor=0.5, min_lr=1.5e-4)
-    sched = T.LRSchedule(opt, 4e-4, warmup_steps=6, cfg=tc)  # 3 steps per epoch, 2 warmup epochs
-    lrs = []
-    for step in range(6):
-        sched.before_step(step)
-        lrs.append(sched.lr)
-        if step % 3 == 2:
-            sched.after_epoch(0.1, step + 1 if step == 5 else step)  # epoch 1 ends inside warmup
-    assert lrs == pytest.approx([4e-4 * k / 6 for k in range(1, 7)])
-    assert sched.lr == pytest.approx(4e-4)  # the plateau ignored the warmup epoch
-    sched.after_epoch(0.1, 6)  # no improvement: patience 1 used up
-    assert sched.lr == pytest.approx(4e-4)
-    sched.after_epoch(0.1, 9)
-    assert sched.lr == pytest.approx(2e-4)
-    sched.after_epoch(0.1, 12)
-    sched.after_epoch(0.1, 15)
-    assert sched.lr == pytest.approx(1.5e-4)  # min_lr
-    state = sched.state_dict()
-    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
-    sched2 = T.LRSchedule(opt2, 4e-4, 6, tc)
-    sched2.load_state_dict(state)
-    assert sched2.lr == sched.lr and sched2.plateau.num_bad_epochs == sched.plateau.num_bad_epochs
-
-
-def test_masked_loss_ignores_unlabelled_triples():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 3, requires_grad=True)
-    y = (torch.rand(2, 5, 3) < 0.5).to(torch.uint8)
-    mask = torch.rand(2, 5, 3) < 0.5
-    pw = torch.tensor([1.0, 3.0, 5.0])
-    loss = T.pair_loss(logits, y, mask, pw)
-    (g1,) = torch.autograd.grad(loss, logits)
-    y2 = torch.where(mask, y, 1 - y)  # flip every unlabelled cell
-    loss2 = T.pair_loss(logits, y2, mask, pw)
-    (g2,) = torch.autograd.grad(loss2, logits)
-    assert loss.item() == loss2.item() and torch.equal(g1, g2)
-    assert (g1[~mask] == 0).all() and (g1[mask] != 0).any()
-    y3 = torch.where(mask, 1 - y, y)  # flipping labelled cells does change it
-    assert T.pair_loss(logits, y3, mask, pw).item() != loss.item()
-
-
-def test_scene_loss_ignores_padding_and_weights_classes():
-    logits = torch.randn(1, 4, 3)
-    y = torch.tensor([[0, 2, -100, -100]])
-    w = torch.tensor([1.0, 5.0, 8.0])
-    ref = torch.nn.functional.cross_entropy(logits[0, :2], y[0, :2], weight=w)
-    assert T.scene_loss(logits, y, w).item() == pytest.approx(ref.item())
-
-
-def test_auto_pos_weight_counts_labelled_cells():
-    ys = [np.array([[1, 0]] * 2 + [[0, 0]] * 8), np.array([[1, 1]] * 10)]
-    ts = TrackSet.from_tracks("pair", ["a", "b"], [np.zeros((10, 1))] * 2, ys, np.array([[1, 1], [0, 1]], bool))
-    pw = T.auto_pos_weight(ts, cap=20.0)
-    assert pw[0] == pytest.approx(np.sqrt(8 / 2))  # track 1 does not label a
-    assert pw[1] == pytest.approx(np.sqrt(10 / 10))
-    ts.Y[:] = 0
-    assert T.auto_pos_weight(ts, cap=20.0).tolist() == [20.0, 20.0]
-
-
-def test_no_weight_decay_on_norms_and_biases():
-    model = models.create("conv1d_bilstm", 6, 2, Config().model)
-    decay, no_decay = T.param_groups(model, 1e-4)
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert all(p.ndim >= 2 for p in decay["params"])
-    assert {names[id(p)] for p in no_decay["params"]} >= {"conv.1.weight", "conv.1.bias", "head.bias"}
-    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 1e-4
-
-
-def test_one_step_reduces_the_loss_on_a_fixed_batch():
-    torch.manual_seed(0)
-    cfg = Config().model
-    cfg.conv_channels, cfg.lstm_hidden, cfg.dropout = [16], 16, 0.0
-    model = models.create("conv1d_bilstm", 6, 3, cfg)
-    x = torch.randn(8, 20, 6)
-    y = (x[..., :3] > 0).to(torch.uint8)
-    mask = torch.ones_like(y, dtype=torch.bool)
-    opt = torch.optim.AdamW(T.param_groups(model, 1e-4), lr=3e-3)
-    before = T.pair_loss(model(x), y, mask).item()
-    for _ in range(3):
-        loss = T.pair_loss(model(x), y, mask)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert T.pair_loss(model(x), y, mask).item() < before
 
 
 # ----------------------------------------------------------------------------- whole runs
 
 
 def _cfg(tmp_path, **train) -> Config:
-    overrides = {
-        "data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "runs": str(tmp_path / "runs"),
-        "windows": {"sequence_length": 16, "frame_gap": 4, "val_fraction": 0.34},
-        "model": {"conv_channels": [8, 8], "lstm_hidden": 8, "lstm_layers": 1},
-        "augment": {"noise_std": 0.01, "temporal_jitter": 2, "mixup_alpha": 0.2},
-        "train": {"epochs": 4, "batch_size": 16, "lr": 3e-3, "warmup_epochs": 1.0, "save_freq": 1,
-                  "tensorboard": False, "report": False, "plateau_patience": 0, "min_lr": 1e-4, **train},
-    }
-    return load_config(None, overrides)
+    return load_config(None, tiny_run(tmp_path, train=train))
 
 
 @pytest.fixture
-def cache(tmp_path):
-    return make_fake_cache(tmp_path / "cache")
-
-
-def _rows(run_dir) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        del r["epoch_time_s"], r["windows_per_s"]
-    return rows
+def cache(fake_cache):
+    return fake_cache
 
 
 def test_run_writes_its_files_and_resume_equals_uninterrupted(tmp_path, cache):
@@ -252,7 +138,7 @@ def _poison_call(monkeypatch, n: int) -> None:
 def test_fused_adamw_skips_a_nonfinite_batch_on_the_device(tmp_path, cache, monkeypatch, accum):
     """The fused AdamW runs on the CPU too (the CPU tests exercise the GPU's code) and a non-finite
     batch skips its step on the device through ``found_inf``: a (1,)-shaped flag crashed the fused
-    kernel (its step counters are 0-d). grad_accum 1 is accel's step, 2 the trainer's own loop."""
+    kernel (its step counters are 0-d). grad_accum 1 and 2 run the one step (training.step), 2 accumulating."""
     _poison_call(monkeypatch, 3)
     run = tmp_path / "runs" / f"nan-{accum}"
     out = T.train(_cfg(tmp_path, epochs=2, grad_accum=accum, num_threads=1), run)
@@ -270,7 +156,7 @@ def test_fused_adamw_skips_a_nonfinite_batch_on_the_device(tmp_path, cache, monk
 
 
 def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache, monkeypatch):
-    """grad_accum 1 (accel's step, counters on the device): stop after micro-batch 5, resume, same rows."""
+    """grad_accum 1 (the one step, counters on the device): stop after micro-batch 5, resume, same rows."""
     cfg = _cfg(tmp_path, epochs=2)
     T.train(cfg, tmp_path / "runs" / "ref")
     calls = {"n": 0}
@@ -291,13 +177,6 @@ def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache,
     monkeypatch.setattr(T, "augment", real)
     T.train(cfg, run, resume=True)
     assert _rows(run) == _rows(tmp_path / "runs" / "ref")
-
-
-def test_num_threads_is_capped_at_the_cpus(monkeypatch):
-    cpus = len(os.sched_getaffinity(0))
-    assert T.cpu_threads(1) == 1 and T.cpu_threads(10_000) == cpus
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))  # more ranks than CPUs: still one thread each
-    assert T.cpu_threads(4) == 1
 
 
 # ----------------------------------------------------------------------------- CUDA (opt-in: -m gpu)
@@ -324,7 +203,7 @@ def test_gpu_fast_path_trains_and_gathers_like_numpy(tmp_path, cache):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_trainer_captures_the_step_and_resumes(tmp_path, cache):
-    """configs/h100.yaml's path: accel's step as one CUDA graph (grad_accum 1, no mixup), a capturable
+    """configs/h100.yaml's path: the step as one CUDA graph (grad_accum 1, no mixup), a capturable
     AdamW whose lr the warmup and plateau change in place, and a resume that keeps it graph-ready."""
     import warnings
 

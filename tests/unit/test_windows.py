@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mabe.config import FeatureConfig, TaskConfig
+from mabe.config import TaskConfig
 from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.windows import (
     IGNORE_INDEX,
@@ -34,62 +33,9 @@ torch.set_num_threads(1)
 # ----------------------------------------------------------------------------- a tiny on-disk cache
 
 
-def make_fake_cache(
-    cache_root: Path, fcfg: FeatureConfig | None = None, labs: tuple[int, ...] = (3, 3), frames: tuple[int, int] = (150, 260),
-    n_pair: int = 6, n_scene: int = 10, seed: int = 0,
-) -> Path:
-    """Write a cache in the design.md layout without data files (videos of 2 mice, 4 ordered pairs).
-
-    Learnable labels: a pair "sniffs" where its smoothed feature 0 is high, a mouse "rears" (self)
-    where its feature 1 is high; "attack" is labelled on the social pairs but never happens.
-    """
-    from mabe import prepare
-
-    fcfg = fcfg or FeatureConfig()
-    cache_dir = prepare.cache_dir_for(cache_root, fcfg)
-    rng = np.random.default_rng(seed)
-    rows = []
-    pairs = [(1, 1), (1, 2), (2, 1), (2, 2)]
-    kernel = np.ones(9) / 9
-    for li, n_videos in enumerate(labs):
-        lab = f"Lab{li}"
-        for v in range(n_videos):
-            vid = 1000 * (li + 1) + v
-            T = int(rng.integers(*frames))
-            raw = rng.normal(size=(4, T + 8, n_pair))
-            pair = np.stack([np.stack([np.convolve(raw[p, :, f], kernel, "valid") for f in range(n_pair)], 1)
-                             for p in range(4)]).astype(np.float32) * 3  # (4, T, P)
-            pair[0, 3, 2] = np.nan
-            labels = np.zeros((4, T, len(ACTIONS)), np.uint8)
-            labeled = np.zeros((4, len(ACTIONS)), bool)
-            for p, (a, t) in enumerate(pairs):
-                if a == t:
-                    labels[p, :, ACTION_INDEX["rear"]] = pair[p, :, 1] > 1.0
-                    labeled[p, ACTION_INDEX["rear"]] = True
-                else:
-                    labels[p, :, ACTION_INDEX["sniff"]] = pair[p, :, 0] > 1.0
-                    labeled[p, [ACTION_INDEX["sniff"], ACTION_INDEX["attack"]]] = True
-            scene = rng.normal(size=(T, n_scene)).astype(np.float32)
-            folder = prepare.video_dir(cache_dir, lab, vid)
-            folder.mkdir(parents=True)
-            for name, arr in (("scene", scene), ("pair", pair), ("labels", labels), ("labeled", labeled)):
-                np.save(folder / f"{name}.npy", arr)
-            meta = {"lab": lab, "video": vid, "split": "train", "fps": 30.0, "video_fps": 30.0, "n_frames": T,
-                    "n_video_frames": T, "pairs": [list(p) for p in pairs], "has_labels": True}
-            (folder / "meta.json").write_text(json.dumps(meta))
-            for i, (a, t) in enumerate(pairs):
-                rows.append((lab, vid, "train", T, 30.0, a, t, i, str(folder.relative_to(cache_dir)), 30.0, True))
-    index = pd.DataFrame(rows, columns=["lab_id", "video_id", "split", "n_frames", "fps", "agent_id", "target_id",
-                                        "pair_index", "path", "video_fps", "has_labels"])
-    index = index.astype({"agent_id": np.int8, "target_id": np.int8, "pair_index": np.int32, "video_id": np.int64})
-    index.to_parquet(cache_dir / "index.parquet", index=False)
-    (cache_dir / "config.json").write_text(json.dumps(fcfg.__dict__))
-    return cache_dir
-
-
 @pytest.fixture
-def cache_dir(tmp_path) -> Path:
-    return make_fake_cache(tmp_path / "cache")
+def cache_dir(fake_cache) -> Path:
+    return fake_cache
 
 
 def small_trackset(rng: np.random.Generator, lengths=(5, 12, 30), F: int = 3, C: int = 2) -> TrackSet:

@@ -7,7 +7,7 @@ import argparse
 import pandas as pd
 import yaml
 
-from mabe import demo, metric, submit
+from mabe import cli, demo, metric, submit
 
 
 def test_demo_pipeline_writes_valid_submission_and_scores(tmp_path, capsys):
@@ -17,7 +17,7 @@ def test_demo_pipeline_writes_valid_submission_and_scores(tmp_path, capsys):
     config.write_text(yaml.safe_dump(cfg))
     args = argparse.Namespace(workdir=tmp_path / "work", config=config, seed=3, fresh=False)
 
-    assert demo.run_demo(args) == 0
+    assert demo.run_demo(args, cli.main) == 0
 
     out = capsys.readouterr().out
     work = tmp_path / "work"

@@ -85,21 +85,10 @@ def _fake_scene_predictions(rng: np.random.Generator) -> dict[str, np.ndarray]:
     }
 
 
-def _fake_val_metrics(rng: np.random.Generator, mode: str, vm_format: str, per_lab: bool) -> dict:
-    """eval/val_metrics.json as mabe.evaluate writes it ("evaluate"), or in an alternative layout ("alt":
-    per_class dict of dicts, per_lab competition scores with frame counts)."""
+def _fake_val_metrics(rng: np.random.Generator, mode: str, per_lab: bool) -> dict:
+    """eval/val_metrics.json as mabe.evaluate writes it (its one layout)."""
     names = PAIR_ACTIONS + ["freeze"] if mode == "pair" else SCENE_CLASSES  # freeze: never labelled nor predicted
     n = len(names)
-    if vm_format == "alt":
-        vm = {"accuracy": 0.97, "f1_macro": 0.45,
-              "per_class": {c: {"precision": float(rng.random()), "recall": float(rng.random()),
-                                "f1": float(rng.random()), "support": int(rng.integers(100, 5000))} for c in names}}
-        if per_lab:
-            vm["per_lab"] = {"LabA": {"score": 0.41, "n_frames": 1800}, "LabB": {"score": 0.52, "n_frames": 1200}}
-        if mode == "scene":
-            vm["classes"] = names
-            vm["confusion"] = rng.integers(0, 300, (n, n)).tolist()
-        return vm
     tp = rng.integers(50, 500, n).astype(float)
     fp = rng.integers(0, 300, n).astype(float)
     fn = rng.integers(0, 300, n).astype(float)
@@ -123,7 +112,7 @@ def _fake_val_metrics(rng: np.random.Generator, mode: str, vm_format: str, per_l
 
 def make_fake_run(root: Path, name: str = "fake", mode: str = "pair", epochs: int = 8, *, metrics: bool = True,
                   val_metrics: bool = True, predictions: bool = True, per_lab_in_metrics: bool = True,
-                  vm_format: str = "evaluate", seed: int = 0) -> Path:
+                  seed: int = 0) -> Path:
     """A run directory as train.py writes it (docs/design.md), with plausible numbers."""
     rng = np.random.default_rng(seed)
     run_dir = root / name
@@ -153,7 +142,7 @@ def make_fake_run(root: Path, name: str = "fake", mode: str = "pair", epochs: in
         status.update(best_f1=best_f1, best_epoch=best)
     (run_dir / "status.json").write_text(json.dumps(status))
     if val_metrics:
-        vm = _fake_val_metrics(rng, mode, vm_format, per_lab_in_metrics)
+        vm = _fake_val_metrics(rng, mode, per_lab_in_metrics)
         (run_dir / "eval" / "val_metrics.json").write_text(json.dumps(vm))
     if predictions:
         arrays = _fake_pair_predictions(rng) if mode == "pair" else _fake_scene_predictions(rng)
@@ -224,10 +213,8 @@ def test_full_report(tmp_path, mode):
 
 def test_report_by_name_and_rewrite_drops_stale_figures(tmp_path):
     root = tmp_path / "runs"
-    run_dir = make_fake_run(root, name="exp1", vm_format="alt")
+    run_dir = make_fake_run(root, name="exp1")
     assert report.write_report("exp1", runs_root=root) == run_dir / "report.html"
-    text = (run_dir / "report.html").read_text()
-    assert "bars: competition score (val_metrics.json)" in text and "competition-style" not in text
     assert (run_dir / "figures" / "ethogram_0.png").is_file()
     (run_dir / "eval" / "val_predictions.npz").unlink()
     report.write_report(run_dir)
@@ -315,7 +302,7 @@ def test_cli_report(tmp_path, capsys):
 
 
 def test_val_metrics_layouts(rng):
-    ev = _fake_val_metrics(rng, "pair", "evaluate", True)
+    ev = _fake_val_metrics(rng, "pair", True)
     table = report._per_class_table(ev)
     assert list(table["name"]) == PAIR_ACTIONS  # "freeze" (never labelled nor predicted) dropped
     assert table["f1"].tolist() == pytest.approx(ev["f1"][:-1])
@@ -323,14 +310,8 @@ def test_val_metrics_layouts(rng):
     assert kind == "f1_macro" and labs.set_index("lab")["score"].to_dict() == {"LabA": 0.38, "LabB": 0.47, "LabC": 0.2}
     assert report._confusion(ev) is None
 
-    sc = _fake_val_metrics(rng, "scene", "evaluate", True)
+    sc = _fake_val_metrics(rng, "scene", True)
     cm, names = report._confusion(sc)
     assert names == SCENE_CLASSES and cm.shape == (4, 4)
     assert list(report._per_class_table(sc)["name"]) == SCENE_CLASSES
-
-    alt = _fake_val_metrics(rng, "scene", "alt", True)
-    assert list(report._per_class_table(alt)["name"]) == SCENE_CLASSES
-    labs, kind = report._per_lab_table(alt)
-    assert kind == "score" and labs["n_frames"].tolist() == [1800, 1200]
-    assert report._confusion(alt)[1] == SCENE_CLASSES
     assert report._per_lab_table({"per_lab": {"A": {"f1": [0.1, 0.2]}}}) is None

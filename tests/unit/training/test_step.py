@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mabe import accel, models
+from mabe import models
 from mabe.bench import reference_step
 from mabe.config import ModelConfig
+from mabe.training import batches as tbatches
+from mabe.training import device as tdevice
+from mabe.training import optim
+from mabe.training import step as tstep
 from mabe.windows import TrackSet, gather, window_index
 
 
@@ -41,7 +45,7 @@ def tiny_ts(seed: int = 0, lengths=(60, 45, 30)) -> TrackSet:
 
 
 def loss_fn(logits: torch.Tensor, b: dict) -> torch.Tensor:
-    from mabe.train import scene_loss
+    from mabe.training.losses import scene_loss
 
     return scene_loss(logits, b["y"], torch.tensor([1.0, 5.0, 8.0, 8.0]))
 
@@ -62,7 +66,7 @@ def make_model(dropout: float = 0.3) -> torch.nn.Module:
 
 
 def groups(model: torch.nn.Module) -> list[dict]:
-    from mabe.train import param_groups
+    from mabe.training.optim import param_groups
 
     return param_groups(model, 1e-4)
 
@@ -94,9 +98,9 @@ def test_fast_step_matches_reference_fp32(clip):
     bs = batches(ts, 6)
     ref_model, fast_model = make_model(), make_model()
     ref_opt = torch.optim.AdamW(groups(ref_model), lr=1e-2)
-    opt = accel.make_optimizer(groups(fast_model), 1e-2, fused=True)
+    opt = optim.make_optimizer(groups(fast_model), 1e-2, fused=True)
     assert opt.param_groups[0]["fused"]
-    step = accel.make_train_step(fast_model, loss_fn, opt, precision="fp32", grad_clip=clip)
+    step = tstep.make_train_step(fast_model, loss_fn, opt, precision="fp32", grad_clip=clip)
 
     torch.manual_seed(123)  # dropout masks: both paths draw in the same order
     ref = [reference_step(ref_model, loss_fn, ref_opt, b, clip) for b in bs]
@@ -121,7 +125,7 @@ def test_step_accepts_half_storage_batches():
     b = batches(ts, 1)[0]
     b16 = dict(b, x=b["x"].to(torch.float16))
     model = make_model(0.0)
-    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-3), precision="fp32")
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-3), precision="fp32")
     assert torch.isfinite(step(b16))
 
 
@@ -160,8 +164,8 @@ def test_nonfinite_step_is_skipped_on_device(where):
             loss = loss + torch.sqrt(model.head.bias[0] * b["poison"])
         return loss
 
-    opt = accel.make_optimizer(groups(model), 1e-2)
-    step = accel.make_train_step(model, lossf, opt, precision="fp32", grad_clip=1.0)
+    opt = optim.make_optimizer(groups(model), 1e-2)
+    step = tstep.make_train_step(model, lossf, opt, precision="fp32", grad_clip=1.0)
     step(good)
     snap = _snapshot(model, opt)
     if where == "loss":
@@ -193,7 +197,7 @@ def test_nonfinite_step_is_skipped_on_device(where):
 def test_good_step_has_no_host_reads():
     ts = tiny_ts()
     model = make_model()
-    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-3), grad_clip=1.0)
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-3), grad_clip=1.0)
     b1, b2 = batches(ts, 2)
     step(b1)  # lazily creates the optimizer state
     with no_host_reads():
@@ -206,8 +210,8 @@ def test_nonfused_optimizer_still_skips():
     b = batches(ts, 1)[0]
     b["x"][0, 0, 0] = float("inf")
     model = make_model()
-    opt = accel.make_optimizer(groups(model), 1e-2, fused=False)
-    step = accel.make_train_step(model, loss_fn, opt, precision="fp32")
+    opt = optim.make_optimizer(groups(model), 1e-2, fused=False)
+    step = tstep.make_train_step(model, loss_fn, opt, precision="fp32")
     assert "syncs the host" in step.describe()
     before = [p.detach().clone() for p in model.parameters()]
     step(b)
@@ -222,8 +226,8 @@ def test_failed_capture_falls_back_to_eager(monkeypatch):
     ts = tiny_ts()
     bs = batches(ts, 4)
     ref_model, model = make_model(0.0), make_model(0.0)
-    ref = accel.make_train_step(ref_model, loss_fn, accel.make_optimizer(groups(ref_model), 1e-2), precision="fp32")
-    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-2), precision="fp32",
+    ref = tstep.make_train_step(ref_model, loss_fn, optim.make_optimizer(groups(ref_model), 1e-2), precision="fp32")
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-2), precision="fp32",
                                  warmup=1)
     step.graphs = True
     monkeypatch.setattr(step, "_side_stream_run", step._run)  # no CUDA streams here
@@ -247,23 +251,23 @@ def test_failed_capture_falls_back_to_eager(monkeypatch):
 
 def test_make_optimizer_and_lr():
     model = make_model()
-    opt = accel.make_optimizer(groups(model), 4e-4, betas=(0.8, 0.99), weight_decay=0.1, capturable=True)
+    opt = optim.make_optimizer(groups(model), 4e-4, betas=(0.8, 0.99), weight_decay=0.1, capturable=True)
     g = opt.param_groups
     assert g[0]["fused"] and not g[0]["capturable"]  # capturable is CUDA only
     assert g[0]["weight_decay"] == 1e-4 and g[1]["weight_decay"] == 0.0  # the groups' own decay wins
     assert g[0]["betas"] == (0.8, 0.99)
-    accel.set_lr(opt, 1e-3)
-    assert accel.get_lr(opt) == pytest.approx(1e-3)
-    plain = accel.make_optimizer(list(model.parameters()), 1e-3, fused=False)
+    optim.set_lr(opt, 1e-3)
+    assert optim.get_lr(opt) == pytest.approx(1e-3)
+    plain = optim.make_optimizer(list(model.parameters()), 1e-3, fused=False)
     assert not plain.param_groups[0]["fused"]
 
 
 def test_setup_backends_cpu_is_a_noop_and_restorable():
-    before = accel.backend_flags()
-    old = accel.setup_backends("cpu")
-    assert old == before == accel.backend_flags()
-    accel.restore_backends(old)
-    assert accel.backend_flags() == before
+    before = tdevice.backend_flags()
+    old = tdevice.setup_backends("cpu")
+    assert old == before == tdevice.backend_flags()
+    tdevice.restore_backends(old)
+    assert tdevice.backend_flags() == before
 
 
 # ----------------------------------------------------------------------------- DeviceStore
@@ -271,22 +275,22 @@ def test_setup_backends_cpu_is_a_noop_and_restorable():
 
 def test_resolve_storage_dtype():
     X = np.ones((4, 3), np.float32)
-    assert accel.resolve_storage_dtype("auto", X, "cpu") == torch.float32
-    assert accel.resolve_storage_dtype("bfloat16", X, "cpu") == torch.bfloat16
+    assert tbatches.resolve_storage_dtype("auto", X, "cpu") == torch.float32
+    assert tbatches.resolve_storage_dtype("bfloat16", X, "cpu") == torch.bfloat16
     # CUDA + bf16 compute: fp16 when the range allows, else bf16 (no CUDA call is made)
-    assert accel.resolve_storage_dtype("auto", X, torch.device("cuda"), "bf16") == torch.float16
-    assert accel.resolve_storage_dtype("auto", X * 1e6, torch.device("cuda"), "bf16") == torch.bfloat16
-    assert accel.resolve_storage_dtype("auto", X, torch.device("cuda"), "fp32") == torch.float32
+    assert tbatches.resolve_storage_dtype("auto", X, torch.device("cuda"), "bf16") == torch.float16
+    assert tbatches.resolve_storage_dtype("auto", X * 1e6, torch.device("cuda"), "bf16") == torch.bfloat16
+    assert tbatches.resolve_storage_dtype("auto", X, torch.device("cuda"), "fp32") == torch.float32
     with pytest.raises(ValueError):
-        accel.resolve_storage_dtype("int8", X, "cpu")
+        tbatches.resolve_storage_dtype("int8", X, "cpu")
 
 
 @pytest.mark.parametrize("storage,eps", [("float32", 0.0), ("float16", 2.0**-11), ("bfloat16", 2.0**-8)])
 def test_device_store_roundtrip(storage, eps):
     ts = tiny_ts(lengths=(300, 200))
-    store = accel.DeviceStore(ts, "cpu", storage)
+    store = tbatches.DeviceStore(ts, "cpu", storage)
     X = store.arrays["X"]
-    assert X.dtype == accel._STORAGE[storage]
+    assert X.dtype == tbatches._STORAGE[storage]
     itemsize = X.element_size()
     assert store.nbytes["X"] == ts.X.size * itemsize
     assert store.nbytes["total"] == store.nbytes["X"] + ts.Y.nbytes + ts.offsets.nbytes + ts.label_mask.nbytes
@@ -310,7 +314,7 @@ def test_device_store_roundtrip(storage, eps):
 def test_device_store_streaming_fallback():
     ts = tiny_ts()
     with pytest.warns(UserWarning, match="streaming batches from pinned host memory"):
-        store = accel.DeviceStore(ts, "cpu", "float16", max_bytes=1)
+        store = tbatches.DeviceStore(ts, "cpu", "float16", max_bytes=1)
     assert not store.resident and "streamed" in store.message
     assert store.max_abs_error > 0
     windows = window_index(ts.lengths, W, 5)[:4]
@@ -321,9 +325,9 @@ def test_device_store_streaming_fallback():
 
 
 def test_format_bytes():
-    assert accel.format_bytes(None) == "n/a"
-    assert accel.format_bytes(512) == "512 B"
-    assert accel.format_bytes(3 * 1024**3) == "3.00 GiB"
+    assert tbatches.format_bytes(None) == "n/a"
+    assert tbatches.format_bytes(512) == "512 B"
+    assert tbatches.format_bytes(3 * 1024**3) == "3.00 GiB"
 
 
 
@@ -331,12 +335,12 @@ def test_format_bytes():
 
 
 def test_resolve_lstm_precision():
-    assert accel.resolve_lstm_precision("auto", "cpu") == "fp32"  # no cuDNN: bf16 would be the slow path
+    assert tdevice.resolve_lstm_precision("auto", "cpu") == "fp32"  # no cuDNN: bf16 would be the slow path
     for p in ("fp32", "bf16", "fp16"):
-        assert accel.resolve_lstm_precision(p, "cpu") == p
+        assert tdevice.resolve_lstm_precision(p, "cpu") == p
     with pytest.raises(ValueError, match="lstm_precision"):
-        accel.resolve_lstm_precision("fp8", "cpu")
-    assert not accel.bf16_lstm_supported("cpu")
+        tdevice.resolve_lstm_precision("fp8", "cpu")
+    assert not tdevice.bf16_lstm_supported("cpu")
 
 
 def test_static_loss_scale_is_undone_before_the_update():
@@ -347,7 +351,7 @@ def test_static_loss_scale_is_undone_before_the_update():
     out = {}
     for scale in (1.0, 1024.0):
         model = make_model(0.0)
-        step = accel.make_train_step(model, loss_fn, torch.optim.SGD(model.parameters(), lr=1e-2),
+        step = tstep.make_train_step(model, loss_fn, torch.optim.SGD(model.parameters(), lr=1e-2),
                                      precision="fp32", loss_scale=scale)
         assert step.loss_scale == scale
         losses = [float(step(b)) for b in bs]
@@ -360,16 +364,16 @@ def test_static_loss_scale_is_undone_before_the_update():
 def test_fp16_lstm_gets_a_loss_scale_and_trains():
     model = make_model(0.0)
     models.set_lstm_precision(model, "fp16")
-    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-2), precision="fp32",
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-2), precision="fp32",
                                  grad_clip=1.0)
-    assert step.loss_scale == accel.FP16_LOSS_SCALE and "LSTM fp16, loss scale 1024" in step.describe()
+    assert step.loss_scale == tstep.FP16_LOSS_SCALE and "LSTM fp16, loss scale 1024" in step.describe()
     before = [p.detach().clone() for p in model.parameters()]
     for b in batches(tiny_ts(), 3):
         step(b)
     st = step.stats()
     assert st["skipped"] == 0 and st["steps"] == 3
     assert any(not torch.equal(p.detach(), q) for p, q in zip(model.parameters(), before))
-    plain = accel.make_train_step(make_model(0.0), loss_fn, torch.optim.SGD(make_model(0.0).parameters()))
+    plain = tstep.make_train_step(make_model(0.0), loss_fn, torch.optim.SGD(make_model(0.0).parameters()))
     assert plain.loss_scale == 1.0 and "LSTM fp32/TF32" in plain.describe()
 
 
@@ -377,7 +381,7 @@ def test_reseed_around_capture(monkeypatch):
     """CPU stand-in for the graph branch: a reseed between warm-up and capture buys one more eager call
     (cuDNN rebuilds its dropout state outside the capture); a reseed after capture is refused."""
     model = make_model(0.3)
-    step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-3), precision="fp32",
+    step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-3), precision="fp32",
                                  warmup=2)
     step.graphs = True
     monkeypatch.setattr(step, "_side_stream_run", step._run)
@@ -404,10 +408,10 @@ def test_reseed_around_capture(monkeypatch):
 
 
 def test_check_reseed_refuses_a_changed_seed():
-    accel.check_reseed(None, 5)  # nothing captured yet
-    accel.check_reseed(7, 7)
+    tstep.check_reseed(None, 5)  # nothing captured yet
+    tstep.check_reseed(7, 7)
     with pytest.raises(RuntimeError, match="reseeded.*7 -> 8"):
-        accel.check_reseed(7, 8)
+        tstep.check_reseed(7, 8)
 
 
 # ----------------------------------------------------------------------------- CUDA only
@@ -425,14 +429,14 @@ def test_cuda_graph_step_matches_eager(precision):
     losses = {}
     for graphs in (False, True):
         model = make_model(0.0).to(dev)
-        opt = accel.make_optimizer(groups(model), 1e-2, capturable=graphs)
-        step = accel.make_train_step(model, loss_fn_cuda, opt, precision=precision, grad_clip=1.0,
+        opt = optim.make_optimizer(groups(model), 1e-2, capturable=graphs)
+        step = tstep.make_train_step(model, loss_fn_cuda, opt, precision=precision, grad_clip=1.0,
                                      cuda_graphs=graphs, warmup=3)
         assert step.graphs == graphs
         out = []
         for i, b in enumerate(bs):
             if i == 5:
-                accel.set_lr(opt, 5e-3)  # a schedule change after capture must be honoured
+                optim.set_lr(opt, 5e-3)  # a schedule change after capture must be honoured
             out.append(step(b).clone())
         losses[graphs] = torch.stack(out).tolist()
         assert step.stats()["skipped"] == 0
@@ -449,8 +453,8 @@ def test_cuda_graph_skips_nonfinite_and_float_lr():
     ts = tiny_ts()
     bs = [{k: v.to(dev) for k, v in b.items()} for b in batches(ts, 6)]
     model = make_model(0.0).to(dev)
-    opt = accel.make_optimizer(groups(model), 1e-2, capturable=True)
-    step = accel.make_train_step(model, loss_fn_cuda, opt, precision="bf16", cuda_graphs=True, warmup=2)
+    opt = optim.make_optimizer(groups(model), 1e-2, capturable=True)
+    step = tstep.make_train_step(model, loss_fn_cuda, opt, precision="bf16", cuda_graphs=True, warmup=2)
     for b in bs[:3]:
         step(b)  # 2 eager warm-up calls, then capture + replay
     assert step.graph is not None
@@ -478,7 +482,7 @@ _CUDA_WEIGHT: list[torch.Tensor] = []
 
 def loss_fn_cuda(logits, b):
     """Class weights made once on the device: a loss must not copy host data into a captured graph."""
-    from mabe.train import scene_loss
+    from mabe.training.losses import scene_loss
 
     if not _CUDA_WEIGHT:
         _CUDA_WEIGHT.append(torch.tensor([1.0, 5.0, 8.0, 8.0], device=logits.device))
@@ -497,8 +501,8 @@ def test_cuda_graph_with_lstm_dropout_draws_fresh_masks():
     on the same batch with the lr at 0 give different losses (new masks each replay)."""
     b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
     model = _ref_cuda_model(0.3)
-    opt = accel.make_optimizer(groups(model), 0.0, capturable=True)
-    step = accel.make_train_step(model, loss_fn_cuda, opt, precision="bf16", grad_clip=1.0, cuda_graphs=True,
+    opt = optim.make_optimizer(groups(model), 0.0, capturable=True)
+    step = tstep.make_train_step(model, loss_fn_cuda, opt, precision="bf16", grad_clip=1.0, cuda_graphs=True,
                                  warmup=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a capture failure warns and falls back: make that fail the test
@@ -512,7 +516,7 @@ def test_cuda_graph_with_lstm_dropout_draws_fresh_masks():
 def test_reseed_after_capture_is_refused_and_before_capture_is_absorbed():
     b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
     model = _ref_cuda_model(0.3)
-    step = accel.make_train_step(model, loss_fn_cuda, accel.make_optimizer(groups(model), 1e-3, capturable=True),
+    step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-3, capturable=True),
                                  precision="bf16", cuda_graphs=True, warmup=2)
     step(b)
     step(b)  # the two warm-up calls
@@ -535,7 +539,7 @@ def test_compiled_stem_does_not_recompile_under_capture():
 
     b = {k: v.cuda() for k, v in batches(tiny_ts(), 1)[0].items()}
     model = _ref_cuda_model(0.3)
-    step = accel.make_train_step(model, loss_fn_cuda, accel.make_optimizer(groups(model), 1e-3, capturable=True),
+    step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-3, capturable=True),
                                  precision="bf16", cuda_graphs=True, compile=True, warmup=3)
     assert step.compiled
     with warnings.catch_warnings():
@@ -558,7 +562,7 @@ def test_low_precision_lstm_steps_follow_fp32(lstm):
     for prec in ("fp32", lstm):
         model = _ref_cuda_model(0.0)
         models.set_lstm_precision(model, prec)
-        step = accel.make_train_step(model, loss_fn_cuda, accel.make_optimizer(groups(model), 1e-2,
+        step = tstep.make_train_step(model, loss_fn_cuda, optim.make_optimizer(groups(model), 1e-2,
                                      capturable=True), precision="bf16", grad_clip=1.0, cuda_graphs=True, warmup=2)
         losses[prec] = [float(step(b)) for b in bs]
         assert step.stats()["skipped"] == 0
@@ -569,7 +573,7 @@ def test_low_precision_lstm_steps_follow_fp32(lstm):
 @cuda
 def test_device_store_cuda_fp16():
     ts = tiny_ts(lengths=(300, 200))
-    store = accel.DeviceStore(ts, "cuda", "auto", precision="bf16")
+    store = tbatches.DeviceStore(ts, "cuda", "auto", precision="bf16")
     assert store.resident and store.dtype == torch.float16
     assert store.nbytes["X"] == ts.X.size * 2
     assert 0 < store.max_abs_error <= np.abs(ts.X).max() * 2.0**-11
@@ -588,13 +592,13 @@ def test_clip_with_norm_scales_gradients_like_clip_grad_norm():
     g = torch.full((10,), 10.0)
     for p in (a, b, ref_a, ref_b):
         p.grad = g.clone()
-    norm = accel._total_norm([a.grad, b.grad])
+    norm = tstep._total_norm([a.grad, b.grad])
     assert float(norm) > 30.0  # the condition the test names occurs: the clip must bite
-    accel._clip_with_norm([a, b], 1.0, norm)
+    tstep._clip_with_norm([a, b], 1.0, norm)
     torch.nn.utils.clip_grad_norm_([ref_a, ref_b], 1.0)
     torch.testing.assert_close(a.grad, ref_a.grad)
     torch.testing.assert_close(b.grad, ref_b.grad)
-    assert float(accel._total_norm([a.grad, b.grad])) == pytest.approx(1.0, rel=1e-5)
+    assert float(tstep._total_norm([a.grad, b.grad])) == pytest.approx(1.0, rel=1e-5)
 
 
 def _first_grad_norm(model: torch.nn.Module, b: dict) -> float:
@@ -616,7 +620,7 @@ def test_engaged_clip_changes_training_and_matches_reference():
 
     def run_fast(c: float) -> torch.nn.Module:
         model = make_model()
-        step = accel.make_train_step(model, loss_fn, accel.make_optimizer(groups(model), 1e-2, fused=True),
+        step = tstep.make_train_step(model, loss_fn, optim.make_optimizer(groups(model), 1e-2, fused=True),
                                      precision="fp32", grad_clip=c)
         torch.manual_seed(123)
         for b in bs:
@@ -627,7 +631,7 @@ def test_engaged_clip_changes_training_and_matches_reference():
     # plain SGD without decay: each update is exactly lr times the clipped gradient
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=1e-2)
     fast_sgd = make_model()
-    step = accel.make_train_step(fast_sgd, loss_fn, torch.optim.SGD(fast_sgd.parameters(), lr=1e-2),
+    step = tstep.make_train_step(fast_sgd, loss_fn, torch.optim.SGD(fast_sgd.parameters(), lr=1e-2),
                                  precision="fp32", grad_clip=clip)
     torch.manual_seed(123)
     ref = [reference_step(ref_model, loss_fn, ref_opt, b, clip) for b in bs]

@@ -11,6 +11,7 @@ import torch
 
 from mabe import bench
 from mabe.config import ModelConfig
+from mabe.training import step as tstep
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_check_same_fails_when_the_fast_path_does_not_clip(monkeypatch):
     """The same-result check must notice a fast path whose clip is a no-op (the bug it once missed)."""
     setup = tiny_setup()
     ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
-    monkeypatch.setattr(bench.accel, "_clip_with_norm", lambda params, max_norm, norm: None)
+    monkeypatch.setattr(tstep, "_clip_with_norm", lambda params, max_norm, norm: None)
     check = bench.check_same(ts, setup, 8, 4)
     assert not check["ok"] and check["clip_update_rel_diff"] > 1.0  # the unclipped update is ~10x the clipped one
 

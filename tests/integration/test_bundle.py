@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from mabe import cli, data, ethogram, importer, postprocess, predictions, submit
 from test_packaging import fresh_venv_with_wheel
 from test_pose_import import write_dlc_csv
+
+from mabe import cli, data, ethogram, importer, postprocess, predictions, submit
 
 LABS = ("CalMS21_task1", "JovialSwallow")
 
