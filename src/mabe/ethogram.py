@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mabe import paths
-from mabe import postprocess, predictions
+from mabe import paths, postprocess, predictions
 from mabe.config import load_config
 from mabe.errors import MabeError
 from mabe.importer import SOURCES_FILE
+from mabe.io import atomic_path
 from mabe.predictions import Predictions
 from mabe.report import NotAvailable, ethogram_png
 
@@ -97,9 +97,8 @@ def write_ethograms(preds_path: str | Path, out: str | Path, data_dir: str | Pat
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv = out / INTERVALS_FILE
-    tmp = csv.with_name(csv.name + ".tmp")
-    table.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(csv)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
     for (lab, video), part in table.groupby(["lab_id", "video_id"], sort=True):  # one file per video too
         part.to_csv(_video_file(out, "intervals", lab, video, "csv"), index=False, lineterminator="\n")
     pngs: list[Path] = []

@@ -32,9 +32,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mabe import data, predictions, prepare, tabular
-from mabe.config import FeatureConfig, GbdtConfig
+from mabe import data, postprocess, predictions, prepare, submit, tabular
+from mabe.config import FeatureConfig, GbdtConfig, load_config
 from mabe.errors import MabeError
+from mabe.io import write_json
 from mabe.paths import safe_name, within
 
 __all__ = [
@@ -303,9 +304,7 @@ def save_models(folder: Path, folds: list[Models], actions: list[str], fold_of: 
             entries.append({"fold": k, "lab": lab, "action": action, "file": name})
     meta = {"actions": actions, "folds": len(folds), "models": entries, "fold_of_video": fold_of,
             "features": tabular.feature_names()}
-    tmp = folder / "models.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(folder / "models.json")
+    write_json(folder / "models.json", meta)
     return folder
 
 
@@ -401,9 +400,6 @@ def predict_with(models_dir: str | Path, data_root: str | Path, out: str | Path,
 
 def main_from_args(args: Any) -> dict[str, Path]:
     """``mabe gbdt DATA --out DIR [-c CONFIG] [--set gbdt.folds=5]``: fit, OOF thresholds, submission."""
-    from mabe import postprocess, submit
-    from mabe.config import load_config
-
     cfg = load_config(getattr(args, "config", None), getattr(args, "overrides", None))
     if getattr(args, "folds", None):
         cfg.gbdt.folds = int(args.folds)

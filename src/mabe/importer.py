@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from mabe import data, label_io, pose_io
 from mabe.errors import MabeDataError, MabeError
+from mabe.io import atomic_path
 from mabe.paths import safe_name, within
 from mabe.synth import PARQUET_KW, TRACKING_SCHEMA, annotation_schema
 
@@ -318,9 +319,8 @@ def _metadata_row(v: Video, lab: str, triples: list[str] | None) -> dict:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def _existing(out: Path) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
@@ -390,9 +390,8 @@ def import_videos(paths: list[str | Path], out: str | Path, opt: ImportOptions,
     tdir = within(out, out / f"{opt.split}_tracking" / opt.lab)
     tdir.mkdir(parents=True, exist_ok=True)
     for v in videos:
-        tmp = tdir / f".{v.video_id}.parquet.tmp"
-        pq.write_table(_tracking_table(v.xy, v.parts), tmp, **PARQUET_KW)
-        tmp.replace(tdir / f"{v.video_id}.parquet")
+        with atomic_path(tdir / f"{v.video_id}.parquet") as tmp:
+            pq.write_table(_tracking_table(v.xy, v.parts), tmp, **PARQUET_KW)
     if ann:
         adir = within(out, out / "train_annotation" / opt.lab)
         adir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mabe import checkpoint as ckpt
-from mabe import runs
+from mabe import paths, runs
 from mabe.config import Config, ConfigError, config_from_dict, load_config, parse_overrides
 from mabe.config import _merge as merge  # the config loader's own override merge
 from mabe.errors import MabeError
@@ -130,6 +130,9 @@ def resolve(args: Any) -> tuple[Config, Path, bool]:
         cfg.name = args.name
     name = cfg.name or datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = runs.run_dir_for(cfg.runs, name)  # a plain name, under cfg.runs
+    holder = runs.lock_holder(run_dir)
+    if holder is not None:  # a live run says so first, whether or not it has written a checkpoint yet
+        raise paths.LockedError(f"run {run_dir}", run_dir / runs.LOCK_FILE, holder if holder > 0 else None)
     if (run_dir / "checkpoints" / "last.pt").is_file():
         raise MabeError(f"run {run_dir} already exists; continue it with `mabe train --resume {run_dir}` "
                         "or pick another --name")

@@ -53,6 +53,7 @@ import numpy as np
 import pandas as pd
 
 from mabe.errors import MabeDataError, MabeError
+from mabe.io import write_json
 from mabe.schema import INTERVAL_COLUMNS, SOLUTION_COLUMNS, SUBMISSION_COLUMNS
 
 __all__ = [
@@ -614,9 +615,4 @@ def result_dict(result: ScoreResult) -> dict:
 
 def write_result_json(result: ScoreResult, path: str | Path) -> Path:
     """Write result_dict(result) atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result_dict(result), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_json(path, result_dict(result))

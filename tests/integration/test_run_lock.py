@@ -78,3 +78,26 @@ def test_fresh_run_is_refused_after_the_lock_when_a_checkpoint_appeared(tmp_path
     with pytest.raises(Exception, match="already exists"):
         runs.lock_run(run)
     runs.lock_run(run, resume=True).release()
+
+
+def test_a_live_run_with_a_checkpoint_is_reported_as_running_not_as_finished(tmp_path, capsys):
+    """The moment after the first checkpoint: a second `mabe train --name same` must name the live
+    process holding the run, not advise `--resume` on a run that is still training."""
+    make_fake_cache(tmp_path / "cache")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(_raw(tmp_path, epochs=1)))
+    run = tmp_path / "runs" / "same"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"a checkpoint being trained on")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mabe import paths; l = paths.lock(sys.argv[1], 'x'); "
+         "print('held', flush=True); sys.stdin.read()", str(run / runs.LOCK_FILE)],
+        env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = cli.main(["train", "--config", str(cfg), "--name", "same"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"in use by process {holder.pid}" in err and "--resume" not in err, err
+    finally:
+        holder.kill()
+        holder.wait()

@@ -67,8 +67,6 @@ def test_check_same_with_a_clip_that_never_acts_is_not_ok():
 
 
 def test_low_precision_lstm_rows_on_cpu():
-    setup = tiny_setup()
-    ts = bench.synthetic_trackset(2_000, setup.n_features, setup.n_classes, track_len=500, seed=0)
     res = bench.run(device="cpu", batch_sizes=[8], steps=1, warmup=1, check_steps=2, small=True,
                     data_frames=2_000, lstm_precisions=["fp32", "bf16"], verbose=False)
     assert [r["lstm_precision"] for r in res["lstm"]] == ["fp32", "bf16"]
