@@ -16,6 +16,7 @@ Pipelines:
 - ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
+    PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
 
 Wall times on a shared machine are inflated by other load; CPU time (user + sys of the process and
 its children) is printed next to them.
@@ -209,6 +210,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--preset", default="hard")
+    ap.add_argument("--source", choices=["synth", "indep"], default="synth",
+                    help="synth: mabe synth --preset (train seed S, test seed S + 1000); indep: benchmarks/indep_data.py, "
+                         "a generator that shares no code or parameters with mabe.synth")
     ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     ap.add_argument("--json", type=Path, default=None)
@@ -216,7 +220,13 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         base = args.out / f"seed{seed}"
-        d, sol = make_split(base, seed, args.preset)
+        if args.source == "indep":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import indep_data
+
+            d, sol = indep_data.write(base, seed)
+        else:
+            d, sol = make_split(base, seed, args.preset)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt"))]
         if args.network:
             todo.append(("network", run_network, (d, base / "network")))
