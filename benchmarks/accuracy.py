@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="run only these pipelines (e.g. gbdt)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
@@ -231,6 +232,7 @@ def main() -> None:
         if args.network:
             todo.append(("network", run_network, (d, base / "network")))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
+        todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
             t0, c0 = time.perf_counter(), _cpu()
             try:

@@ -42,6 +42,7 @@ __all__ = [
     "TrainingRows",
     "collect_rows",
     "fit_models",
+    "pos_weights",
     "predict_video",
     "predict_cache",
     "run",
@@ -188,6 +189,15 @@ def _cap(y: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]))
 
 
+def pos_weights(y: np.ndarray, balance: float) -> np.ndarray:
+    """(N,) 0/1 labels -> (N,) row weights: negatives 1, positives raised so that their total weight is at
+    least ``balance`` x the negatives' (never lowered below 1; ``balance`` 0 = all ones)."""
+    y = np.asarray(y) > 0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    w_pos = max(1.0, balance * n_neg / n_pos) if n_pos and balance > 0 else 1.0
+    return np.where(y, w_pos, 1.0).astype(np.float32)
+
+
 def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = None, progress: bool = True,
                desc: str = "gbdt fit") -> Models:
     """One booster per (lab, action) with a positive and a negative labelled row among ``use`` (bool (N,))."""
@@ -207,7 +217,12 @@ def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = Non
     def one(i: int) -> Any:
         lab, action, sel, j = jobs[i]
         sel = sel[_cap(rows.Y[sel, j], cfg.max_rows, np.random.default_rng([cfg.seed, i]))]
-        ds = lgb.Dataset(rows.X[sel], label=rows.Y[sel, j].astype(np.float32), free_raw_data=True)
+        y = rows.Y[sel, j]
+        # a rare action (a few hundred frames among tens of thousands) otherwise never reaches a probability
+        # the threshold grid resolves, and its out-of-fold F1 reads 0 ("never predict"); the thresholds
+        # fitted out of fold undo the shift in calibration
+        ds = lgb.Dataset(rows.X[sel], label=y.astype(np.float32), weight=pos_weights(y, cfg.pos_balance),
+                         free_raw_data=True)
         return lgb.train(params, ds, num_boost_round=cfg.n_estimators)
 
     # one thread per model, models in parallel: on a busy machine LightGBM's OpenMP threads spin
