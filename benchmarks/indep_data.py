@@ -127,10 +127,8 @@ def simulate(row: pd.Series, seconds: float, rng: np.random.Generator):
             d = pos[j] - pos[m]
             dist = np.linalg.norm(d) + 1e-6
             if phase[m] == "orient":  # unlabelled lead-in: slow turn toward the partner
-                want_hd[m] = np.arctan2(d[1], d[0])
-                vel[m] = d / dist * 2.0
-                if left[m] <= 0:
-                    phase[m] = "approach"
+                want_hd[m], vel[m] = np.arctan2(d[1], d[0]), d / dist * 2.0
+                phase[m] = "approach" if left[m] <= 0 else "orient"
                 continue
             if phase[m] == "approach":
                 want_hd[m] = np.arctan2(d[1], d[0])
@@ -162,39 +160,29 @@ def simulate(row: pd.Series, seconds: float, rng: np.random.Generator):
                 defend = act == "attack" and dfd[m]
                 want_hd[j] = np.arctan2(-d[1], -d[0]) if defend or act == "tussle" else hd[j]
                 vel[j] = rng.normal(0, 6, 2) if defend or act == "tussle" else d / dist * 18
-                if act == "attack" and "defend" in labelled and defend:
-                    labels.append((j, m, "defend", k))
-                if act == "attack" and "escape" in labelled and not defend:
-                    labels.append((j, m, "escape", k))
+                if act == "attack" and ("defend" if defend else "escape") in labelled:
+                    labels.append((j, m, "defend" if defend else "escape", k))
             elif act in ("chase", "chaseattack", "follow", "shepherd"):
                 sp = {"chase": 32, "chaseattack": 28, "follow": 11, "shepherd": 16}[act]
                 flee = d / dist if act != "follow" else np.array([np.cos(hd[j]), np.sin(hd[j])])
                 turn = rng.normal(0, 0.25)
                 flee = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]) @ flee
-                vel[j] = flee * sp
-                want_hd[j] = np.arctan2(flee[1], flee[0])
+                vel[j], want_hd[j] = flee * sp, np.arctan2(flee[1], flee[0])
                 behind = pos[j] - (1.3 if act != "shepherd" else 2.5) * L[m] * flee
-                vel[m] = (behind - pos[m]) / DT * 0.35 + vel[j] * 0.6
-                want_hd[m] = np.arctan2(d[1], d[0])
+                vel[m], want_hd[m] = (behind - pos[m]) / DT * 0.35 + vel[j] * 0.6, np.arctan2(d[1], d[0])
                 jit[m] = 1.2 if act == "chaseattack" else 0.1
                 if act == "chase" and "escape" in labelled:
                     labels.append((j, m, "escape", k))
             elif act == "avoid":  # the partner comes on, the agent leaves
-                vel[j] = -d / dist * 12
-                want_hd[j] = np.arctan2(-d[1], -d[0])
-                vel[m] = -d / dist * 20
-                want_hd[m] = np.arctan2(-d[1], -d[0])
+                vel[j], vel[m] = -d / dist * 12, -d / dist * 20
+                want_hd[j] = want_hd[m] = np.arctan2(-d[1], -d[0])
             elif act in ("mount", "intromit"):
                 c = pos[j] - 0.35 * L[j] * u
-                vel[m] = (c - pos[m]) / DT * 0.5
-                want_hd[m] = hd[j]
-                vel[j] = u * 1.0
-                thr[m] = 0.8 if act == "intromit" else 0.2
-                scale[m] = 1.1
+                vel[m], want_hd[m], vel[j] = (c - pos[m]) / DT * 0.5, hd[j], u * 1.0
+                thr[m], scale[m] = 0.8 if act == "intromit" else 0.2, 1.1
             elif act == "submit":
-                want_hd[m] = np.arctan2(d[1], d[0])
-                scale[m] = 0.8
-                vel[j] = (pos[m] + 0.8 * L[j] * (-d / dist) * -1 - pos[j]) / DT * 0.2
+                want_hd[m], scale[m] = np.arctan2(d[1], d[0]), 0.8
+                vel[j] = (pos[m] + 0.8 * L[j] * d / dist - pos[j]) / DT * 0.2
             if act in labelled and lag_ok:
                 labels.append((m, j, act, k))
             if left[m] <= 0 or dist > 6 * L[m] and act not in ("avoid", "chase", "follow", "shepherd"):
@@ -298,8 +286,7 @@ def write(out: Path, seed: int, n_train: int = 30, n_test: int = 10, seconds: fl
     prof = profiles(meta)
     rng = np.random.default_rng(seed)
     d, sol = out / "data", out / "solution"
-    for p in (d, sol):
-        shutil.rmtree(p, ignore_errors=True)
+    [shutil.rmtree(p, ignore_errors=True) for p in (d, sol)]
     rows = {"train": [], "test": []}
     for i in range(n_train + n_test):
         split = "train" if i < n_train else "test"
@@ -308,8 +295,7 @@ def write(out: Path, seed: int, n_train: int = 30, n_test: int = 10, seconds: fl
         trk, ann, m = video(prof[lab], vid, seconds, np.random.default_rng([seed, i]))
         tdir = d / f"{split}_tracking" / lab
         adir = (d / "train_annotation" if split == "train" else sol / "train_annotation") / lab
-        for p in (tdir, adir):
-            p.mkdir(parents=True, exist_ok=True)
+        [p.mkdir(parents=True, exist_ok=True) for p in (tdir, adir)]
         trk.to_parquet(tdir / f"{vid}.parquet", index=False)
         ann.to_parquet(adir / f"{vid}.parquet", index=False)
         rows[split].append(m)
