@@ -193,7 +193,7 @@ class GbdtConfig:
     pos_hz: float = 15.0  # training frames kept per second where a labelled action happens
     neg_hz: float = 4.0  # ... and elsewhere (the frames are strongly correlated; more adds time, not information)
     max_rows: int = 40000  # per (lab, action) model; negatives are dropped first
-    pos_balance: float = 0.5  # positive rows weighted up to this share of the negatives' total weight (0 = off)
+    pos_balance: float = 0.0  # positives weighted up to this share of the negatives' weight (0 = off)
     n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
     seed: int = 0
 
