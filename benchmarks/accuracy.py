@@ -161,11 +161,11 @@ def _mabe(*args: str, log: Path) -> None:
         subprocess.run([sys.executable, "-m", "mabe", *args], check=True, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def run_gbdt(d: Path, out: Path) -> Path:
+def run_gbdt(d: Path, out: Path, extra: tuple[str, ...] = ()) -> Path:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MABE_PYTHON=sys.executable)
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.log", "w") as fh:
-        subprocess.run(["bash", str(ROOT / "scripts" / "recipe_cpu.sh"), str(d), str(out)], check=True, env=env,
+        subprocess.run(["bash", str(ROOT / "scripts" / "recipe_cpu.sh"), str(d), str(out), *extra], check=True, env=env,
                        stdout=fh, stderr=subprocess.STDOUT)
     return out / "submission.csv"
 
@@ -216,6 +216,7 @@ def main() -> None:
     ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gbdt-set", nargs="+", default=[], help="config overrides for the recipe (gbdt.x=y)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these pipelines (e.g. gbdt)")
     args = ap.parse_args()
     rows = []
@@ -228,7 +229,7 @@ def main() -> None:
             d, sol = indep_data.write(base, seed)
         else:
             d, sol = make_split(base, seed, args.preset)
-        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt"))]
+        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         if args.network:
             todo.append(("network", run_network, (d, base / "network")))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))

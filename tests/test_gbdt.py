@@ -195,3 +195,22 @@ def test_balanced_fit_lifts_a_rare_action_above_the_threshold_grid():
     p_bal = gbdt.fit_models(rows, GbdtConfig(**cfg, pos_balance=0.5), progress=False)[("L", "sniff")].predict(X)
     p_off = gbdt.fit_models(rows, GbdtConfig(**cfg, pos_balance=0.0), progress=False)[("L", "sniff")].predict(X)
     assert np.median(p_bal[y > 0]) > np.median(p_off[y > 0]) + 0.1
+
+
+def test_smooth_seconds_is_a_centred_mean_over_seconds_of_the_raw_probabilities(true_run):
+    """predict_video(smooth_s) = the rolling mean over round(smooth_s * fps) frames of the unsmoothed
+    probabilities, only on the columns a model predicts; 0 leaves them raw."""
+    from mabe import tabular
+
+    folds, actions = gbdt.load_models(true_run["models"])
+    fcfg, index = prepare.open_cache(true_run["cache"])
+    lab, vid = index.iloc[0]["lab_id"], index.iloc[0]["video_id"]
+    v = prepare.load_video(true_run["cache"], lab, vid)
+    slots = gbdt._slots(fcfg)
+    raw = gbdt.predict_video(folds, v, actions, slots)
+    sm = gbdt.predict_video(folds, v, actions, slots, smooth_s=0.5)
+    w = max(int(round(0.5 * float(v["meta"]["fps"]))), 1)
+    assert w > 1 and raw.any()
+    for p in range(len(raw)):
+        np.testing.assert_allclose(sm[p], tabular.rolling(raw[p], w)[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(np.diff(sm, axis=1)).sum() < np.abs(np.diff(raw, axis=1)).sum()
