@@ -16,6 +16,7 @@ Pipelines:
 - ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
+    PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
 
 Wall times on a shared machine are inflated by other load; CPU time (user + sys of the process and
 its children) is printed next to them.
@@ -160,11 +161,11 @@ def _mabe(*args: str, log: Path) -> None:
         subprocess.run([sys.executable, "-m", "mabe", *args], check=True, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
-def run_gbdt(d: Path, out: Path) -> Path:
+def run_gbdt(d: Path, out: Path, extra: tuple[str, ...] = ()) -> Path:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MABE_PYTHON=sys.executable)
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.log", "w") as fh:
-        subprocess.run(["bash", str(ROOT / "scripts" / "recipe_cpu.sh"), str(d), str(out)], check=True, env=env,
+        subprocess.run(["bash", str(ROOT / "scripts" / "recipe_cpu.sh"), str(d), str(out), *extra], check=True, env=env,
                        stdout=fh, stderr=subprocess.STDOUT)
     return out / "submission.csv"
 
@@ -209,18 +210,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--preset", default="hard")
+    ap.add_argument("--source", choices=["synth", "indep"], default="synth",
+                    help="synth: mabe synth --preset (train seed S, test seed S + 1000); indep: benchmarks/indep_data.py, "
+                         "a generator that shares no code or parameters with mabe.synth")
     ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--gbdt-set", nargs="+", default=[], help="config overrides for the recipe (gbdt.x=y)")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these pipelines (e.g. gbdt)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
         base = args.out / f"seed{seed}"
-        d, sol = make_split(base, seed, args.preset)
-        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt"))]
+        if args.source == "indep":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            import indep_data
+
+            d, sol = indep_data.write(base, seed)
+        else:
+            d, sol = make_split(base, seed, args.preset)
+        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         if args.network:
             todo.append(("network", run_network, (d, base / "network")))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
+        todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
             t0, c0 = time.perf_counter(), _cpu()
             try:

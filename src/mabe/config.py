@@ -193,6 +193,8 @@ class GbdtConfig:
     pos_hz: float = 15.0  # training frames kept per second where a labelled action happens
     neg_hz: float = 4.0  # ... and elsewhere (the frames are strongly correlated; more adds time, not information)
     max_rows: int = 40000  # per (lab, action) model; negatives are dropped first
+    pos_balance: float = 0.0  # positives weighted up to this share of the negatives' weight (0 = off)
+    smooth_seconds: float = 0.0  # centred mean of the probabilities over this many s (0 = off)
     n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
     seed: int = 0
 
@@ -266,6 +268,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "gbdt.pos_hz": (1e-3, None),
     "gbdt.neg_hz": (1e-3, None),
     "gbdt.max_rows": (100, None),
+    "gbdt.pos_balance": (0, None),
+    "gbdt.smooth_seconds": (0, None),
     "gbdt.n_jobs": (1, None),
     "postprocess.smooth_window": (1, None),
     "postprocess.threshold": (0, 1),

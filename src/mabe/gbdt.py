@@ -43,6 +43,7 @@ __all__ = [
     "TrainingRows",
     "collect_rows",
     "fit_models",
+    "pos_weights",
     "predict_video",
     "predict_cache",
     "run",
@@ -189,6 +190,15 @@ def _cap(y: np.ndarray, max_rows: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]))
 
 
+def pos_weights(y: np.ndarray, balance: float) -> np.ndarray:
+    """(N,) 0/1 labels -> (N,) row weights: negatives 1, positives raised so that their total weight is at
+    least ``balance`` x the negatives' (never lowered below 1; ``balance`` 0 = all ones)."""
+    y = np.asarray(y) > 0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    w_pos = max(1.0, balance * n_neg / n_pos) if n_pos and balance > 0 else 1.0
+    return np.where(y, w_pos, 1.0).astype(np.float32)
+
+
 def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = None, progress: bool = True,
                desc: str = "gbdt fit") -> Models:
     """One booster per (lab, action) with a positive and a negative labelled row among ``use`` (bool (N,))."""
@@ -208,7 +218,12 @@ def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = Non
     def one(i: int) -> Any:
         lab, action, sel, j = jobs[i]
         sel = sel[_cap(rows.Y[sel, j], cfg.max_rows, np.random.default_rng([cfg.seed, i]))]
-        ds = lgb.Dataset(rows.X[sel], label=rows.Y[sel, j].astype(np.float32), free_raw_data=True)
+        y = rows.Y[sel, j]
+        # a rare action (a few hundred frames among tens of thousands) otherwise never reaches a probability
+        # the threshold grid resolves, and its out-of-fold F1 reads 0 ("never predict"); the thresholds
+        # fitted out of fold undo the shift in calibration
+        ds = lgb.Dataset(rows.X[sel], label=y.astype(np.float32), weight=pos_weights(y, cfg.pos_balance),
+                         free_raw_data=True)
         return lgb.train(params, ds, num_boost_round=cfg.n_estimators)
 
     # one thread per model, models in parallel: on a busy machine LightGBM's OpenMP threads spin
@@ -228,9 +243,11 @@ def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = Non
 # ----------------------------------------------------------------------------- predicting
 
 
-def predict_video(members: list[Models], video: dict, actions: list[str], slots: list[str]) -> np.ndarray:
+def predict_video(members: list[Models], video: dict, actions: list[str], slots: list[str],
+                  smooth_s: float = 0.0) -> np.ndarray:
     """A cached video (``prepare.load_video``) -> probs (n_pairs, T, A) float32: the mean of the members
-    that have a model for (lab, action); 0 where none has or the track does not list the action."""
+    that have a model for (lab, action); 0 where none has or the track does not list the action;
+    a centred mean over ``smooth_s`` seconds when > 0 (in seconds, so 10 and 120 fps labs get the same)."""
     lab = str(video["meta"]["lab"])
     fps = float(video["meta"]["fps"])
     cols = np.array([data.ACTION_INDEX[a] for a in actions], dtype=np.int64)
@@ -245,11 +262,14 @@ def predict_video(members: list[Models], video: dict, actions: list[str], slots:
         for j in todo:
             ms = [m[(lab, actions[j])] for m in members if (lab, actions[j]) in m]
             out[p, :, j] = np.mean([b.predict(X, num_threads=1) for b in ms], axis=0)
+        if smooth_s > 0:
+            out[p][:, todo] = tabular.rolling(out[p][:, todo], max(int(round(smooth_s * fps)), 1))[0]
     return out
 
 
 def predict_cache(cache_dir: Path, videos: pd.DataFrame, member_of: Any, actions: list[str], path: Path,
-                  with_labels: bool, progress: bool = True, desc: str = "gbdt predict") -> Path:
+                  with_labels: bool, progress: bool = True, desc: str = "gbdt predict",
+                  smooth_s: float = 0.0) -> Path:
     """Predict every track of ``videos`` and write a predictions file.
 
     ``member_of(lab, video) -> list[Models]`` picks the models of a video (its fold's for OOF, all
@@ -266,7 +286,7 @@ def predict_cache(cache_dir: Path, videos: pd.DataFrame, member_of: Any, actions
     for lab, vid in tqdm(list(zip(videos["lab_id"], videos["video_id"])), desc=desc, unit="video",
                          disable=not progress, file=sys.stderr, dynamic_ncols=True):
         v = prepare.load_video(cache_dir, lab, vid)
-        pr = predict_video(member_of(str(lab), vid), v, actions, slots)
+        pr = predict_video(member_of(str(lab), vid), v, actions, slots, smooth_s)
         for p, (agent, target) in enumerate(v["meta"]["pairs"]):
             probs.append(pr[p].astype(np.float16))
             if with_labels:
@@ -373,12 +393,12 @@ def run(data_root: str | Path, out: str | Path, cfg: GbdtConfig, fcfg: FeatureCo
     paths = {"cache": cache_dir, "models": out / "models"}
     paths["oof"] = predict_cache(cache_dir, train, lambda lab, vid: [folds[fold_of[f"{lab}/{vid}"]]], actions,
                                  out / "oof_predictions.npz", with_labels=True, progress=progress,
-                                 desc="gbdt out-of-fold")
+                                 desc="gbdt out-of-fold", smooth_s=cfg.smooth_seconds)
     test = _videos(index, "test", labelled_only=False)
     if len(test):
         paths["test"] = predict_cache(cache_dir, test, lambda lab, vid: folds, actions,
                                       out / "test_predictions.npz", with_labels=False, progress=progress,
-                                      desc="gbdt test")
+                                      desc="gbdt test", smooth_s=cfg.smooth_seconds)
     n_models = sum(len(m) for m in folds)
     print(f"gbdt: {n_models} models in {time.perf_counter() - t0:.1f} s; out-of-fold -> {paths['oof']}"
           + (f"; test -> {paths['test']}" if "test" in paths else ""))
@@ -386,7 +406,8 @@ def run(data_root: str | Path, out: str | Path, cfg: GbdtConfig, fcfg: FeatureCo
 
 
 def predict_with(models_dir: str | Path, data_root: str | Path, out: str | Path, split: str = "test",
-                 fcfg: FeatureConfig | None = None, workers: int | None = None, progress: bool = True) -> Path:
+                 fcfg: FeatureConfig | None = None, workers: int | None = None, progress: bool = True,
+                 smooth_s: float = 0.0) -> Path:
     """Saved fold models (``OUT/models`` of a run) -> ``out/<split>_predictions.npz`` for another dataset
     (the mean of the folds; a lab without a model gets probability 0)."""
     folds, actions = load_models(Path(models_dir))
@@ -395,7 +416,7 @@ def predict_with(models_dir: str | Path, data_root: str | Path, out: str | Path,
     _, index = prepare.open_cache(cache_dir)
     videos = _videos(index, split, labelled_only=False)
     return predict_cache(cache_dir, videos, lambda lab, vid: folds, actions, Path(out) / f"{split}_predictions.npz",
-                         with_labels=split != "test", progress=progress, desc=f"gbdt {split}")
+                         with_labels=split != "test", progress=progress, desc=f"gbdt {split}", smooth_s=smooth_s)
 
 
 def main_from_args(args: Any) -> dict[str, Path]:
@@ -404,7 +425,8 @@ def main_from_args(args: Any) -> dict[str, Path]:
     if getattr(args, "folds", None):
         cfg.gbdt.folds = int(args.folds)
     if getattr(args, "models", None) is not None:  # no training: predict DATA's test split with saved models
-        path = predict_with(args.models, args.data, args.out, "test", cfg.features, getattr(args, "workers", None))
+        path = predict_with(args.models, args.data, args.out, "test", cfg.features, getattr(args, "workers", None),
+                            smooth_s=cfg.gbdt.smooth_seconds)
         print(f"gbdt: test predictions -> {path}")
         return {"test": path}
     paths = run(args.data, args.out, cfg.gbdt, cfg.features, workers=getattr(args, "workers", None))

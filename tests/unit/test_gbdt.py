@@ -169,3 +169,48 @@ def test_load_models_refuses_a_model_file_outside_its_folder(tmp_path):
         "models": [{"fold": 0, "lab": "L", "action": "sniff", "file": "../evil.txt"}]}))
     with pytest.raises(MabeError, match="outside"):
         gbdt.load_models(folder)
+
+
+def test_pos_weights_raise_rare_positives_to_the_balance_share_and_never_lower():
+    y = np.r_[np.ones(10), np.zeros(990)]
+    w = gbdt.pos_weights(y, 0.5)
+    assert w[y == 0].tolist() == [1.0] * 990
+    assert w[y > 0].sum() == pytest.approx(0.5 * 990)
+    np.testing.assert_array_equal(gbdt.pos_weights(y, 0.0), np.ones(1000))
+    common = np.r_[np.ones(600), np.zeros(400)]  # positives already outweigh the share: left at 1
+    np.testing.assert_array_equal(gbdt.pos_weights(common, 0.5), np.ones(1000))
+    np.testing.assert_array_equal(gbdt.pos_weights(np.zeros(5), 0.5), np.ones(5))
+
+
+def test_balanced_fit_lifts_a_rare_action_above_the_threshold_grid():
+    """A rare, learnable positive (1 %) gets probabilities the 0.05-step threshold grid can resolve only
+    with the positive weighting; without it the booster stays near the base rate."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    X = rng.normal(size=(n, 3)).astype(np.float32)
+    y = ((X[:, 0] > 2.0) & (rng.random(n) < 0.8)).astype(np.uint8)
+    rows = gbdt.TrainingRows(X, y[:, None], np.ones((n, 1), bool), np.full(n, "L"), np.zeros(n, np.int64),
+                             ["sniff"])
+    cfg = dict(n_estimators=30, num_leaves=7, min_child_samples=40, n_jobs=1)
+    p_bal = gbdt.fit_models(rows, GbdtConfig(**cfg, pos_balance=0.5), progress=False)[("L", "sniff")].predict(X)
+    p_off = gbdt.fit_models(rows, GbdtConfig(**cfg, pos_balance=0.0), progress=False)[("L", "sniff")].predict(X)
+    assert np.median(p_bal[y > 0]) > np.median(p_off[y > 0]) + 0.1
+
+
+def test_smooth_seconds_is_a_centred_mean_over_seconds_of_the_raw_probabilities(true_run):
+    """predict_video(smooth_s) = the rolling mean over round(smooth_s * fps) frames of the unsmoothed
+    probabilities, only on the columns a model predicts; 0 leaves them raw."""
+    from mabe import tabular
+
+    folds, actions = gbdt.load_models(true_run["models"])
+    fcfg, index = prepare.open_cache(true_run["cache"])
+    lab, vid = index.iloc[0]["lab_id"], index.iloc[0]["video_id"]
+    v = prepare.load_video(true_run["cache"], lab, vid)
+    slots = gbdt._slots(fcfg)
+    raw = gbdt.predict_video(folds, v, actions, slots)
+    sm = gbdt.predict_video(folds, v, actions, slots, smooth_s=0.5)
+    w = max(int(round(0.5 * float(v["meta"]["fps"]))), 1)
+    assert w > 1 and raw.any()
+    for p in range(len(raw)):
+        np.testing.assert_allclose(sm[p], tabular.rolling(raw[p], w)[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(np.diff(sm, axis=1)).sum() < np.abs(np.diff(raw, axis=1)).sum()
