@@ -27,9 +27,9 @@ SRC=src/mabe/$MODULE.py
 # the tests that exercise each module (the whole suite would work too, only slower)
 case "$MODULE" in
   postprocess) TESTS="tests/test_postprocess.py tests/test_postprocess_behaviour.py tests/test_postprocess_edges.py tests/test_submit.py" ;;
-  metric)      TESTS="tests/test_metric.py tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
-  windows)     TESTS="tests/test_windows.py tests/test_augment.py tests/test_norm.py" ;;
-  features)    TESTS="tests/test_features.py tests/test_feature_units.py" ;;
+  metric)      TESTS="tests/test_metric.py tests/test_metric_edges.py tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
+  windows)     TESTS="tests/test_windows.py tests/test_windows_edges.py tests/test_augment.py tests/test_norm.py" ;;
+  features)    TESTS="tests/test_features.py tests/test_feature_units.py tests/test_features_edges.py" ;;
   submit)      TESTS="tests/test_submit.py tests/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/test_train.py tests/test_losses.py tests/test_augment.py tests/test_train_behaviour.py" ;;
   accel)       TESTS="tests/test_accel.py tests/test_storage_dtype.py" ;;
