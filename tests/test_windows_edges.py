@@ -379,3 +379,12 @@ def test_resampled_videos_carry_their_map_back_to_video_frames(cache):
             assert n_video == 2 * T and fps == 60.0
     plain = load_trackset(cache, TaskConfig(mode="pair"), [1000, 1002], ["sniff"])
     assert plain.to_video is None
+
+
+def test_validation_takes_at_most_all_but_one_video_of_a_lab():
+    from mabe.windows import split_videos
+
+    df = pd.DataFrame({"lab_id": ["A"] * 3 + ["B"] * 2, "video_id": [1, 2, 3, 4, 5]})
+    train, val = split_videos(df, 1.0, seed=0)
+    assert len(val) == 3 and len(train) == 2  # 2 of lab A's 3, 1 of lab B's 2
+    assert {1, 2, 3} & set(train) and {4, 5} & set(train)
