@@ -194,3 +194,40 @@ def test_resample_is_linear_in_time_and_takes_the_present_neighbour_at_a_gap():
     np.testing.assert_array_equal(same, x)
     assert same is not x
     assert resample(np.array([[1], [3]]), 30.0, 60.0).dtype == np.float64
+
+
+def test_to_cm_takes_a_scale_below_one_pixel_per_cm():
+    np.testing.assert_array_equal(to_cm(np.array([[[[1.0, 2.0]]]]), 0.5), [[[[2.0, 4.0]]]])
+
+
+def test_interpolation_fills_a_gap_at_the_second_frame_but_never_a_leading_edge():
+    x = np.array([[0.0, np.nan], [np.nan, 1.0], [2.0, 2.0], [3.0, 3.0], [4.0, 9.0]])
+    got = interpolate_gaps(x, 2)
+    assert got[1, 0] == 1.0  # a run starting on frame 1 is interior
+    assert np.isnan(got[0, 1])  # a run starting on frame 0 is an edge, even when the last frame is present
+    T3 = interpolate_gaps(np.array([[1.0], [np.nan], [5.0]]), 1)  # three frames: one interior frame
+    assert T3[:, 0].tolist() == [1.0, 3.0, 5.0]
+
+
+def test_interpolation_of_a_non_contiguous_input_fills_the_returned_array():
+    base = np.array([[0.0, 1.0, np.nan, 3.0, 4.0], [10.0, np.nan, np.nan, 40.0, 50.0]])
+    got = interpolate_gaps(base.T, 2)  # (T=5, C=2), Fortran-ordered view
+    np.testing.assert_allclose(got, [[0, 10], [1, 20], [2, 30], [3, 40], [4, 50]])
+
+
+def test_moving_average_sums_in_float64_on_a_long_float32_track():
+    x = np.full((200_000, 1), 1e4, np.float32)
+    x[::2] += 1.0  # mean of any 4 consecutive frames: 1e4 + 0.5
+    got = moving_average(x, 4)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got[2:-2, 0], 1e4 + 0.5, rtol=0, atol=1e-3)
+
+
+def test_time_derivative_keeps_float32():
+    d = time_derivative(np.array([[0.0], [1.0], [3.0]], np.float32), 2.0)
+    assert d.dtype == np.float32 and d[:, 0].tolist() == [2.0, 3.0, 4.0]
+
+
+def test_a_single_frame_resamples_to_one_row():
+    assert resample_positions(1, 30.0, 15.0).tolist() == [0.0]
+    assert nearest_frames(1, 30.0, 60.0).tolist() == [0]
