@@ -231,3 +231,14 @@ def test_time_derivative_keeps_float32():
 def test_a_single_frame_resamples_to_one_row():
     assert resample_positions(1, 30.0, 15.0).tolist() == [0.0]
     assert nearest_frames(1, 30.0, 60.0).tolist() == [0]
+
+
+def test_interpolation_of_a_non_contiguous_3d_input_fills_the_returned_array():
+    base = np.ones((2, 2, 5))
+    base[1, 0, 2] = np.nan
+    got = interpolate_gaps(base.T, 1)  # (T=5, 2, 2), not C-contiguous
+    assert not np.isnan(got).any()
+
+
+def test_resample_keeps_float32():
+    assert resample(np.zeros((4, 2), np.float32), 30.0, 45.0).dtype == np.float32
