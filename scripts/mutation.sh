@@ -84,5 +84,5 @@ print(f"{sys.argv[1]}: {s['total']} mutants, killed {killed}, survived {survived
       f"timeout {s.get('timeout', 0)}, suspicious {s.get('suspicious', 0)}, skipped {s.get('skipped', 0)} "
       f"-> kill rate {rate:.1f}% ({sys.argv[2]} s)")
 EOF
-"$MUTMUT" results 2>/dev/null | sed -n '1,400p' > survivors.txt || true
+"$MUTMUT" results 2>/dev/null | grep -E ": (survived|timeout|no tests)" > survivors.txt || true
 echo "survivors: $WORK/survivors.txt (mutmut show NAME inside $WORK for the diff)"
