@@ -306,3 +306,10 @@ def test_main_prints_both_tables_and_writes_the_json(tmp_path, capsys):
     lab_row = next(line for line in lines if "LabX" in line and "sniff" not in line)
     assert [c.strip() for c in lab_row.split("│")[1:-1]] == ["LabX", "0.6000", "1", "7"]
     assert json.loads((tmp_path / "r.json").read_text())["score"] == 0.6
+
+
+def test_a_video_listed_under_two_labs_is_refused():
+    sol = pd.concat([SOL, SOL.assign(lab_id="B", start_frame=20, stop_frame=30)], ignore_index=True)
+    with pytest.raises(InvalidSolution) as e:
+        metric.score(sol, _submission([]))
+    assert str(e.value) == "solution: video 7 appears under several labs ['A', 'B']"
