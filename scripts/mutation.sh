@@ -6,6 +6,11 @@
 #   JOBS=4 scripts/mutation.sh metric          # parallel mutants (default 2)
 #   MUTATION_TESTS="tests/unit/test_postprocess.py" scripts/mutation.sh postprocess   # other tests
 #   then, to read a survivor:  cd .mutation/postprocess && mutmut show NAME
+#   MUTANTS=old/survivors.txt MUTATION_NAME=windows_after scripts/mutation.sh windows
+#       re-check only the mutants named in that file (a survivors.txt of an earlier run): minutes
+#       instead of a full run; the earlier run's killed mutants stay killed (no test was removed)
+#   MUTANT_PATTERNS="mabe.features.x_time_derivative* mabe.features.x__central*" scripts/mutation.sh features
+#       run only the mutants of the functions matching these globs (a large module in parts)
 #
 # It works in a scratch copy (.mutation/MODULE, git-ignored): src/, tests/ and pyproject.toml plus
 # a [tool.mutmut] section naming the one file to mutate and the tests that cover it, so runs of
@@ -27,9 +32,9 @@ SRC=src/mabe/$MODULE.py
 # the tests that exercise each module (the whole suite would work too, only slower)
 case "$MODULE" in
   postprocess) TESTS="tests/unit/test_postprocess.py tests/unit/test_postprocess_behaviour.py tests/unit/test_postprocess_edges.py tests/unit/test_submit.py" ;;
-  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
-  windows)     TESTS="tests/unit/test_windows.py tests/unit/training/test_augment.py tests/unit/test_norm.py" ;;
-  features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py" ;;
+  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
+  windows)     TESTS="tests/unit/test_windows.py tests/unit/test_windows_edges.py tests/unit/training/test_augment.py tests/unit/test_norm.py" ;;
+  features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py" ;;
   submit)      TESTS="tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/unit/training/test_losses.py tests/unit/training/test_augment.py tests/integration/test_train_behaviour.py" ;;
   training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_storage_dtype.py" ;;
@@ -58,17 +63,26 @@ cd "$WORK"
 # one intra-op thread per mutant process: the tests are tiny and the CPUs are shared
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=
 start=$(date +%s)
-"$MUTMUT" run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+NAMES=()
+if [ -n "${MUTANTS:-}" ]; then
+  mapfile -t NAMES < <(awk -F: '/: survived/ {gsub(/ /, "", $1); print $1}' "$MUTANTS")
+  echo "re-checking only the ${#NAMES[@]} mutants that survived in $MUTANTS"
+elif [ -n "${MUTANT_PATTERNS:-}" ]; then
+  read -r -a NAMES <<< "$MUTANT_PATTERNS"
+  echo "running only the mutants matching: ${NAMES[*]}"
+fi
+"$MUTMUT" run --max-children "${JOBS:-2}" "${NAMES[@]}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
 "$MUTMUT" export-cicd-stats > /dev/null
 "$PY" - "$MODULE" "$(( $(date +%s) - start ))" <<'EOF'
 import json, sys
 s = json.load(open("mutants/mutmut-cicd-stats.json"))
 killed, survived = s["killed"], s["survived"]
+# with MUTANTS, the mutants not re-checked are "not checked" and counted in none of these
 judged = killed + survived + s.get("timeout", 0)
 rate = 100.0 * (killed + s.get("timeout", 0)) / max(judged, 1)
 print(f"{sys.argv[1]}: {s['total']} mutants, killed {killed}, survived {survived}, no tests {s['no_tests']}, "
       f"timeout {s.get('timeout', 0)}, suspicious {s.get('suspicious', 0)}, skipped {s.get('skipped', 0)} "
       f"-> kill rate {rate:.1f}% ({sys.argv[2]} s)")
 EOF
-"$MUTMUT" results 2>/dev/null | sed -n '1,400p' > survivors.txt || true
+"$MUTMUT" results 2>/dev/null | grep -E ": (survived|timeout|no tests)" > survivors.txt || true
 echo "survivors: $WORK/survivors.txt (mutmut show NAME inside $WORK for the diff)"

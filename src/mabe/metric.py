@@ -122,11 +122,13 @@ def _ids_as_str(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _video_as_str(s: pd.Series) -> np.ndarray:
+    out = s.astype(str).to_numpy(dtype=object)
     if pd.api.types.is_float_dtype(s):
+        # element by element: one NaN or fractional id must not stop 7.0 from matching video 7
         v = s.to_numpy()
-        if np.all(np.isfinite(v)) and np.all(v == np.round(v)):
-            s = s.astype(np.int64)
-    return s.astype(str).to_numpy(dtype=object)
+        whole = np.isfinite(v) & (v == np.round(v))
+        out[whole] = v[whole].astype(np.int64).astype(str)
+    return out
 
 
 def _frames(df: pd.DataFrame, col: str, what: str, err: type[MabeError]) -> np.ndarray:
