@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mabe import prepare
+from mabe import cli, prepare
 from mabe.config import FeatureConfig
 from mabe.schema import ACTION_INDEX, ACTIONS
 
@@ -99,3 +100,21 @@ def make_fake_cache(
     index.to_parquet(cache_dir / "index.parquet", index=False)
     (cache_dir / "config.json").write_text(json.dumps(fcfg.__dict__))
     return cache_dir
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str, list[str]]:
+    """``mabe ARGV`` in this process: (exit code, stdout, stderr, the warnings it raised)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = cli.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err, [str(w.message) for w in caught]
+
+
+def error_line(rc: int, err: str, command: str) -> str:
+    """The one ``mabe COMMAND: error: ...`` line of a failed command (exit 2, no traceback)."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]

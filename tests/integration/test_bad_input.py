@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from mabe import cli, prepare
+from helpers import run_cli as _run
+from mabe import prepare
 from mabe.config import FeatureConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # in-process runs: one intra-op thread
@@ -337,14 +337,6 @@ def _fill(text: str, root: Path) -> str:
     rel = lambda p: str(p.relative_to(root))  # noqa: E731
     return text.format(tracking=rel(_tracking(root)), annotation=rel(_annotation(root)),
                        tracking2=rel(_tracking(root, 2)))
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str, list[str]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rc = cli.main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err, [str(w.message) for w in caught]
 
 
 def assert_one_line_error(rc: int, err: str, command: str, *fragments: str) -> str:

@@ -6,14 +6,15 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from mabe import cli, prepare
+from helpers import error_line as _error_line
+from helpers import run_cli as _run
+from mabe import prepare
 from mabe.config import FeatureConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -22,22 +23,6 @@ TRAIN_SETTINGS = [  # as tests/test_bad_input.py: a tiny model, one epoch
     "model.conv_channels=[8]", "model.lstm_hidden=8", "model.lstm_layers=1", "train.epochs=1",
     "train.batch_size=8", "train.tensorboard=false", "train.report=false", "train.device=cpu", "train.steps_per_epoch=4",
 ]
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str, list[str]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rc = cli.main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err, [str(w.message) for w in caught]
-
-
-def _error_line(rc: int, err: str, command: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture

@@ -9,24 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import error_line as _error_line
+from helpers import run_cli
 from mabe import cli, prepare
 from mabe.config import FeatureConfig
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rc = cli.main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _error_line(rc: int, err: str, command: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_cli(argv, capsys)[:3]
 
 
 @pytest.fixture

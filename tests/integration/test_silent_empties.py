@@ -11,15 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mabe import cli, metric
-
-
-def _run(argv: list[str], capsys) -> tuple[int, str, str, list[str]]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rc = cli.main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err, [str(w.message) for w in caught]
+from helpers import run_cli as _run
+from mabe import metric
 
 
 @pytest.fixture

@@ -3,32 +3,21 @@
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mabe import cli, paths, prepare
+from helpers import error_line as _error_line
+from helpers import run_cli
+from mabe import paths, prepare
 from mabe.errors import MabeDataError, MabeError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rc = cli.main(argv)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def _error_line(rc: int, err: str, command: str) -> str:
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return run_cli(argv, capsys)[:3]
 
 
 def _files_under(root: Path) -> set[Path]:
