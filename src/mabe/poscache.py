@@ -42,6 +42,7 @@ import pandas as pd
 
 from mabe.data import ACTIONS, MAX_MICE, MabeDataWarning, intervals_to_frames
 from mabe.errors import MabeDataError, MabeError
+from mabe.io import json_ready
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -153,16 +154,6 @@ def intervals_from_annotation(ann: pd.DataFrame, mice_ids: Sequence[int], where:
 # ----------------------------------------------------------------------------- writing
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _write_folder(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Arrays as .npy + meta.json (last) into a hidden sibling folder, then renamed onto ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +164,7 @@ def _write_folder(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        (tmp / "meta.json").write_text(json.dumps(json_ready(meta), indent=1))
         if out.exists():  # an incomplete folder (no meta.json), or one being rebuilt
             shutil.rmtree(out)
         os.rename(tmp, out)

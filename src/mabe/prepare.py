@@ -47,7 +47,7 @@ from mabe import features as F
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
 from mabe.data import MabeDataWarning
 from mabe.errors import MabeDataError, MabeError
-from mabe.io import atomic_path, write_json
+from mabe.io import atomic_path, json_ready, write_json
 
 __all__ = [
     "prepare_dataset",
@@ -103,7 +103,7 @@ def video_source(task: dict) -> str:
     parts = {k: task.get(k) for k in keys}
     parts["files"] = [_file_size(task.get("tracking_path")), _file_size(task.get("annotation_path"))
                       if task.get("has_annotation") else None]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(json_ready(parts), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _stale(folder: Path, task: dict) -> str | None:
@@ -227,17 +227,7 @@ def _slots(fcfg: FeatureConfig) -> list[str]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    write_json(path, obj, default=_json_default)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    write_json(path, obj)  # numpy values become Python numbers (io.json_ready)
 
 
 # ----------------------------------------------------------------------------- one video
