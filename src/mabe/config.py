@@ -426,7 +426,7 @@ def config_from_dict(raw: dict, where: str = "<dict>") -> Config:
 
 
 # The shipped configs are package data (so an installed wheel has them); the repository's top-level
-# configs/ holds identical copies for `-c configs/h100.yaml` from a checkout (tests/test_packaging.py).
+# configs/ holds identical copies for `-c configs/h100.yaml` from a checkout (tests/integration/test_packaging.py).
 PACKAGED_CONFIGS = Path(__file__).with_name("configs")
 
 

@@ -1,7 +1,7 @@
 """The features of ``mabe.features`` in torch, batched over windows, for computing them where the model runs.
 
 Same definitions, same column order, same NaN rules as the numpy module (its docstring is the
-reference); tested equal to it within float tolerance (tests/test_features_torch.py). Every
+reference); tested equal to it within float tolerance (tests/unit/test_features_torch.py). Every
 function here takes a leading batch axis: ``(B, T, M, S, 2)`` positions of B windows of T frames,
 with per-window ``fps`` / ``pix_per_cm`` / ``centre`` as ``(B,)`` / ``(B,)`` / ``(B, 2)`` tensors
 (or Python numbers, the same for every window). Work is vectorised over batch, time, mice and

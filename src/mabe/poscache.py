@@ -21,7 +21,7 @@ Precision. Positions are quantised to ``quantum_cm``: the smallest power of two 
 in the px -> cm conversion: 100x below tracker noise of ~0.1 cm), against float16's 2^-6..2^-5 cm
 steps at 16..64 cm. Derivatives amplify the error by
 fps per derivative: <= sqrt(2) * fps * quantum for speeds (0.08 cm/s at 30 fps) and <= 2 sqrt(2) *
-fps^2 * quantum for accelerations (5 cm/s^2); tests/test_poscache.py checks these bounds on the
+fps^2 * quantum for accelerations (5 cm/s^2); tests/unit/test_poscache.py checks these bounds on the
 features. Bytes a frame: Mv * Sv * 4 (2 mice x 18 slots: 144 B; 4 x 18: 288 B) plus labels.
 """
 

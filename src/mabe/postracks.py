@@ -6,7 +6,7 @@ positions once (``poscache.stack_codes``, 288 B a frame for 4 mice x 18 slots, s
 video's pair tracks), and ``batch`` returns the same dict as ``windows.gather`` (x, y, valid, mask)
 with x computed by ``features_torch.window_features`` and standardised. Tracks, their order, labels,
 masks and resampled rows are those ``windows.load_trackset`` builds from the float32 cache, so the
-trainer can switch between the two (tests/test_postracks.py checks they agree).
+trainer can switch between the two (tests/unit/test_postracks.py checks they agree).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Model registry: ``@register("name")`` on a constructor, ``create(name, ...)`` builds one.
 
 Every model maps a batch of windows ``(B, W, F)`` to per-frame logits ``(B, W, C)``. A config holds
-the plain string ``model.name``; ``tests/test_models.py`` runs forward/backward over ``list_models()``
+the plain string ``model.name``; ``tests/unit/test_models.py`` runs forward/backward over ``list_models()``
 so a newly registered model is tested without anyone writing a test for it. The registry itself is
 ``models/registry.py`` (model files import ``register`` from there).
 """

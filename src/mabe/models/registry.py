@@ -3,7 +3,7 @@
 Model files import ``register`` from here (not from the package, which imports them).
 
 Every model maps a batch of windows ``(B, W, F)`` to per-frame logits ``(B, W, C)``. A config holds
-the plain string ``model.name``; ``tests/test_models.py`` runs forward/backward over ``list_models()``
+the plain string ``model.name``; ``tests/unit/test_models.py`` runs forward/backward over ``list_models()``
 so a newly registered model is tested without anyone writing a test for it.
 """
 
