@@ -194,7 +194,7 @@ def test_mixup_loss_counts_only_cells_labelled_in_both_windows(tmp_path, cache, 
     assert (grad[~both] == 0).all() and (grad[both] != 0).all()
     target = lam * y.float() + (1 - lam) * y[perm].float()
     ref = torch.nn.functional.binary_cross_entropy_with_logits(logits.detach()[both], target[both])
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- early stopping, exact resume
