@@ -4,6 +4,7 @@ the demo, bad input); helpers.py holds what they share beyond fixtures."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,14 @@ def tiny_data(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny") / "data"
     synth.write_dataset(out, preset="tiny", seed=0)
+    return out
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private copy of the session's tiny synthetic dataset (about 1 MB), free to damage."""
+    out = tmp_path / "data"
+    shutil.copytree(tiny_data, out)
     return out
 
 

@@ -50,14 +50,6 @@ class Warn:
 # ----------------------------------------------------------------------------- the dataset
 
 
-@pytest.fixture
-def data(tiny_data, tmp_path) -> Path:
-    """A private copy of the session's tiny synthetic dataset (about 1 MB)."""
-    out = tmp_path / "data"
-    shutil.copytree(tiny_data, out)
-    return out
-
-
 def _row(root: Path, i: int = 0) -> pd.Series:
     return pd.read_csv(root / "train.csv").iloc[i]
 

@@ -19,13 +19,6 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     return run_cli(argv, capsys)[:3]
 
 
-@pytest.fixture
-def data(tiny_data, tmp_path) -> Path:
-    out = tmp_path / "data"
-    shutil.copytree(tiny_data, out)
-    return out
-
-
 def test_a_video_id_in_both_train_and_test_is_an_error(data, tmp_path, capsys):
     """Both rows would share one cache folder (the second 'already prepared'), and the index is keyed
     by video id: the test video would silently be the train video's features and labels."""

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from helpers import run_cli as _run
 from mabe import metric
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path) -> Path:
-    out = tmp_path / "data"
-    shutil.copytree(tiny_data, out)
-    return out
 
 
 def test_prepare_warns_when_train_csv_has_only_a_header(data, tmp_path, capsys):
