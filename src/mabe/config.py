@@ -385,9 +385,6 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: task.pos_weight must be > 0, got {cfg.task.pos_weight}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
-    if cfg.train.lstm_precision == "fp16" and cfg.train.grad_accum > 1:
-        raise ConfigError(f"{where}: train.lstm_precision=fp16 needs the loss scaling of the one-call step, "
-                          "which runs with train.grad_accum=1 only; use bf16 or fp32 with accumulation")
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

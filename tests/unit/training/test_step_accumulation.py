@@ -86,3 +86,25 @@ def test_accumulating_step_is_eager_and_says_so():
     net, _ = _pair()
     step = make_train_step(net, _loss, make_optimizer(net.parameters(), 1e-2), cuda_graphs=True, accum=2)
     assert not step.graphs and "gradient accumulation over 2" in step.describe() and "eager" in step.describe()
+
+
+def test_accumulation_with_a_loss_scale_updates_like_no_scale(rng):
+    """fp16 LSTMs train with a static loss scale; with accumulation the scale must be undone once per group
+    before the clip and the update (SGD makes a forgotten unscale a 1024x larger step)."""
+    x = torch.from_numpy(rng.standard_normal((8, 4, 5)).astype("float32"))
+    y = torch.from_numpy(rng.standard_normal((8, 4, 3)).astype("float32"))
+    out = {}
+    for scale in (1.0, 1024.0):
+        net, _ = _pair(2)
+        net.bn.momentum = 0.0
+        step = make_train_step(net, _loss, torch.optim.SGD(net.parameters(), lr=1e-2), precision="fp32",
+                               accum=2, loss_scale=scale)
+        assert step.loss_scale == scale
+        for _ in range(2):
+            for j, half in enumerate((slice(0, 4), slice(4, 8))):
+                size, last = accumulation_group(j, 2, 2)
+                step({"x": x[half], "y": y[half]}, group_size=size, last=last)
+        out[scale] = [p.detach().clone() for p in net.parameters()]
+        assert step.stats()["skipped"] == 0
+    for p, q in zip(out[1024.0], out[1.0]):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
