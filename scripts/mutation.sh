@@ -37,7 +37,9 @@ case "$MODULE" in
   features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py" ;;
   submit)      TESTS="tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/unit/training/test_losses.py tests/unit/training/test_augment.py tests/integration/test_train_behaviour.py" ;;
-  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_storage_dtype.py" ;;
+  training/losses)   TESTS="tests/unit/training/test_losses.py tests/unit/training/test_components.py tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py" ;;
+  training/schedule) TESTS="tests/unit/training/test_schedule.py tests/unit/training/test_components.py" ;;
+  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py" ;;
   *)           TESTS="tests" ;;
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
