@@ -205,6 +205,9 @@ class GbdtConfig:
     max_rows: int = 40000  # per (lab, action) model; negatives are dropped first
     pos_balance: float = 0.0  # positives weighted up to this share of the negatives' weight (0 = off)
     smooth_seconds: float = 0.0  # centred mean of the probabilities over this many s (0 = off)
+    # also one model per action on every lab's labelled tracks; per (lab, action) the out-of-fold F1 picks
+    # the lab's model, the pooled one or their mean (rare actions borrow the other labs' examples)
+    pooled: bool = True
     n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
     seed: int = 0
 
