@@ -36,11 +36,7 @@ __all__ = [
     "body_length_scale",
 ]
 
-# what each base channel means is in base_features; "bl" = body lengths (the video's median agent length).
-# The partner's view: target_facing_* is the direction of the agent seen from the target's heading (1 =
-# the target faces the agent), *_closing_bl the speed along each mouse's heading towards the other
-# (speed x the cosine of the bearing; > 0 approaching), so "who approaches whom" (approach vs escape,
-# chase vs follow-and-flee) is one split, not a combination the trees must find.
+# what each base channel means is in base_features; "bl" = body lengths (the video's median agent length)
 BASE_NAMES: tuple[str, ...] = (
     "d_nose_nose", "d_nose_tail", "d_nose_body", "d_body_body", "d_tail_nose", "d_min_parts",
     "d_nose_nose_bl", "d_nose_tail_bl", "d_body_body_bl", "d_min_parts_bl",
@@ -48,8 +44,7 @@ BASE_NAMES: tuple[str, ...] = (
     "heading_cos", "heading_sin", "bearing_cos", "bearing_sin",
     "target_x_bl", "target_y_bl", "agent_len_rel", "agent_len_rate",
     "agent_acc", "target_acc", "turn_rate",
-    "agent_spread_x_bl", "agent_spread_y_bl", "target_spread_bl",
-    "target_facing_cos", "target_facing_sin", "agent_closing_bl", "target_closing_bl", "is_self",
+    "agent_spread_x_bl", "agent_spread_y_bl", "target_spread_bl", "is_self",
 )
 # channels that get rolling statistics (the slow-moving, informative ones; not the constant is_self)
 ROLL_CHANNELS: tuple[str, ...] = (
@@ -57,7 +52,6 @@ ROLL_CHANNELS: tuple[str, ...] = (
     "agent_speed_bl", "target_speed_bl", "rel_speed", "heading_cos", "bearing_cos",
     "target_x_bl", "target_y_bl", "agent_len_rel", "agent_acc", "turn_rate",
     "agent_spread_x_bl", "agent_spread_y_bl",
-    "target_facing_cos", "agent_closing_bl", "target_closing_bl",
 )
 MEAN_SECONDS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)  # centred means
 STD_SECONDS: tuple[float, ...] = (0.5, 2.0)  # centred standard deviations
@@ -107,9 +101,6 @@ def base_features(pair: np.ndarray, slots: Sequence[str]) -> np.ndarray:
         cy = np.where(ok_t, ty, 0).sum(1) / n_t
         cx[ok_t.sum(1) == 0] = np.nan
         cy[ok_t.sum(1) == 0] = np.nan
-    # the target's heading (hc, hs) and the bearing (bc, bs) are in the agent's frame; the agent lies at -bearing
-    hc, hs, bc, bs = sc["rel.heading_cos"], sc["rel.heading_sin"], sc["bearing.cos"], sc["bearing.sin"]
-    facing_cos, facing_sin = -(hc * bc + hs * bs), hs * bc - hc * bs
     cols = {
         "d_nose_nose": sc["dist.nose_nose"], "d_nose_tail": sc["dist.nose_tailbase"],
         "d_nose_body": sc["dist.nose_body"], "d_body_body": sc["dist.body_body"],
@@ -127,9 +118,6 @@ def base_features(pair: np.ndarray, slots: Sequence[str]) -> np.ndarray:
         "turn_rate": sc["agent.turn_rate"],
         "agent_spread_x_bl": _nanstd_coords(ax) / bl, "agent_spread_y_bl": _nanstd_coords(ay) / bl,
         "target_spread_bl": np.sqrt(_nanstd_coords(tx) ** 2 + _nanstd_coords(ty) ** 2) / bl,
-        "target_facing_cos": facing_cos, "target_facing_sin": facing_sin,
-        "agent_closing_bl": sc["agent.speed"] * sc["bearing.cos"] / bl,
-        "target_closing_bl": sc["target.speed"] * facing_cos / bl,
         "is_self": sc["is_self"],
     }
     out = np.empty((T, len(BASE_NAMES)), dtype=np.float32)

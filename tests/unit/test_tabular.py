@@ -89,35 +89,3 @@ def test_missing_parts_stay_missing_and_self_tracks_are_marked():
 def test_bad_pair_vector_shape_is_refused():
     with pytest.raises(ValueError, match="pair vector"):
         tabular.track_features(np.zeros((10, 7), np.float32), 30.0, list(data.DEFAULT_SLOTS))
-
-
-def test_partner_view_target_facing_and_who_closes_in():
-    """Agent at 0 facing +x, target ahead: facing the agent, then turned away; the agent walks towards
-    it at 8 cm/s (1 body length/s) while the target stands, then the target flees and the agent stands."""
-    slots = list(data.DEFAULT_SLOTS)
-    T, fps = 120, 30.0
-    t = np.arange(T) / fps
-    first = np.arange(T) < T // 2
-    ax = np.where(first, 8.0 * t, 8.0 * t[T // 2])
-    tx = np.where(first, 30.0, 30.0 + 8.0 * (t - t[T // 2]))
-    sign_t = np.where(first, -1.0, 1.0)  # the target faces the agent, then faces away (and flees)
-    xy = np.full((T, 2, len(slots), 2), np.nan, dtype=np.float64)
-    for m, (cx, sign) in enumerate(((ax, np.ones(T)), (tx, sign_t))):
-        for part, off in (("nose", 4.0), ("body_center", 0.0), ("tail_base", -4.0)):
-            xy[:, m, slots.index(part), 0] = cx + sign * off
-            xy[:, m, slots.index(part), 1] = 0.0
-    pair = features.all_pair_features(xy, fps, [(0, 1)], slots)[0]
-    X = tabular.track_features(pair, fps, slots)
-    names = tabular.feature_names()
-    col = {n: X[:, names.index(n)] for n in ("target_facing_cos", "target_facing_sin", "agent_closing_bl",
-                                              "target_closing_bl", "bearing_cos")}
-    a, b = slice(5, T // 2 - 5), slice(T // 2 + 5, T - 5)  # away from the switch and the one-sided edges
-    np.testing.assert_allclose(col["bearing_cos"], 1.0, atol=1e-5)
-    np.testing.assert_allclose(col["target_facing_cos"][a], 1.0, atol=1e-5)
-    np.testing.assert_allclose(col["target_facing_cos"][b], -1.0, atol=1e-5)
-    np.testing.assert_allclose(col["target_facing_sin"], 0.0, atol=1e-5)
-    np.testing.assert_allclose(col["agent_closing_bl"][a], 1.0, rtol=1e-4)  # 8 cm/s = 1 body length/s
-    np.testing.assert_allclose(col["agent_closing_bl"][b], 0.0, atol=1e-4)
-    np.testing.assert_allclose(col["target_closing_bl"][a], 0.0, atol=1e-4)
-    np.testing.assert_allclose(col["target_closing_bl"][b], -1.0, rtol=1e-4)  # moving away from the agent
-    assert "target_closing_bl.mean1s" in names
