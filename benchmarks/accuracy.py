@@ -218,6 +218,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--gbdt-set", nargs="+", default=[], help="config overrides for the recipe (gbdt.x=y)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these pipelines (e.g. gbdt)")
+    ap.add_argument("--reuse-baseline", action="store_true",
+                    help="score OUT/seedS/baseline/submission.csv of an earlier run of the same seed and source instead "
+                         "of refitting the baseline (it is deterministic; refit it when the features code changed)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
@@ -235,6 +238,8 @@ def main() -> None:
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
         todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
+            if name == "baseline" and args.reuse_baseline and (base / "baseline" / "submission.csv").is_file():
+                fn = lambda *_: base / "baseline" / "submission.csv"  # noqa: E731
             t0, c0 = time.perf_counter(), _cpu()
             try:
                 sub = fn(*fn_args)

@@ -174,6 +174,16 @@ class PostprocessConfig:
     threshold: float = 0.5  # default threshold where none was fitted
     min_length: int = 3  # drop intervals shorter than this many frames
     max_gap: int = 2  # merge intervals separated by at most this many frames
+    # the same three in seconds, converted at each track's fps (round(s * fps), at least 1 frame; 0 s for
+    # the gap = no merging); when set they replace the frame counts above, so a 10 fps and a 120 fps lab
+    # get the same smoothing in time. None = use the frame counts
+    smooth_seconds: float | None = None
+    min_seconds: float | None = None
+    gap_seconds: float | None = None
+    # threshold grid of fit_thresholds: grid_n values from grid_low to grid_high, evenly spaced
+    grid_low: float = 0.05
+    grid_high: float = 0.95
+    grid_n: int = 19
 
 
 @dataclass
@@ -195,6 +205,9 @@ class GbdtConfig:
     max_rows: int = 40000  # per (lab, action) model; negatives are dropped first
     pos_balance: float = 0.0  # positives weighted up to this share of the negatives' weight (0 = off)
     smooth_seconds: float = 0.0  # centred mean of the probabilities over this many s (0 = off)
+    # also one model per action on every lab's labelled tracks; per (lab, action) the out-of-fold F1 picks
+    # the lab's model, the pooled one or their mean (rare actions borrow the other labs' examples)
+    pooled: bool = True
     n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
     seed: int = 0
 
@@ -275,6 +288,12 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "postprocess.threshold": (0, 1),
     "postprocess.min_length": (1, None),
     "postprocess.max_gap": (0, None),
+    "postprocess.smooth_seconds": (0, None),
+    "postprocess.min_seconds": (0, None),
+    "postprocess.gap_seconds": (0, None),
+    "postprocess.grid_low": (0, 1),
+    "postprocess.grid_high": (0, 1),
+    "postprocess.grid_n": (1, None),
 }
 
 

@@ -37,8 +37,12 @@ measures), heading is (1, 0), bearing (0, 0) and ``is_self`` is 1.
 
 Named parts fall back when a video does not track them (MARS tracks 7 parts, some labs 4):
 the "nose" is the first present of nose, head, headpiece, the ears' mean, neck; the "tail_base" is
-tail_base, the hips' mean, spine_2; the body centre is body_center, else the mean of the torso parts,
-else the mean of every non-tail part. Fallbacks apply frame by frame.
+tail_base, the hips' mean, spine_2; the body centre is body_center, else the mean of the mid-body
+parts (spine_1, spine_2, lateral_left, lateral_right), else the midpoint of a shoulder point (neck,
+else the ears' mean, head, headpiece, nose) and a hip point (the hips' mean, else tail_base), else
+the mean of every non-tail part. The midpoint keeps the centre mid-body for labs with only head
+and tail-base parts (4-5 part labs): a mean of whatever torso parts exist would sit on the tail
+base there. Fallbacks apply frame by frame.
 
 Derivatives are central differences (np.gradient with spacing 1/fps), one-sided next to a missing
 frame and at the ends; a missing value gives a missing derivative. Acceleration is the magnitude of the second derivative of position (|d^2 x / dt^2|, computed as the
@@ -89,7 +93,10 @@ SCALAR_NAMES: tuple[str, ...] = DIST_NAMES + (
     "agent.acc", "target.acc", "agent.turn_rate", "is_self",
 )
 
-_TORSO = ("spine_1", "spine_2", "lateral_left", "lateral_right", "hip_left", "hip_right", "neck", "tail_base")
+_MIDBODY = ("spine_1", "spine_2", "lateral_left", "lateral_right")
+# shoulder and hip points whose midpoint stands in for the body centre: (candidate groups, in priority order)
+_SHOULDER = (("neck",), ("ear_left", "ear_right"), ("head",), ("headpiece",), ("nose",))
+_HIP = (("hip_left", "hip_right"), ("tail_base",))
 _TAIL = ("tail_middle_1", "tail_middle_2", "tail_midpoint", "tail_tip")
 
 
@@ -415,17 +422,18 @@ def _nanmean_parts(z: np.ndarray, idx: list[int]) -> np.ndarray:
         return total / count
 
 
-def _first_present(z: np.ndarray, candidates: list[list[int]]) -> np.ndarray:
-    """Candidate slot groups in priority order -> (T, M) complex: per frame and mouse, the mean of the
-    first group with a present point; later groups are only consulted while gaps remain."""
+def _first_present(z: np.ndarray, candidates: list) -> np.ndarray:
+    """Candidate slot groups (lists of slot indices, or ready (T, M) complex points) in priority order
+    -> (T, M) complex: per frame and mouse, the mean of the first group with a present point; later
+    groups are only consulted while gaps remain."""
     out = np.full(z.shape[:2], np.nan, dtype=z.dtype)
     for idx in candidates:
-        if not idx:
+        if not isinstance(idx, np.ndarray) and not idx:
             continue
         miss = np.isnan(out)
         if not miss.any():
             break
-        out[miss] = _nanmean_parts(z, idx)[miss]
+        out[miss] = (idx if isinstance(idx, np.ndarray) else _nanmean_parts(z, idx))[miss]
     return out
 
 
@@ -437,8 +445,10 @@ def _landmarks(xy: np.ndarray, slots: Sequence[str]) -> tuple[np.ndarray, np.nda
         return [pos[n] for n in names if n in pos]
 
     z = _complex(xy)  # (T, M, S) x + iy
+    shoulder = _first_present(z, [parts(*g) for g in _SHOULDER])
+    hip = _first_present(z, [parts(*g) for g in _HIP])
     centre = _first_present(z, [
-        parts("body_center"), parts(*_TORSO), [i for s, i in pos.items() if s not in _TAIL],
+        parts("body_center"), parts(*_MIDBODY), (shoulder + hip) * 0.5, [i for s, i in pos.items() if s not in _TAIL],
     ])
     front = _first_present(z, [
         parts("nose"), parts("head"), parts("headpiece"), parts("ear_left", "ear_right"), parts("neck"),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mabe.config import FeatureConfig
-from mabe.features import _TAIL, _TORSO, n_pair_features
+from mabe.features import _HIP, _MIDBODY, _SHOULDER, _TAIL, n_pair_features
 
 __all__ = [
     "halo",
@@ -242,11 +242,14 @@ def _nanmean_parts(xy: torch.Tensor, idx: list[int]) -> torch.Tensor:
     return total / count
 
 
-def _first_present(xy: torch.Tensor, candidates: list[list[int]]) -> torch.Tensor:
-    """Candidate slot groups in priority order -> (B, T, M, 2): the mean of the first group present, per frame."""
+def _first_present(xy: torch.Tensor, candidates: list) -> torch.Tensor:
+    """Candidate slot groups (lists of slot indices, or ready (B, T, M, 2) points) in priority order
+    -> (B, T, M, 2): the mean of the first group present, per frame."""
     out = _nan_like(xy, xy.shape[:3] + (2,))
     for idx in candidates:
-        if idx:
+        if isinstance(idx, torch.Tensor):
+            out = torch.where(_missing(out)[..., None], idx, out)
+        elif idx:
             out = torch.where(_missing(out)[..., None], _nanmean_parts(xy, idx), out)
     return out
 
@@ -258,7 +261,10 @@ def _landmarks(xy: torch.Tensor, slots: Sequence[str]) -> tuple[torch.Tensor, to
     def parts(*names: str) -> list[int]:
         return [pos[n] for n in names if n in pos]
 
-    centre = _first_present(xy, [parts("body_center"), parts(*_TORSO), [i for s, i in pos.items() if s not in _TAIL]])
+    shoulder = _first_present(xy, [parts(*g) for g in _SHOULDER])
+    hip = _first_present(xy, [parts(*g) for g in _HIP])
+    centre = _first_present(xy, [parts("body_center"), parts(*_MIDBODY), (shoulder + hip) * 0.5,
+                                 [i for s, i in pos.items() if s not in _TAIL]])
     front = _first_present(xy, [parts("nose"), parts("head"), parts("headpiece"), parts("ear_left", "ear_right"),
                                 parts("neck")])
     back = _first_present(xy, [parts("tail_base"), parts("hip_left", "hip_right"), parts("spine_2")])

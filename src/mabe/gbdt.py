@@ -12,13 +12,22 @@ action for that pair in ``behaviors_labeled``. Output is the predictions file of
 (rows = video frames), so ``mabe submit --fit / --thresholds``, ``mabe score`` and
 ``predictions.average`` work unchanged.
 
+Pooled models (``gbdt.pooled``): a lab has a few videos, so a rare action may have a handful of
+intervals there, too few for its own model; the features are body-length normalised and in seconds,
+so the same action in other labs is evidence. Beside each (lab, action) model, one model per action
+is fitted on every lab's labelled tracks. Per (lab, action), the out-of-fold F1 (at its best
+threshold) picks the lab's own model, the pooled one or their mean (``choose_sources``): a lab whose
+conventions differ keeps its own model, and the choice never sees a video's own fold.
+
 Flow (``run``): prepare the feature cache -> collect subsampled training rows of every labelled
 train video -> K fold models (each trained without its fold's videos) -> out-of-fold predictions of
-every train video (by the model that never saw it) -> test predictions (mean of the K fold models).
+every train video (by the model that never saw it) -> per (lab, action) source chosen out of fold ->
+test predictions (mean of the K fold models).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -33,7 +42,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mabe import data, postprocess, predictions, prepare, submit, tabular
-from mabe.config import FeatureConfig, GbdtConfig, load_config
+from mabe.config import FeatureConfig, GbdtConfig, PostprocessConfig, load_config
 from mabe.errors import MabeError
 from mabe.io import write_json
 from mabe.paths import safe_name, within
@@ -44,6 +53,9 @@ __all__ = [
     "collect_rows",
     "fit_models",
     "pos_weights",
+    "POOLED",
+    "SOURCES",
+    "choose_sources",
     "predict_video",
     "predict_cache",
     "run",
@@ -51,7 +63,10 @@ __all__ = [
     "load_models",
 ]
 
-Models = dict[tuple[str, str], Any]  # (lab, action) -> lightgbm.Booster
+Models = dict[tuple[str, str], Any]  # (lab, action) -> lightgbm.Booster; lab POOLED: every lab's model
+POOLED = "*"  # the lab key of the pooled models; never a real lab (lab ids pass paths.safe_name)
+SOURCES = ("lab", "pooled", "mean")  # what a (lab, action) column is predicted from (choose_sources)
+Choice = dict[tuple[str, str], str]  # (lab, action) -> one of SOURCES; missing = "lab"
 
 
 def _lgb():
@@ -201,18 +216,21 @@ def pos_weights(y: np.ndarray, balance: float) -> np.ndarray:
 
 def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = None, progress: bool = True,
                desc: str = "gbdt fit") -> Models:
-    """One booster per (lab, action) with a positive and a negative labelled row among ``use`` (bool (N,))."""
+    """One booster per (lab, action) with a positive and a negative labelled row among ``use`` (bool (N,));
+    with ``cfg.pooled`` also one per action over every lab's labelled rows, keyed (POOLED, action)."""
     lgb = _lgb()
     use = np.ones(len(rows.X), dtype=bool) if use is None else np.asarray(use, dtype=bool)
     jobs = []
-    for lab in sorted(set(rows.lab[use].tolist())):
-        in_lab = use & (rows.lab == lab)
+    labs = sorted(set(rows.lab[use].tolist()))
+    for lab in labs + ([POOLED] if cfg.pooled and len(labs) > 1 else []):
+        in_lab = use & (rows.lab == lab) if lab != POOLED else use
         for j, action in enumerate(rows.actions):
             sel = np.flatnonzero(in_lab & rows.labeled[:, j])
             if len(sel):
                 y = rows.Y[sel, j]
                 if 0 < y.sum() < len(y):
                     jobs.append((lab, action, sel, j))
+    jobs.sort(key=lambda job: -len(job[2]))  # the largest first: the pool's threads finish together
     params = _params(cfg)
 
     def one(i: int) -> Any:
@@ -243,34 +261,58 @@ def fit_models(rows: TrainingRows, cfg: GbdtConfig, use: np.ndarray | None = Non
 # ----------------------------------------------------------------------------- predicting
 
 
+def _member_mean(members: list[Models], key: tuple[str, str], X: np.ndarray) -> np.ndarray | None:
+    """(T,) mean prediction of the members that have a model for ``key``; None when none has."""
+    ms = [m[key] for m in members if key in m]
+    return np.mean([b.predict(X, num_threads=1) for b in ms], axis=0) if ms else None
+
+
 def predict_video(members: list[Models], video: dict, actions: list[str], slots: list[str],
-                  smooth_s: float = 0.0) -> np.ndarray:
-    """A cached video (``prepare.load_video``) -> probs (n_pairs, T, A) float32: the mean of the members
-    that have a model for (lab, action); 0 where none has or the track does not list the action;
-    a centred mean over ``smooth_s`` seconds when > 0 (in seconds, so 10 and 120 fps labs get the same)."""
+                  smooth_s: float = 0.0, choice: Choice | None = None,
+                  sources: tuple[str, ...] = ("chosen",)) -> np.ndarray:
+    """A cached video (``prepare.load_video``) -> probs (len(sources), n_pairs, T, A) float32 (the first axis
+    dropped for the default one source), the mean of the members' models; 0 where none has or the track
+    does not list the action; a centred mean over ``smooth_s`` seconds when > 0 (in seconds, so 10 and
+    120 fps labs get the same).
+
+    Source ``lab``: the (lab, action) models; ``pooled``: the (POOLED, action) models; ``mean``: the mean of
+    both where both exist, else whichever exists; ``chosen``: per (lab, action) the source ``choice`` names
+    ("lab" where it names none)."""
     lab = str(video["meta"]["lab"])
     fps = float(video["meta"]["fps"])
+    choice = choice or {}
     cols = np.array([data.ACTION_INDEX[a] for a in actions], dtype=np.int64)
     n_pairs, T = len(video["meta"]["pairs"]), int(video["meta"]["n_frames"])
-    out = np.zeros((n_pairs, T, len(actions)), dtype=np.float32)
+    out = np.zeros((len(sources), n_pairs, T, len(actions)), dtype=np.float32)
     for p in range(n_pairs):
         labeled = np.asarray(video["labeled"][p])[cols]
-        todo = [j for j in np.flatnonzero(labeled) if any((lab, actions[j]) in m for m in members)]
+        todo = [j for j in np.flatnonzero(labeled)
+                if any((lab, actions[j]) in m or (POOLED, actions[j]) in m for m in members)]
         if not todo or T == 0:
             continue
         X = tabular.track_features(np.asarray(video["pair"][p]), fps, slots)
         for j in todo:
-            ms = [m[(lab, actions[j])] for m in members if (lab, actions[j]) in m]
-            out[p, :, j] = np.mean([b.predict(X, num_threads=1) for b in ms], axis=0)
+            want = {choice.get((lab, actions[j]), "lab") if s == "chosen" else s for s in sources}
+            own = _member_mean(members, (lab, actions[j]), X) if want & {"lab", "mean"} else None
+            pool = _member_mean(members, (POOLED, actions[j]), X) if want & {"pooled", "mean"} else None
+            both = [q for q in (own, pool) if q is not None]
+            got = {"lab": own, "pooled": pool, "mean": np.mean(both, axis=0) if both else None}
+            for k, s in enumerate(sources):
+                q = got[choice.get((lab, actions[j]), "lab") if s == "chosen" else s]
+                if q is not None:
+                    out[k, p, :, j] = q
         if smooth_s > 0:
-            out[p][:, todo] = tabular.rolling(out[p][:, todo], max(int(round(smooth_s * fps)), 1))[0]
-    return out
+            for k in range(len(sources)):
+                out[k, p][:, todo] = tabular.rolling(out[k, p][:, todo], max(int(round(smooth_s * fps)), 1))[0]
+    return out[0] if sources == ("chosen",) else out
 
 
 def predict_cache(cache_dir: Path, videos: pd.DataFrame, member_of: Any, actions: list[str], path: Path,
                   with_labels: bool, progress: bool = True, desc: str = "gbdt predict",
-                  smooth_s: float = 0.0) -> Path:
-    """Predict every track of ``videos`` and write a predictions file.
+                  smooth_s: float = 0.0, choice: Choice | None = None,
+                  sources: tuple[str, ...] = ("chosen",)) -> Path | list[Path]:
+    """Predict every track of ``videos`` and write a predictions file (one per source, ``path`` with
+    ``.<source>`` before the suffix, when ``sources`` is not the default; see :func:`predict_video`).
 
     ``member_of(lab, video) -> list[Models]`` picks the models of a video (its fold's for OOF, all
     folds for test). Rows are video frames (the cache is kept at each video's own fps).
@@ -286,46 +328,97 @@ def predict_cache(cache_dir: Path, videos: pd.DataFrame, member_of: Any, actions
     for lab, vid in tqdm(list(zip(videos["lab_id"], videos["video_id"])), desc=desc, unit="video",
                          disable=not progress, file=sys.stderr, dynamic_ncols=True):
         v = prepare.load_video(cache_dir, lab, vid)
-        pr = predict_video(member_of(str(lab), vid), v, actions, slots, smooth_s)
+        pr = predict_video(member_of(str(lab), vid), v, actions, slots, smooth_s, choice, sources)
+        pr = pr[None] if sources == ("chosen",) else pr
         for p, (agent, target) in enumerate(v["meta"]["pairs"]):
-            probs.append(pr[p].astype(np.float16))
+            probs.append(pr[:, p].astype(np.float16))
             if with_labels:
                 labels.append(np.asarray(v["labels"][p])[:, cols])
             labeled.append(np.asarray(v["labeled"][p])[cols])
-            offsets.append(offsets[-1] + pr.shape[1])
+            offsets.append(offsets[-1] + pr.shape[2])
             vids.append(int(vid))
             labs.append(str(lab))
             agents.append(int(agent))
             targets.append(int(target))
             fpss.append(float(v["meta"]["fps"]))
     A = len(actions)
-    return predictions.save(
-        path,
-        np.concatenate(probs) if probs else np.zeros((0, A), np.float16),
-        np.asarray(offsets, dtype=np.int64), np.asarray(vids, dtype=np.int64), np.asarray(labs, dtype=str),
-        np.asarray(agents, dtype=np.int8), np.asarray(targets, dtype=np.int8), np.asarray(actions, dtype=str),
-        np.asarray(labeled, dtype=bool).reshape(-1, A), np.asarray(fpss, dtype=np.float64),
-        labels=(np.concatenate(labels) if labels else np.zeros((0, A), np.uint8)) if with_labels else None,
-    )
+    written = []
+    for k, source in enumerate(sources):
+        out = path if sources == ("chosen",) else path.with_name(f"{path.stem}.{source}{path.suffix}")
+        written.append(predictions.save(
+            out,
+            np.concatenate([q[k] for q in probs]) if probs else np.zeros((0, A), np.float16),
+            np.asarray(offsets, dtype=np.int64), np.asarray(vids, dtype=np.int64), np.asarray(labs, dtype=str),
+            np.asarray(agents, dtype=np.int8), np.asarray(targets, dtype=np.int8), np.asarray(actions, dtype=str),
+            np.asarray(labeled, dtype=bool).reshape(-1, A), np.asarray(fpss, dtype=np.float64),
+            labels=(np.concatenate(labels) if labels else np.zeros((0, A), np.uint8)) if with_labels else None,
+        ))
+    return written[0] if sources == ("chosen",) else written
+
+
+def choose_sources(oof: dict[str, predictions.Predictions], cfg: PostprocessConfig) -> Choice:
+    """Out-of-fold predictions per source (SOURCES keys, same tracks) -> per (lab, action) the source with
+    the best out-of-fold F1 at its best threshold; ties go to the earlier of SOURCES (the lab's own model)."""
+    scores = {s: postprocess.fit_threshold_scores(oof[s], cfg) for s in SOURCES if s in oof}
+    keys = sorted(set().union(*(set(v) for v in scores.values()))) if scores else []
+    choice: Choice = {}
+    for key in keys:
+        f1 = [(scores[s].get(key, (None, 0.0))[1], -i, s) for i, s in enumerate(SOURCES) if s in scores]
+        choice[key] = max(f1)[2]
+    return choice
+
+
+def combine_sources(oof: dict[str, predictions.Predictions], choice: Choice) -> predictions.Predictions:
+    """The per-source predictions (same tracks) -> one, each (lab, action) column from its chosen source."""
+    ref = oof["lab"]
+    probs = ref.probs.copy()
+    actions = [str(a) for a in ref.actions]
+    lab_of_row = np.repeat(np.asarray(ref.lab_id).astype(str), np.diff(ref.offsets))
+    for (lab, action), source in choice.items():
+        if source == "lab" or action not in actions:
+            continue
+        rows = lab_of_row == lab
+        j = actions.index(action)
+        probs[rows, j] = oof[source].probs[rows, j]
+    return dataclasses.replace(ref, probs=probs)
 
 
 # ----------------------------------------------------------------------------- model files
 
 
-def save_models(folder: Path, folds: list[Models], actions: list[str], fold_of: dict[str, int]) -> Path:
-    """``folder/fold<k>/<lab>__<action>.txt`` (LightGBM text models) + ``folder/models.json``."""
+def save_models(folder: Path, folds: list[Models], actions: list[str], fold_of: dict[str, int],
+                choice: Choice | None = None) -> Path:
+    """``folder/fold<k>/<lab>__<action>.txt`` (LightGBM text models; ``pooled__<action>.txt`` for the
+    pooled ones) + ``folder/models.json`` (with the per-(lab, action) source ``choice``)."""
     folder = Path(folder)
     entries = []
     for k, models in enumerate(folds):
         (folder / f"fold{k}").mkdir(parents=True, exist_ok=True)
         for (lab, action), booster in sorted(models.items()):
-            name = f"fold{k}/{safe_name(lab, 'metadata', 'lab_id')}__{safe_name(action, 'metadata', 'action')}.txt"
+            who = "pooled" if lab == POOLED else safe_name(lab, "metadata", "lab_id")
+            name = f"fold{k}/{who}__{safe_name(action, 'metadata', 'action')}.txt"
             booster.save_model(str(folder / name))
             entries.append({"fold": k, "lab": lab, "action": action, "file": name})
+    nested: dict[str, dict[str, str]] = {}
+    for (lab, action), source in sorted((choice or {}).items()):
+        nested.setdefault(lab, {})[action] = source
     meta = {"actions": actions, "folds": len(folds), "models": entries, "fold_of_video": fold_of,
-            "features": tabular.feature_names()}
+            "features": tabular.feature_names(), "choice": nested}
     write_json(folder / "models.json", meta)
     return folder
+
+
+def load_choice(folder: Path) -> Choice:
+    """The per-(lab, action) sources :func:`save_models` wrote ({} for older model folders)."""
+    path = Path(folder) / "models.json"
+    nested = json.loads(path.read_text()).get("choice") or {}
+    out: Choice = {}
+    for lab, per in nested.items():
+        for action, source in per.items():
+            if source not in SOURCES:
+                raise MabeError(f"{path}: choice {lab}.{action} must be one of {list(SOURCES)}, got {source!r}")
+            out[(str(lab), str(action))] = str(source)
+    return out
 
 
 def load_models(folder: Path) -> tuple[list[Models], list[str]]:
@@ -357,11 +450,13 @@ def _actions_of(cache_dir: Path, videos: pd.DataFrame) -> list[str]:
 
 
 def run(data_root: str | Path, out: str | Path, cfg: GbdtConfig, fcfg: FeatureConfig | None = None,
-        workers: int | None = None, progress: bool = True) -> dict[str, Path]:
+        workers: int | None = None, progress: bool = True, pp_cfg: PostprocessConfig | None = None) -> dict[str, Path]:
     """Cache, k-fold models, OOF predictions (with labels) and test predictions under ``out``.
 
     Writes ``out/cache/``, ``out/models/``, ``out/oof_predictions.npz`` and, when the data has a
-    test split, ``out/test_predictions.npz``; returns those paths by name.
+    test split, ``out/test_predictions.npz``; returns those paths by name. With pooled models the
+    per-source out-of-fold files ``out/oof_predictions.<source>.npz`` stay beside them and ``pp_cfg``
+    (the postprocessing the thresholds will be fitted with) scores the sources.
     """
     out = Path(out)
     fcfg = fcfg or FeatureConfig()
@@ -389,16 +484,28 @@ def run(data_root: str | Path, out: str | Path, cfg: GbdtConfig, fcfg: FeatureCo
     print(f"gbdt: {len(rows.X):,} training frames x {rows.X.shape[1]} features")
     folds = [fit_models(rows, cfg, row_fold != f, progress, desc=f"gbdt fold {f + 1}/{k}") for f in range(k)]
     del rows
-    save_models(out / "models", folds, actions, fold_of)
     paths = {"cache": cache_dir, "models": out / "models"}
-    paths["oof"] = predict_cache(cache_dir, train, lambda lab, vid: [folds[fold_of[f"{lab}/{vid}"]]], actions,
-                                 out / "oof_predictions.npz", with_labels=True, progress=progress,
-                                 desc="gbdt out-of-fold", smooth_s=cfg.smooth_seconds)
+    oof_of = lambda lab, vid: [folds[fold_of[f"{lab}/{vid}"]]]  # noqa: E731
+    choice: Choice = {}
+    if any(lab == POOLED for m in folds for lab, _ in m):
+        files = predict_cache(cache_dir, train, oof_of, actions, out / "oof_predictions.npz", with_labels=True,
+                              progress=progress, desc="gbdt out-of-fold", smooth_s=cfg.smooth_seconds,
+                              sources=SOURCES)
+        per = {s: predictions.load(f) for s, f in zip(SOURCES, files)}
+        choice = choose_sources(per, pp_cfg or PostprocessConfig())
+        paths["oof"] = combine_sources(per, choice).save(out / "oof_predictions.npz")
+        counts = {s: sum(v == s for v in choice.values()) for s in SOURCES}
+        print("gbdt: out-of-fold source per (lab, action): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    else:
+        paths["oof"] = predict_cache(cache_dir, train, oof_of, actions, out / "oof_predictions.npz",
+                                     with_labels=True, progress=progress, desc="gbdt out-of-fold",
+                                     smooth_s=cfg.smooth_seconds)
+    save_models(out / "models", folds, actions, fold_of, choice)
     test = _videos(index, "test", labelled_only=False)
     if len(test):
         paths["test"] = predict_cache(cache_dir, test, lambda lab, vid: folds, actions,
                                       out / "test_predictions.npz", with_labels=False, progress=progress,
-                                      desc="gbdt test", smooth_s=cfg.smooth_seconds)
+                                      desc="gbdt test", smooth_s=cfg.smooth_seconds, choice=choice)
     n_models = sum(len(m) for m in folds)
     print(f"gbdt: {n_models} models in {time.perf_counter() - t0:.1f} s; out-of-fold -> {paths['oof']}"
           + (f"; test -> {paths['test']}" if "test" in paths else ""))
@@ -411,12 +518,14 @@ def predict_with(models_dir: str | Path, data_root: str | Path, out: str | Path,
     """Saved fold models (``OUT/models`` of a run) -> ``out/<split>_predictions.npz`` for another dataset
     (the mean of the folds; a lab without a model gets probability 0)."""
     folds, actions = load_models(Path(models_dir))
+    choice = load_choice(Path(models_dir))
     cache_dir = prepare.prepare_dataset(data_root, fcfg or FeatureConfig(), cache_root=Path(out) / "cache",
                                         splits=[split], workers=workers, progress=progress)
     _, index = prepare.open_cache(cache_dir)
     videos = _videos(index, split, labelled_only=False)
     return predict_cache(cache_dir, videos, lambda lab, vid: folds, actions, Path(out) / f"{split}_predictions.npz",
-                         with_labels=split != "test", progress=progress, desc=f"gbdt {split}", smooth_s=smooth_s)
+                         with_labels=split != "test", progress=progress, desc=f"gbdt {split}", smooth_s=smooth_s,
+                         choice=choice)
 
 
 def main_from_args(args: Any) -> dict[str, Path]:
@@ -429,7 +538,8 @@ def main_from_args(args: Any) -> dict[str, Path]:
                             smooth_s=cfg.gbdt.smooth_seconds)
         print(f"gbdt: test predictions -> {path}")
         return {"test": path}
-    paths = run(args.data, args.out, cfg.gbdt, cfg.features, workers=getattr(args, "workers", None))
+    paths = run(args.data, args.out, cfg.gbdt, cfg.features, workers=getattr(args, "workers", None),
+                pp_cfg=cfg.postprocess)
     oof = predictions.load(paths["oof"])
     thr = postprocess.fit_thresholds(oof, cfg.postprocess)
     paths["thresholds"] = postprocess.save_thresholds(Path(args.out) / "thresholds.json", thr)

@@ -28,8 +28,11 @@ __all__ = [
     "decide",
     "frames_to_intervals",
     "track_thresholds",
+    "frame_windows",
+    "threshold_grid",
     "predictions_to_intervals",
     "fit_thresholds",
+    "fit_threshold_scores",
     "save_thresholds",
     "load_thresholds",
     "INTERVAL_COLUMNS",
@@ -124,6 +127,29 @@ def frames_to_intervals(
     return vals[keep], starts[keep], stops[keep]
 
 
+def frame_windows(cfg: PostprocessConfig, fps: float) -> tuple[int, int, int]:
+    """(smoothing window, min length, max gap) in frames for a track at ``fps``: the ``*_seconds``
+    options converted (round(s * fps); at least 1 frame for the window and the length) where set,
+    else the frame counts."""
+    def frames(seconds: float | None, n: int, floor: int) -> int:
+        if seconds is None:
+            return int(n)
+        if not fps > 0:
+            raise ValueError(f"a track needs fps > 0 to convert seconds to frames, got {fps}")
+        return max(int(round(float(seconds) * float(fps))), floor)
+
+    return (frames(cfg.smooth_seconds, cfg.smooth_window, 1), frames(cfg.min_seconds, cfg.min_length, 1),
+            frames(cfg.gap_seconds, cfg.max_gap, 0))
+
+
+def threshold_grid(cfg: PostprocessConfig) -> np.ndarray:
+    """(grid_n,) float64: the thresholds :func:`fit_thresholds` tries, grid_low .. grid_high evenly."""
+    if cfg.grid_n < 1 or not 0 <= cfg.grid_low <= cfg.grid_high < 1:
+        raise ValueError(f"threshold grid needs grid_n >= 1 and 0 <= grid_low <= grid_high < 1, got "
+                         f"{cfg.grid_n}, {cfg.grid_low}, {cfg.grid_high}")
+    return np.linspace(cfg.grid_low, cfg.grid_high, int(cfg.grid_n))
+
+
 def track_thresholds(
     lab: str, actions, labeled: np.ndarray, cfg: PostprocessConfig, thresholds: Mapping | None
 ) -> np.ndarray:
@@ -158,8 +184,9 @@ def predictions_to_intervals(
         thr = track_thresholds(preds.lab_id[t], actions, preds.labeled[t], cfg, thresholds)
         if not np.isfinite(thr).any():
             continue
-        code = decide(smooth(probs, cfg.smooth_window), thr)
-        act, start, stop = frames_to_intervals(code, cfg.min_length, cfg.max_gap)
+        window, min_length, max_gap = frame_windows(cfg, float(preds.fps[t]))
+        code = decide(smooth(probs, window), thr)
+        act, start, stop = frames_to_intervals(code, min_length, max_gap)
         n = len(act)
         if n == 0:
             continue
@@ -197,11 +224,18 @@ def _f1_from_bins(total: np.ndarray, pos: np.ndarray) -> np.ndarray:
 def fit_thresholds(
     preds: Predictions, cfg: PostprocessConfig | None = None, grid: np.ndarray | None = None
 ) -> Thresholds:
-    """Per (lab, action): the threshold of ``grid`` that maximises that lab-action's frame F1, or
-    ``None`` ("never predict") where predicting cannot help the lab's mean.
+    """:func:`fit_threshold_scores` without the F1s: {(lab, action): threshold or None}."""
+    return {k: thr for k, (thr, _) in fit_threshold_scores(preds, cfg, grid).items()}
+
+
+def fit_threshold_scores(
+    preds: Predictions, cfg: PostprocessConfig | None = None, grid: np.ndarray | None = None
+) -> dict[tuple[str, str], tuple[float | None, float]]:
+    """{(lab, action): (threshold or None, its frame F1)}. Per (lab, action): the threshold of ``grid`` (default :func:`threshold_grid`) that maximises that
+    lab-action's frame F1, or ``None`` ("never predict") where predicting cannot help the lab's mean.
 
     TP / FP / FN are pooled over the lab's tracks whose ``labeled`` mask allows the action (the
-    metric ignores the others), frame-wise on the smoothed probabilities (``cfg.smooth_window``).
+    metric ignores the others), frame-wise on the smoothed probabilities (:func:`frame_windows` at each track's fps).
     Approximation: each action is fitted on its own, as if frames were predicted by ``p > thr``
     independently; the argmax coupling between the actions of one track, ``min_length`` and
     ``max_gap`` are ignored.
@@ -216,14 +250,14 @@ def fit_thresholds(
         raise MabeDataError("<predictions>", "labels", "predictions with ground-truth labels to fit thresholds",
                             "no labels")
     cfg = cfg or PostprocessConfig()
-    grid = np.linspace(0.05, 0.95, 19) if grid is None else np.sort(np.asarray(grid, dtype=np.float64).ravel())
+    grid = threshold_grid(cfg) if grid is None else np.sort(np.asarray(grid, dtype=np.float64).ravel())
     if len(grid) == 0:
         raise ValueError("fit_thresholds needs a non-empty grid")
     nb = len(grid) + 1
     actions = np.asarray(preds.actions).astype(str)
     n_actions = len(actions)
     labs = np.asarray(preds.lab_id).astype(str)
-    out: Thresholds = {}
+    out: dict[tuple[str, str], tuple[float | None, float]] = {}
     for lab in sorted(set(labs.tolist())):
         total = np.zeros((n_actions, nb), dtype=np.int64)
         pos = np.zeros((n_actions, nb), dtype=np.int64)
@@ -234,7 +268,7 @@ def fit_thresholds(
                 continue
             allowed[cols] = True
             probs, labels = preds.track(t)
-            p = smooth(probs[:, cols], cfg.smooth_window)
+            p = smooth(probs[:, cols], frame_windows(cfg, float(preds.fps[t]))[0])
             b = np.searchsorted(grid, p, side="left") + np.arange(len(cols)) * nb  # (T, C)
             total[cols] += np.bincount(b.ravel(), minlength=len(cols) * nb).reshape(len(cols), nb)
             y = labels[:, cols] > 0
@@ -242,10 +276,10 @@ def fit_thresholds(
         f1 = _f1_from_bins(total, pos)
         for a in np.flatnonzero(allowed):
             if pos[a].sum() == 0:
-                out[(lab, str(actions[a]))] = None
+                out[(lab, str(actions[a]))] = (None, 0.0)
                 continue
             best = int(np.argmax(f1[a]))
-            out[(lab, str(actions[a]))] = float(grid[best]) if f1[a, best] > 0 else None
+            out[(lab, str(actions[a]))] = (float(grid[best]) if f1[a, best] > 0 else None, float(f1[a, best]))
     return out
 
 

@@ -356,3 +356,38 @@ def test_sparse_slots_scene_matches_dense_computation(rng, monkeypatch, chunk):
     np.testing.assert_allclose(sc, dense, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(np.isnan(sc), np.isnan(dense))
     np.testing.assert_array_equal(F.clean_positions(xy, 2.0, (5.0, 7.0), 3), cm)
+
+
+LYRICAL = ["ear_left", "ear_right", "nose", "tail_base", "tail_tip"]  # a real 5-part lab: no body centre
+
+
+def test_centre_fallback_is_mid_body_for_head_and_tail_labs(rng):
+    xy = _two_mice(40, rng)
+    sub = xy[:, :, [SLOTS.index(s) for s in LYRICAL]]
+    kin = F.mouse_kinematics(sub, 30.0, LYRICAL)
+    p = {s: sub[:, :, i] for i, s in enumerate(LYRICAL)}
+    # the midpoint of the ears' mean (shoulder) and the tail base (hip), not the tail base itself
+    want = ((p["ear_left"] + p["ear_right"]) / 2 + p["tail_base"]) / 2
+    np.testing.assert_allclose(kin["centre"], want, rtol=1e-6, atol=1e-9)
+    assert not np.allclose(kin["centre"], p["tail_base"], atol=0.05)  # the old fallback: the tail base
+    f = F.pair_features(sub, 30.0, 0, 1, LYRICAL)
+    assert np.isfinite(f[:, 4 * len(LYRICAL):]).all()
+    body = F.pair_feature_names(LYRICAL).index("dist.body_body")
+    np.testing.assert_allclose(f[:, body], np.hypot(*(want[:, 0] - want[:, 1]).T), rtol=1e-5)
+    # frame by frame: where the ears are lost the shoulder falls back to the nose
+    sub2 = sub.copy()
+    sub2[10:15, :, :2] = np.nan
+    c2 = F.mouse_kinematics(sub2, 30.0, LYRICAL)["centre"]
+    np.testing.assert_allclose(c2[10:15], ((p["nose"] + p["tail_base"]) / 2)[10:15], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(c2[20:], want[20:], rtol=1e-6, atol=1e-9)
+    # MARS (neck + hips): the neck-hips midpoint; a tracked body_center or mid-body parts still win
+    mars = ["nose", "ear_left", "ear_right", "neck", "hip_left", "hip_right", "tail_base"]
+    m = xy[:, :, [SLOTS.index(s) for s in mars]]
+    q = {s: m[:, :, i] for i, s in enumerate(mars)}
+    np.testing.assert_allclose(F.mouse_kinematics(m, 30.0, mars)["centre"],
+                               (q["neck"] + (q["hip_left"] + q["hip_right"]) / 2) / 2, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(F.mouse_kinematics(xy, 30.0, SLOTS)["centre"], xy[:, :, SLOTS.index("body_center")])
+    lat = ["nose", "lateral_left", "lateral_right", "tail_base"]
+    w = xy[:, :, [SLOTS.index(s) for s in lat]]
+    np.testing.assert_allclose(F.mouse_kinematics(w, 30.0, lat)["centre"], (w[:, :, 1] + w[:, :, 2]) / 2,
+                               rtol=1e-6, atol=1e-9)

@@ -14,6 +14,7 @@ from mabe.config import FeatureConfig
 SLOTS = list(data.DEFAULT_SLOTS)
 MARS = ["nose", "ear_left", "ear_right", "neck", "hip_left", "hip_right", "tail_base"]
 FOUR = ["nose", "neck", "body_center", "tail_base"]  # some labs track 4 parts
+LYRICAL = ["ear_left", "ear_right", "nose", "tail_base", "tail_tip"]  # 5 parts, no body centre: the midpoint fallback
 PPC, CENTRE = 11.5, (320.0, 240.0)
 
 
@@ -76,7 +77,7 @@ def test_scene_whole_track_equals_numpy(rng, dtype, smooth):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("slots", [SLOTS, MARS, FOUR], ids=["18", "mars7", "four"])
+@pytest.mark.parametrize("slots", [SLOTS, MARS, FOUR, LYRICAL], ids=["18", "mars7", "four", "lyrical5"])
 def test_pairs_whole_track_equal_numpy_with_fallbacks_and_self(rng, dtype, slots):
     xy = _tracks(rng, 250, slots, n_mice=3, absent=())
     np_dtype = np.float64 if dtype == torch.float64 else np.float32

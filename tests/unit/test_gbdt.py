@@ -214,3 +214,85 @@ def test_smooth_seconds_is_a_centred_mean_over_seconds_of_the_raw_probabilities(
     for p in range(len(raw)):
         np.testing.assert_allclose(sm[p], tabular.rolling(raw[p], w)[0], rtol=1e-5, atol=1e-6)
     assert np.abs(np.diff(sm, axis=1)).sum() < np.abs(np.diff(raw, axis=1)).sum()
+
+
+# ----------------------------------------------------------------------------- pooled models
+
+
+def _two_lab_rows(rng: np.random.Generator, n_rare: int) -> tuple[gbdt.TrainingRows, np.ndarray]:
+    """Lab A: 3000 rows with many positives where x0 > 1.5; lab B: 3000 rows, the same rule, n_rare positives."""
+    n = 3000
+    X = rng.normal(size=(2 * n, 3)).astype(np.float32)
+    y = (X[:, 0] > 1.5).astype(np.uint8)
+    b = np.arange(2 * n) >= n
+    pos_b = np.flatnonzero(b & (y > 0))
+    y[pos_b[n_rare:]] = 0  # lab B saw the action only n_rare times
+    X[pos_b[n_rare:], 0] = -X[pos_b[n_rare:], 0]
+    lab = np.where(b, "B", "A")
+    return gbdt.TrainingRows(X, y[:, None], np.ones((2 * n, 1), bool), lab, np.zeros(2 * n, np.int64), ["chase"]), b
+
+
+def test_pooled_model_learns_from_every_lab_and_rescues_a_rare_lab():
+    rows, b = _two_lab_rows(np.random.default_rng(0), n_rare=2)
+    cfg = dict(n_estimators=30, num_leaves=7, min_child_samples=20, n_jobs=1)
+    models = gbdt.fit_models(rows, GbdtConfig(**cfg, pooled=True), progress=False)
+    assert set(models) == {("A", "chase"), ("B", "chase"), (gbdt.POOLED, "chase")}
+    assert (gbdt.POOLED, "chase") not in gbdt.fit_models(rows, GbdtConfig(**cfg, pooled=False), progress=False)
+    rng = np.random.default_rng(1)
+    Xt = rng.normal(size=(4000, 3)).astype(np.float32)
+    yt = Xt[:, 0] > 1.5
+    # lab B's own model, from 2 positives, stays near its base rate; the pool is confident where it should be
+    own, pooled = models[("B", "chase")].predict(Xt), models[(gbdt.POOLED, "chase")].predict(Xt)
+    assert np.median(pooled[yt]) > 0.5 and np.median(own[yt]) < 0.1
+    assert _auc(pooled, yt.astype(float)) > 0.95
+    # unlabelled is not negative for the pool either: rows of tracks that do not list the action are left out
+    rows.labeled[b] = False
+    rows.Y[b] = 1  # would teach "everything in B is a chase" if they were used
+    m = gbdt.fit_models(rows, GbdtConfig(**cfg, pooled=True), progress=False)
+    assert _auc(m[(gbdt.POOLED, "chase")].predict(Xt), yt.astype(float)) > 0.95
+
+
+def _preds(probs: np.ndarray, labels: np.ndarray, labs: list[str]) -> predictions.Predictions:
+    """One track per lab, each (T, A) probabilities and labels of the same length."""
+    T = len(probs) // len(labs)
+    A = probs.shape[1]
+    return predictions.Predictions(
+        probs=probs.astype(np.float16), offsets=np.arange(len(labs) + 1) * T, video_id=np.arange(len(labs)),
+        lab_id=np.array(labs), agent_id=np.ones(len(labs), np.int8), target_id=np.full(len(labs), 2, np.int8),
+        actions=np.array(["attack", "chase"][:A]), labeled=np.ones((len(labs), A), bool),
+        fps=np.full(len(labs), 30.0), labels=labels.astype(np.uint8))
+
+
+def test_choose_sources_takes_the_best_out_of_fold_f1_per_lab_action_and_ties_go_to_the_lab():
+    from mabe.config import PostprocessConfig
+
+    rng = np.random.default_rng(0)
+    T = 400
+    y = np.zeros((2 * T, 2))
+    y[50:90, 0] = y[T + 200:T + 260, 0] = y[100:150, 1] = y[T + 10:T + 40, 1] = 1
+    noise = rng.random(y.shape) * 0.3
+    good, bad = 0.6 * y + noise, noise  # bad: no signal at all
+    # lab A: its own model is good on attack, the pool on chase; lab B: the pool on attack; chase: tie
+    lab_p = np.where(np.arange(2 * T)[:, None] < T, np.c_[good[:, 0], bad[:, 1]], np.c_[bad[:, 0], good[:, 1]])
+    pool_p = np.where(np.arange(2 * T)[:, None] < T, np.c_[bad[:, 0], good[:, 1]], np.c_[good[:, 0], good[:, 1]])
+    oof = {"lab": _preds(lab_p, y, ["A", "B"]), "pooled": _preds(pool_p, y, ["A", "B"])}
+    oof["mean"] = _preds((lab_p + pool_p) / 2, y, ["A", "B"])
+    cfg = PostprocessConfig(smooth_window=1)
+    choice = gbdt.choose_sources(oof, cfg)
+    assert choice[("A", "attack")] == "lab" and choice[("A", "chase")] == "pooled"
+    assert choice[("B", "attack")] == "pooled" and choice[("B", "chase")] == "lab"  # same F1: the lab's own
+    both = gbdt.combine_sources(oof, choice)
+    np.testing.assert_array_equal(both.probs[:T, 0], oof["lab"].probs[:T, 0])
+    np.testing.assert_array_equal(both.probs[:T, 1], oof["pooled"].probs[:T, 1])
+    np.testing.assert_array_equal(both.probs[T:, 0], oof["pooled"].probs[T:, 0])
+    np.testing.assert_array_equal(both.probs[T:, 1], oof["lab"].probs[T:, 1])
+    np.testing.assert_array_equal(oof["lab"].probs, _preds(lab_p, y, ["A", "B"]).probs)  # inputs untouched
+
+
+def test_run_saves_pooled_models_and_the_choice_and_predict_with_reuses_them(true_run):
+    meta = json.loads((Path(true_run["models"]) / "models.json").read_text())
+    assert any(e["lab"] == gbdt.POOLED and e["file"].split("/")[1].startswith("pooled__") for e in meta["models"])
+    choice = gbdt.load_choice(true_run["models"])
+    assert choice and set(choice.values()) <= set(gbdt.SOURCES)
+    for s in gbdt.SOURCES:  # the per-source out-of-fold files the choice was made on stay beside the result
+        assert (Path(true_run["oof"]).parent / f"oof_predictions.{s}.npz").is_file()

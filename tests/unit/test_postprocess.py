@@ -356,3 +356,42 @@ def test_average_ensembles_and_checks_alignment(rng):
         predictions.average([p1, other])
     with pytest.raises(ValueError):
         predictions.average([])
+
+
+# ----------------------------------------------------------------------------- seconds and the grid
+
+
+def test_min_length_and_gap_in_seconds_follow_each_tracks_fps():
+    """min_seconds 0.1 / gap_seconds 0.05: 1 frame / 1 frame at 10 fps (gap rounds 0.5 -> 0, no merge),
+    12 / 6 frames at 120 fps; the same 5-frame interval is kept at 10 fps and dropped at 120 fps."""
+    cfg = PostprocessConfig(smooth_window=1, threshold=0.5, min_seconds=0.1, gap_seconds=0.05, smooth_seconds=0.2)
+    assert pp.frame_windows(cfg, 10.0) == (2, 1, 0)
+    assert pp.frame_windows(cfg, 120.0) == (24, 12, 6)
+    assert pp.frame_windows(PostprocessConfig(), 120.0) == (5, 3, 2)  # None: the frame counts
+    p = np.zeros((60, 3))
+    p[10:15, 0] = 0.9  # 5 frames: 0.5 s at 10 fps, 0.04 s at 120 fps
+    p[30:40, 0] = p[44:56, 0] = 0.9  # a 4-frame hole: merged at 120 fps (0.033 s), not at 10 fps (0.4 s)
+    preds = make_preds([("L", 1, 1, 2, p, [1, 0, 0]), ("L", 2, 1, 2, p, [1, 0, 0])])
+    preds.fps = np.array([10.0, 120.0])
+    cfg = PostprocessConfig(smooth_window=1, threshold=0.5, min_seconds=0.1, gap_seconds=0.05)
+    iv = pp.predictions_to_intervals(preds, cfg, {})
+    got = sorted(zip(iv.video_id, iv.start_frame, iv.stop_frame))
+    assert got == [(1, 10, 15), (1, 30, 40), (1, 44, 56), (2, 30, 56)]
+
+
+def test_a_threshold_below_the_old_floor_is_chosen_when_it_is_the_out_of_fold_optimum():
+    """An under-confident model (positives at 0.03, negatives at 0.01): the default grid (floor 0.05)
+    can only say "never", a grid reaching 0.005 finds the separating threshold."""
+    y = np.zeros((200, 3), dtype=np.uint8)
+    y[50:80, 0] = 1
+    p = np.where(y > 0, 0.03, 0.01)
+    preds = make_preds([("A", 1, 1, 2, p, [1, 0, 0])], labels=[y])
+    assert pp.fit_thresholds(preds, PostprocessConfig(smooth_window=1))[("A", "attack")] is None
+    low = PostprocessConfig(smooth_window=1, grid_low=0.005, grid_high=0.95, grid_n=190)
+    thr = pp.fit_thresholds(preds, low)[("A", "attack")]
+    assert thr is not None and 0.01 <= thr < 0.03
+    np.testing.assert_allclose(pp.threshold_grid(low), np.linspace(0.005, 0.95, 190))
+    thr_f1 = pp.fit_threshold_scores(preds, low)[("A", "attack")]
+    assert thr_f1[0] == thr and thr_f1[1] == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="grid"):
+        pp.threshold_grid(PostprocessConfig(grid_low=0.5, grid_high=0.2))
