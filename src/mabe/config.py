@@ -174,6 +174,7 @@ class PostprocessConfig:
     threshold: float = 0.5  # default threshold where none was fitted
     min_length: int = 3  # drop intervals shorter than this many frames
     max_gap: int = 2  # merge intervals separated by at most this many frames
+    blend_step: float = 0.1  # `mabe blend`: step of the per-family weight grid on the simplex (must divide 1)
 
 
 @dataclass
