@@ -136,6 +136,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
     grad_clip: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.0  # >0: validate, pick best and predict with an EMA of the weights (e.g. 0.999); 0 = off
     grad_accum: int = 1
     early_stopping_patience: int = 15  # epochs without a better validation F1; 0 disables
     save_freq: int = 5  # write checkpoints/last.pt every this many epochs (and at the end)
