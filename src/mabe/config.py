@@ -110,6 +110,8 @@ class ModelConfig:
     # sync_batch (BatchNorm1d, SyncBatchNorm across processes under DDP on CUDA), group (GroupNorm with
     # one group: per window, so DDP on N processes equals one process with N times the batch) or none
     norm: Literal["batch", "sync_batch", "group", "none"] = "batch"
+    tcn_channels: int = 64  # dilated_tcn: channels of every block
+    tcn_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # dilated_tcn: one block each
 
 
 @dataclass
