@@ -19,6 +19,9 @@ Pipelines:
 - ``blend_net`` / ``blend_cpu_net`` / ``blend_all`` (``--network``): the product blend, ``mabe blend`` (weights
   and thresholds fitted on the gbdt's out-of-fold and the network's validation predictions of the same
   videos) + ``mabe submit --thresholds``, of gbdt + network, gbdt + cpu_net, and all three.
+- ``gbdt_thr_val`` (``--network``): ``mabe blend --weights 1,0``: the gbdt alone with its thresholds fitted
+  on the videos the blends fit on (cpu_net's validation videos), to tell the blend's effect from the
+  effect of fitting thresholds on fewer videos.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
     PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
@@ -212,14 +215,16 @@ def run_blend(gbdt_out: Path, net_out: Path, out: Path) -> Path:
     return submit.write_submission(sub, out / "submission.csv")
 
 
-def run_product_blend(gbdt_out: Path, net_outs: list[Path], out: Path) -> Path:
-    """``mabe blend`` (fit on gbdt OOF + the networks' validation files) then ``mabe submit --thresholds``."""
+def run_product_blend(gbdt_out: Path, net_outs: list[Path], out: Path, weights: str | None = None) -> Path:
+    """``mabe blend`` (fit on gbdt OOF + the networks' validation files) then ``mabe submit --thresholds``;
+    ``weights`` fixed (e.g. "1,0": the gbdt alone, thresholds fitted on the network's validation videos only)."""
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
     fit = [str(gbdt_out / "oof_predictions.npz")] + [str(n / "runs" / "net" / "eval" / "val_predictions.npz")
                                                       for n in net_outs]
     apply = [str(gbdt_out / "test_predictions.npz")] + [str(n / "test.npz") for n in net_outs]
-    _mabe("blend", "--fit", *fit, "--apply", *apply, "--out", str(out / "test_predictions.npz"), log=log)
+    _mabe("blend", "--fit", *fit, "--apply", *apply, "--out", str(out / "test_predictions.npz"),
+          *(("--weights", weights) if weights else ()), log=log)
     _mabe("submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "thresholds.json"),
           "--out", str(out / "submission.csv"), log=log)
     return out / "submission.csv"
@@ -258,6 +263,8 @@ def main() -> None:
             todo.append(("cpu_net", run_network, (d, base / "cpu_net", "cpu_net.yaml", sets)))
             todo.append(("blend_net", run_product_blend, (base / "gbdt", [base / "network"], base / "blend_net")))
             todo.append(("blend_cpu_net", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "blend_cpu_net")))
+            todo.append(("gbdt_thr_val", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "gbdt_thr_val",
+                                                             "1,0")))
             todo.append(("blend_all", run_product_blend, (base / "gbdt", [base / "network", base / "cpu_net"],
                                                           base / "blend_all")))
         todo = [t for t in todo if args.only is None or t[0] in args.only]
