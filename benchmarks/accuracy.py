@@ -14,6 +14,14 @@ Pipelines:
 - ``gbdt``: ``scripts/recipe_cpu.sh`` (``mabe gbdt``): k-fold LightGBM, OOF thresholds.
 - ``network`` (``--network``): the README's real-data recipe with ``configs/demo.yaml`` in pair mode.
 - ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
+- ``cpu_net`` (``--network``): ``configs/cpu_net.yaml`` (dilated TCN, 30 fps, EMA), thresholds fitted on its
+  validation videos.
+- ``blend_net`` / ``blend_cpu_net`` / ``blend_all`` (``--network``): the product blend, ``mabe blend`` (weights
+  and thresholds fitted on the gbdt's out-of-fold and the network's validation predictions of the same
+  videos) + ``mabe submit --thresholds``, of gbdt + network, gbdt + cpu_net, and all three.
+- ``gbdt_thr_val`` (``--network``): ``mabe blend --weights 1,0``: the gbdt alone with its thresholds fitted
+  on the videos the blends fit on (cpu_net's validation videos), to tell the blend's effect from the
+  effect of fitting thresholds on fewer videos.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
     PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
@@ -170,12 +178,13 @@ def run_gbdt(d: Path, out: Path, extra: tuple[str, ...] = ()) -> Path:
     return out / "submission.csv"
 
 
-def run_network(d: Path, out: Path) -> Path:
+def run_network(d: Path, out: Path, config: str = "demo.yaml", sets: tuple[str, ...] = ()) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.txt"
     runs = out / "runs"
-    _mabe("train", "-c", str(ROOT / "configs" / "demo.yaml"), "--set", "task.mode=pair", "--set", f"runs={runs}",
-          "--set", f"cache={out / 'cache'}", "--data", str(d), "--name", "net", log=log)
+    _mabe("train", "-c", str(ROOT / "configs" / config), "--set", "task.mode=pair", "--set", f"runs={runs}",
+          "--set", f"cache={out / 'cache'}", *(a for o in sets for a in ("--set", o)), "--data", str(d),
+          "--name", "net", log=log)
     _mabe("submit", str(runs / "net" / "eval" / "val_predictions.npz"), "--fit",
           str(runs / "net" / "eval" / "val_predictions.npz"), "--out", str(out / "fit" / "val.csv"), log=log)
     _mabe("predict", str(runs / "net"), "--data", str(d), "--split", "test", "--out", str(out / "test.npz"), log=log)
@@ -206,6 +215,21 @@ def run_blend(gbdt_out: Path, net_out: Path, out: Path) -> Path:
     return submit.write_submission(sub, out / "submission.csv")
 
 
+def run_product_blend(gbdt_out: Path, net_outs: list[Path], out: Path, weights: str | None = None) -> Path:
+    """``mabe blend`` (fit on gbdt OOF + the networks' validation files) then ``mabe submit --thresholds``;
+    ``weights`` fixed (e.g. "1,0": the gbdt alone, thresholds fitted on the network's validation videos only)."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    fit = [str(gbdt_out / "oof_predictions.npz")] + [str(n / "runs" / "net" / "eval" / "val_predictions.npz")
+                                                      for n in net_outs]
+    apply = [str(gbdt_out / "test_predictions.npz")] + [str(n / "test.npz") for n in net_outs]
+    _mabe("blend", "--fit", *fit, "--apply", *apply, "--out", str(out / "test_predictions.npz"),
+          *(("--weights", weights) if weights else ()), log=log)
+    _mabe("submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "thresholds.json"),
+          "--out", str(out / "submission.csv"), log=log)
+    return out / "submission.csv"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -221,6 +245,8 @@ def main() -> None:
     ap.add_argument("--reuse-baseline", action="store_true",
                     help="score OUT/seedS/baseline/submission.csv of an earlier run of the same seed and source instead "
                          "of refitting the baseline (it is deterministic; refit it when the features code changed)")
+    ap.add_argument("--net-threads", type=int, default=None,
+                    help="train.num_threads of the network runs (default: their config's)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
@@ -234,8 +260,16 @@ def main() -> None:
             d, sol = make_split(base, seed, args.preset)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         if args.network:
-            todo.append(("network", run_network, (d, base / "network")))
+            sets = () if args.net_threads is None else (f"train.num_threads={args.net_threads}",)
+            todo.append(("network", run_network, (d, base / "network", "demo.yaml", sets)))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
+            todo.append(("cpu_net", run_network, (d, base / "cpu_net", "cpu_net.yaml", sets)))
+            todo.append(("blend_net", run_product_blend, (base / "gbdt", [base / "network"], base / "blend_net")))
+            todo.append(("blend_cpu_net", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "blend_cpu_net")))
+            todo.append(("gbdt_thr_val", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "gbdt_thr_val",
+                                                             "1,0")))
+            todo.append(("blend_all", run_product_blend, (base / "gbdt", [base / "network", base / "cpu_net"],
+                                                          base / "blend_all")))
         todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
             if name == "baseline" and args.reuse_baseline and (base / "baseline" / "submission.csv").is_file():

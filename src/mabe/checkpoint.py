@@ -28,7 +28,7 @@ __all__ = [
     "BATCH_KEY", "EPOCH_STATE_KEY", "BEST_METRIC_KEY", "BEST_EPOCH_KEY", "EARLY_STOP_KEY",
     "CONFIG_KEY", "NORM_KEY", "OUTPUTS_KEY", "MODE_KEY", "IN_FEATURES_KEY", "N_OUTPUTS_KEY",
     "VERSION_KEY", "KIND_KEY", "METRICS_KEY",
-    "WORLD_KEY", "RANK_RNG_KEY",
+    "WORLD_KEY", "RANK_RNG_KEY", "EMA_KEY", "inference_weights",
     "save", "load", "clean_partial", "rng_state", "set_rng_state", "resolve", "load_for_inference", "export",
     "export_from_args",
 ]
@@ -58,6 +58,7 @@ KIND_KEY = "kind"  # "train" | "export"
 METRICS_KEY = "metrics"  # validation metrics of the saved epoch
 WORLD_KEY = "world_size"  # processes that wrote it (DDP); absent in older files = 1
 RANK_RNG_KEY = "rng_ranks"  # DDP: every rank's RNG_KEY-style state, rank order (None for one process)
+EMA_KEY = "ema"  # train.ema_decay > 0: {"decay", "updates", "weights": state_dict}; None or absent = no EMA
 
 _REQUIRED = (MODEL_KEY, CONFIG_KEY, OUTPUTS_KEY, MODE_KEY, IN_FEATURES_KEY, N_OUTPUTS_KEY, NORM_KEY)
 
@@ -135,6 +136,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     return state
 
 
+def inference_weights(state: dict) -> dict:
+    """The state_dict that prediction uses: the EMA of the weights where the run kept one, else ``MODEL_KEY``
+    (which stays the trained weights, what a resume continues from)."""
+    ema = state.get(EMA_KEY)
+    return ema["weights"] if ema else state[MODEL_KEY]
+
+
 def resolve(run_or_ckpt: str | Path, runs_root: str | Path = Config.runs) -> Path:
     """A checkpoint file, a run directory or a run name -> the checkpoint file (best, else last)."""
     p = Path(run_or_ckpt)
@@ -161,7 +169,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     state = load(path)
     cfg: Config = config_from_dict(state[CONFIG_KEY], where=f"{path} (config)")
     model = models.create(cfg.model.name, int(state[IN_FEATURES_KEY]), int(state[N_OUTPUTS_KEY]), cfg.model)
-    model.load_state_dict(state[MODEL_KEY])
+    model.load_state_dict(inference_weights(state))
     model.to(device).eval()
     meta = {
         "config": cfg,
@@ -186,6 +194,7 @@ def export(run_or_ckpt: str | Path, out: str | Path) -> Path:
     keep = (MODEL_KEY, CONFIG_KEY, OUTPUTS_KEY, MODE_KEY, IN_FEATURES_KEY, N_OUTPUTS_KEY, NORM_KEY,
             EPOCH_KEY, BEST_METRIC_KEY, METRICS_KEY)
     slim = {k: state[k] for k in keep if k in state}
+    slim[MODEL_KEY] = inference_weights(state)  # an exported file only predicts: the EMA where there is one
     slim[KIND_KEY] = "export"
     slim[VERSION_KEY] = mabe.__version__
     slim["source"] = str(src)

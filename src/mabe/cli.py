@@ -173,6 +173,13 @@ def cmd_gbdt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blend(args: argparse.Namespace) -> int:
+    from mabe import blend
+
+    blend.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -311,6 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its OUT/models) into OUT/test_predictions.npz (then `mabe submit --thresholds`)")
     _add_config_args(p)
     p.set_defaults(func=cmd_gbdt)
+
+    p = sub.add_parser("blend", help="blend model families: weights + thresholds fitted on labelled out-of-sample "
+                                     "files, applied to the test files",
+                       description="Align predictions files of several model families on (lab, video, agent, target, "
+                                   "frame), fit per-family weights (a grid on the simplex) and per-(lab, action) "
+                                   "thresholds on the --fit files (validation / out-of-fold, with labels), blend the "
+                                   "--apply files with those weights into OUT, and write OUT's folder thresholds.json "
+                                   "(for `mabe submit --thresholds`) and blend.json (weights, grid scores).")
+    p.add_argument("--fit", nargs="+", type=Path, required=True, metavar="LABELLED.npz",
+                   help="one labelled out-of-sample file per family (gbdt OUT/oof_predictions.npz, a run's "
+                        "eval/val_predictions.npz)")
+    p.add_argument("--apply", nargs="+", type=Path, required=True, metavar="TEST.npz",
+                   help="the same families' test predictions, in the same order")
+    p.add_argument("--out", type=Path, required=True, help="blended predictions file to write (.npz)")
+    p.add_argument("--step", type=float, default=None, help="weight grid step on the simplex (default: postprocess.blend_step)")
+    p.add_argument("--weights", default=None, metavar="W,W,..", help="fixed weights (no search); thresholds still fitted")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_blend)
 
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")

@@ -110,6 +110,8 @@ class ModelConfig:
     # sync_batch (BatchNorm1d, SyncBatchNorm across processes under DDP on CUDA), group (GroupNorm with
     # one group: per window, so DDP on N processes equals one process with N times the batch) or none
     norm: Literal["batch", "sync_batch", "group", "none"] = "batch"
+    tcn_channels: int = 64  # dilated_tcn: channels of every block
+    tcn_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # dilated_tcn: one block each
 
 
 @dataclass
@@ -136,6 +138,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
     grad_clip: float = 1.0  # 0 disables clipping
+    ema_decay: float = 0.0  # >0: validate, pick best and predict with an EMA of the weights (e.g. 0.999); 0 = off
     grad_accum: int = 1
     early_stopping_patience: int = 15  # epochs without a better validation F1; 0 disables
     save_freq: int = 5  # write checkpoints/last.pt every this many epochs (and at the end)
@@ -184,6 +187,7 @@ class PostprocessConfig:
     grid_low: float = 0.05
     grid_high: float = 0.95
     grid_n: int = 19
+    blend_step: float = 0.1  # `mabe blend`: step of the per-family weight grid on the simplex (must divide 1)
 
 
 @dataclass

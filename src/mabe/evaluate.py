@@ -285,7 +285,7 @@ def write_validation(
     ``eval/val_metrics.json`` and ``eval/val_predictions.npz`` (with labels); returns the metrics."""
     best = run_dir / "checkpoints" / "best.pt"
     if best.is_file():
-        model.load_state_dict(ckpt.load(best, map_location=device)[ckpt.MODEL_KEY])
+        model.load_state_dict(ckpt.inference_weights(ckpt.load(best, map_location=device)))
     probs = predict_tracks(model, val_ts, batch=cfg.train.batch_size, stride=cfg.windows.eval_stride,
                            length=cfg.windows.sequence_length, device=device, precision=precision, arrays=arrays)
     metrics = trackset_metrics(val_ts, probs)

@@ -359,11 +359,11 @@ def predict_cache(cache_dir: Path, videos: pd.DataFrame, member_of: Any, actions
 def choose_sources(oof: dict[str, predictions.Predictions], cfg: PostprocessConfig) -> Choice:
     """Out-of-fold predictions per source (SOURCES keys, same tracks) -> per (lab, action) the source with
     the best out-of-fold F1 at its best threshold; ties go to the earlier of SOURCES (the lab's own model)."""
-    scores = {s: postprocess.fit_threshold_scores(oof[s], cfg) for s in SOURCES if s in oof}
+    scores = {s: postprocess.fit_thresholds_f1(oof[s], cfg)[1] for s in SOURCES if s in oof}
     keys = sorted(set().union(*(set(v) for v in scores.values()))) if scores else []
     choice: Choice = {}
     for key in keys:
-        f1 = [(scores[s].get(key, (None, 0.0))[1], -i, s) for i, s in enumerate(SOURCES) if s in scores]
+        f1 = [(scores[s].get(key) or 0.0, -i, s) for i, s in enumerate(SOURCES) if s in scores]
         choice[key] = max(f1)[2]
     return choice
 

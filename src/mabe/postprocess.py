@@ -32,7 +32,7 @@ __all__ = [
     "threshold_grid",
     "predictions_to_intervals",
     "fit_thresholds",
-    "fit_threshold_scores",
+    "fit_thresholds_f1",
     "save_thresholds",
     "load_thresholds",
     "INTERVAL_COLUMNS",
@@ -224,15 +224,18 @@ def _f1_from_bins(total: np.ndarray, pos: np.ndarray) -> np.ndarray:
 def fit_thresholds(
     preds: Predictions, cfg: PostprocessConfig | None = None, grid: np.ndarray | None = None
 ) -> Thresholds:
-    """:func:`fit_threshold_scores` without the F1s: {(lab, action): threshold or None}."""
-    return {k: thr for k, (thr, _) in fit_threshold_scores(preds, cfg, grid).items()}
+    """Per (lab, action): the best threshold of ``grid`` or ``None`` (:func:`fit_thresholds_f1`'s first half)."""
+    return fit_thresholds_f1(preds, cfg, grid)[0]
 
 
-def fit_threshold_scores(
+def fit_thresholds_f1(
     preds: Predictions, cfg: PostprocessConfig | None = None, grid: np.ndarray | None = None
-) -> dict[tuple[str, str], tuple[float | None, float]]:
-    """{(lab, action): (threshold or None, its frame F1)}. Per (lab, action): the threshold of ``grid`` (default :func:`threshold_grid`) that maximises that
-    lab-action's frame F1, or ``None`` ("never predict") where predicting cannot help the lab's mean.
+) -> tuple[Thresholds, dict[tuple[str, str], float | None]]:
+    """``(thresholds, f1)``: the fitted thresholds and, per (lab, action), the frame F1 they reach
+    (``None`` where the action has no positive frame in the lab: the metric does not score it unless
+    predicted). Per (lab, action): the threshold of ``grid`` (default :func:`threshold_grid`) that
+    maximises that lab-action's frame F1, or
+    ``None`` ("never predict") where predicting cannot help the lab's mean.
 
     TP / FP / FN are pooled over the lab's tracks whose ``labeled`` mask allows the action (the
     metric ignores the others), frame-wise on the smoothed probabilities (:func:`frame_windows` at each track's fps).
@@ -257,7 +260,8 @@ def fit_threshold_scores(
     actions = np.asarray(preds.actions).astype(str)
     n_actions = len(actions)
     labs = np.asarray(preds.lab_id).astype(str)
-    out: dict[tuple[str, str], tuple[float | None, float]] = {}
+    out: Thresholds = {}
+    best_f1: dict[tuple[str, str], float | None] = {}
     for lab in sorted(set(labs.tolist())):
         total = np.zeros((n_actions, nb), dtype=np.int64)
         pos = np.zeros((n_actions, nb), dtype=np.int64)
@@ -275,12 +279,14 @@ def fit_threshold_scores(
             pos[cols] += np.bincount(b[y], minlength=len(cols) * nb).reshape(len(cols), nb)
         f1 = _f1_from_bins(total, pos)
         for a in np.flatnonzero(allowed):
+            key = (lab, str(actions[a]))
             if pos[a].sum() == 0:
-                out[(lab, str(actions[a]))] = (None, 0.0)
+                out[key], best_f1[key] = None, None
                 continue
             best = int(np.argmax(f1[a]))
-            out[(lab, str(actions[a]))] = (float(grid[best]) if f1[a, best] > 0 else None, float(f1[a, best]))
-    return out
+            out[key] = float(grid[best]) if f1[a, best] > 0 else None
+            best_f1[key] = float(f1[a, best])
+    return out, best_f1
 
 
 def save_thresholds(path: str | Path, thresholds: Mapping) -> Path:

@@ -20,6 +20,7 @@ read once per epoch (and the non-finite streak once every ``max_nonfinite_steps`
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -55,6 +56,7 @@ from mabe.training.distributed import (
     init_distributed,
     wrap_model,
 )
+from mabe.training.ema import EMA
 from mabe.training.losses import loss_weights, mixed_loss, prob_loss
 from mabe.training.optim import load_optimizer_state, make_optimizer, param_groups
 from mabe.training.progress import (
@@ -118,6 +120,7 @@ class Recipe:
         if not models.set_lstm_precision(model, lstm_precision):
             log.print(f"train.lstm_precision={lstm_precision}: model {cfg.model.name} has no LSTM precision to set")
         self.raw_model, self.model = wrap_model(model.to(device), cfg.model, world, device, log.print)
+        self.ema = EMA(self.raw_model, tc.ema_decay) if tc.ema_decay > 0 else None  # validation's weights
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.class_weight, self.pos_weight = loss_weights(cfg.task, self.train_ts, device)
         scale = lr_factor(tc.lr_scaling, accum * world)  # global batch B * world * accum, relative to B
@@ -151,6 +154,12 @@ class Recipe:
         """Weights, optimizer, schedule, counters and RNGs of a checkpoint (converted to this global batch)."""
         p = self.progress = Progress.from_state_dict(state)
         self.raw_model.load_state_dict(state[ckpt.MODEL_KEY])
+        if self.ema is not None:
+            if state.get(ckpt.EMA_KEY):
+                self.ema.load_state_dict(state[ckpt.EMA_KEY])
+            else:  # a run without EMA continued with one: the average starts at the resumed weights
+                self.ema = EMA(self.raw_model, self.tc.ema_decay)
+                self.log.print("train.ema_decay: the checkpoint has no weight average; starting one here")
         load_optimizer_state(self.optimizer, state[ckpt.OPTIMIZER_KEY])
         self.schedule.load_state_dict(state[ckpt.SCHEDULER_KEY])
         if self.rank > 0:  # the saved window count is every rank's: rank 0 carries it on (loss sums are per step)
@@ -249,6 +258,8 @@ class Recipe:
             if not last:
                 continue
             p.step += 1
+            if self.ema is not None:
+                self.ema.update(self.raw_model)
             if p.step % tc.max_nonfinite_steps == 0 and int(step.worst) >= tc.max_nonfinite_steps:
                 raise TrainingError(nonfinite_message(int(step.worst), p.step))
             if stop.check(p.step):  # DDP: every rank leaves after the same step
@@ -274,11 +285,13 @@ class Recipe:
                 "windows_per_s": n_windows / max(t_train, 1e-9), "t0": t0}
 
     def validate(self) -> dict:
-        """Validation metrics (F1, accuracy, loss, competition score) and probabilities of the current weights."""
+        """Validation metrics (F1, accuracy, loss, competition score) and probabilities of the current
+        weights (their moving average with ``train.ema_decay``)."""
         cfg, val_ts = self.cfg, self.val_ts
-        probs = predict_tracks(self.raw_model, val_ts, batch=self.tc.batch_size, stride=cfg.windows.eval_stride,
-                               length=cfg.windows.sequence_length, device=self.device, precision=self.precision,
-                               arrays=self.val_arrays)
+        with self.ema.applied(self.raw_model) if self.ema is not None else contextlib.nullcontext():
+            probs = predict_tracks(self.raw_model, val_ts, batch=self.tc.batch_size, stride=cfg.windows.eval_stride,
+                                   length=cfg.windows.sequence_length, device=self.device, precision=self.precision,
+                                   arrays=self.val_arrays)
         m = trackset_metrics(val_ts, probs)
         cw = np.asarray(cfg.task.class_weights) if cfg.task.class_weights else None
         pw = self.pos_weight.cpu().numpy() if self.pos_weight is not None else None
@@ -295,7 +308,8 @@ class Recipe:
             return
         save_checkpoint(self.run_dir / "checkpoints" / name, checkpoint_state(
             self.raw_model, self.optimizer, self.schedule, self.progress, self.cfg, self.stats, self.train_ts,
-            world=self.world, rank_rngs=rank_rngs, metrics=metrics))
+            world=self.world, rank_rngs=rank_rngs, metrics=metrics,
+            ema=self.ema.state_dict() if self.ema is not None else None))
 
     def finish(self, outcome: str, epoch: int) -> dict:
         """Final evaluation of the best checkpoint, status, report; the summary."""

@@ -223,3 +223,26 @@ def test_gpu_trainer_captures_the_step_and_resumes(tmp_path, cache):
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert state[ckpt.EPOCH_KEY] == 3
     assert all(g["fused"] and g["capturable"] for g in state[ckpt.OPTIMIZER_KEY]["param_groups"])
+
+
+def test_ema_validates_with_the_average_and_resumes_exactly(tmp_path, cache):
+    """train.ema_decay: the checkpoint carries the average, inference reads it, a resume continues it."""
+    run = tmp_path / "runs" / "ema"
+    T.train(_cfg(tmp_path, epochs=3, ema_decay=0.9), run)
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    ema = state[ckpt.EMA_KEY]
+    assert ema is not None and ema["updates"] == state[ckpt.STEP_KEY] > 0
+    assert any(not torch.equal(ema["weights"][k], state[ckpt.MODEL_KEY][k]) for k in ema["weights"])
+    model, _ = ckpt.load_for_inference(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(v, ema["weights"][k]) for k, v in model.state_dict().items())
+    resumed = tmp_path / "runs" / "ema_resumed"
+    T.train(_cfg(tmp_path, epochs=1, ema_decay=0.9), resumed)
+    T.train(_cfg(tmp_path, epochs=3, ema_decay=0.9), resumed, resume=True)
+    assert _rows(resumed) == _rows(run)
+    again = ckpt.load(resumed / "checkpoints" / "last.pt")[ckpt.EMA_KEY]
+    assert again["updates"] == ema["updates"]
+    assert all(torch.equal(again["weights"][k], ema["weights"][k]) for k in ema["weights"])
+    # without EMA the rows differ (validation reads the trained weights): the option acts
+    T.train(_cfg(tmp_path, epochs=3), tmp_path / "runs" / "plain")
+    assert [r["val_loss"] for r in _rows(tmp_path / "runs" / "plain")] != [r["val_loss"] for r in _rows(run)]
+    assert ckpt.load(tmp_path / "runs" / "plain" / "checkpoints" / "last.pt")[ckpt.EMA_KEY] is None

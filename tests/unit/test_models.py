@@ -86,3 +86,23 @@ def test_lstm_precision_rejects_unknown_and_models_without_an_lstm():
         model.set_lstm_precision("fp64")
     linear = torch.nn.Linear(3, 3)
     assert models.set_lstm_precision(linear, "fp32") and not models.set_lstm_precision(linear, "bf16")
+
+
+def test_dilated_tcn_sees_exactly_its_multi_scale_receptive_field():
+    """Block l reaches offsets {0, +-d_l, +-d_(L-1-l)} (k=3, residual): with dilations 1, 2, 4 the blocks
+    pair (1, 4), (2, 2), (4, 1), so a change at frame 20 moves exactly 20 + {a + b + c}, reach 10 each side.
+    A block that dropped its long branch (reach 7) or its short one would move other frames."""
+    import itertools
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="dilated_tcn", tcn_channels=6, tcn_dilations=[1, 2, 4], kernel_size=3, dropout=0.0,
+                      norm="none")
+    model = models.create("dilated_tcn", 5, 2, cfg).eval()
+    x = torch.randn(1, 60, 5)
+    y = x.clone()
+    y[0, 20] += 1.0
+    with torch.no_grad():
+        moved = (model(x) - model(y)).abs().sum(-1)[0] > 0
+    reach = {a + b + c for a, b, c in itertools.product((0, 1, -1, 4, -4), (0, 2, -2), (0, 4, -4, 1, -1))}
+    assert max(reach) == 10
+    assert torch.nonzero(moved).flatten().tolist() == sorted(20 + r for r in reach)

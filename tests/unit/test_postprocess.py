@@ -216,6 +216,11 @@ def test_fit_thresholds_separable_never_and_brute_force():
     pB, yB = p[:, 1].astype(np.float16).astype(np.float32), y[:, 1] > 0
     f1s = [brute_force_f1(pB, yB, g) for g in grid]
     assert thr[("B", "rear")] == pytest.approx(grid[int(np.argmax(f1s))])
+    # fit_thresholds_f1: the same thresholds, and the F1 they reach (None where nothing is scored)
+    thr2, f1 = pp.fit_thresholds_f1(preds, cfg, grid)
+    assert thr2 == thr
+    assert f1[("A", "attack")] is None and f1[("A", "sniff")] == pytest.approx(1.0)
+    assert f1[("B", "rear")] == pytest.approx(max(f1s))
     # fitted thresholds reproduce a perfect score on the separable action
     iv = pp.predictions_to_intervals(preds, PostprocessConfig(smooth_window=1, min_length=1, max_gap=0), thr)
     sniff = iv[iv.action == "sniff"]
@@ -391,7 +396,7 @@ def test_a_threshold_below_the_old_floor_is_chosen_when_it_is_the_out_of_fold_op
     thr = pp.fit_thresholds(preds, low)[("A", "attack")]
     assert thr is not None and 0.01 <= thr < 0.03
     np.testing.assert_allclose(pp.threshold_grid(low), np.linspace(0.005, 0.95, 190))
-    thr_f1 = pp.fit_threshold_scores(preds, low)[("A", "attack")]
-    assert thr_f1[0] == thr and thr_f1[1] == pytest.approx(1.0, abs=1e-3)
+    thrs, f1 = pp.fit_thresholds_f1(preds, low)
+    assert thrs[("A", "attack")] == thr and f1[("A", "attack")] == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="grid"):
         pp.threshold_grid(PostprocessConfig(grid_low=0.5, grid_high=0.2))

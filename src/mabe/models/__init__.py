@@ -13,4 +13,4 @@ from mabe.models.registry import ModelFactory, create, is_model, list_models, re
 __all__ = ["register", "create", "list_models", "is_model", "set_lstm_precision", "ModelFactory"]
 
 # Importing a model module registers it; add new model files here.
-from mabe.models import conv1d_bilstm  # noqa: E402,F401
+from mabe.models import conv1d_bilstm, dilated_tcn  # noqa: E402,F401

@@ -66,9 +66,11 @@ class Progress:
 def checkpoint_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, progress: Progress, cfg: Config,
     stats: dict, ts: TrackSet, *, world: int = 1, rank_rngs: list | None = None, metrics: dict | None = None,
+    ema: dict | None = None,
 ) -> dict:
     """Everything a checkpoint holds (``mabe.checkpoint``'s keys): the unwrapped ``model``, optimizer,
-    schedule, counters, RNGs, config, normalisation ``stats`` and output names of the training ``ts``."""
+    schedule, counters, RNGs, config, normalisation ``stats`` and output names of the training ``ts``;
+    ``ema``: the weight average's ``state_dict()`` (None without one)."""
     return {
         ckpt.MODEL_KEY: model.state_dict(), ckpt.OPTIMIZER_KEY: optimizer.state_dict(),
         ckpt.SCHEDULER_KEY: schedule.state_dict(),
@@ -78,7 +80,7 @@ def checkpoint_state(
         ckpt.OUTPUTS_KEY: list(ts.names), ckpt.MODE_KEY: cfg.task.mode,
         ckpt.IN_FEATURES_KEY: ts.n_features, ckpt.N_OUTPUTS_KEY: ts.n_outputs,
         ckpt.VERSION_KEY: mabe.__version__, ckpt.KIND_KEY: "train", ckpt.METRICS_KEY: metrics or {},
-        ckpt.WORLD_KEY: world, ckpt.RANK_RNG_KEY: rank_rngs,
+        ckpt.WORLD_KEY: world, ckpt.RANK_RNG_KEY: rank_rngs, ckpt.EMA_KEY: ema,
     }
 
 
