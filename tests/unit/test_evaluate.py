@@ -120,7 +120,7 @@ def test_predict_from_args_averages_checkpoints(tmp_path, monkeypatch):
     from helpers import make_fake_cache
 
     monkeypatch.chdir(tmp_path)
-    make_fake_cache(tmp_path / "cache", n_pair=6)
+    make_fake_cache(tmp_path / "cache")
     outputs = ["attack", "rear", "sniff"]
     for i in range(2):
         torch.manual_seed(i)
