@@ -151,6 +151,8 @@ class TrainConfig:
     # intra-op CPU threads (torch.set_num_threads); None = torch's default. Capped at the CPUs this
     # process may use (divided among the ranks of one machine), so it never oversubscribes
     num_threads: int | None = None
+    # dtype of the batches' features (computed per batch from the cache's int16 positions; auto: float32;
+    # a TrackSet's feature matrix, e.g. `mabe bench`'s, is stored in it: auto picks fp16/bf16 on CUDA bf16)
     storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     fused_adamw: bool = True  # one fused AdamW kernel (CUDA, and CPU); skips non-finite steps on the device
     compile: bool = False  # torch.compile the conv stem and head (not the LSTM); CUDA only

@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-import pandas as pd
-
-from mabe import data, prepare, windows
+from mabe import data, poscache, prepare, windows
 from mabe import features as F
 from mabe import features_torch as FT
-from mabe import poscache
 from mabe.config import FeatureConfig, TaskConfig
 from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.errors import MabeError
@@ -201,7 +199,7 @@ def load_position_tracks(
         if v.meta["split"] != "test" and not v.meta["has_labels"]:
             labeled[:] = False  # listed triples without an annotation file say nothing
         back = (frames, T, fps) if resampled else None
-        row_fps = float(target_fps) if resampled else fps
+        row_fps = float(group["fps"].iloc[0])  # the index's (target_fps when resampled, else the video's)
         k = len(used)
         tracks: list[tuple[int, int, np.ndarray, np.ndarray]] = []
         if task.mode == "scene":
@@ -222,7 +220,7 @@ def load_position_tracks(
             masks.append(mask)
             track_rows.append(n_rows)
             to_video.append(back)
-            rows_meta.append((k, a, t, v.meta["lab"], int(v.meta["video"]),
+            rows_meta.append((k, a, t, str(lab), int(vid),
                               a + 1 if task.mode == "pair" else -1, t + 1 if task.mode == "pair" else -1, row_fps))
     if not used:
         raise MabeError(f"{cache_dir}: no {task.mode} tracks with labels among {len(wanted)} videos")

@@ -15,9 +15,8 @@ builds batches for the DataLoader reference path (numpy, in worker processes) an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -98,7 +98,7 @@ class DeviceStore:
         self.mode = ts.mode
         self.ts = ts
         if isinstance(ts, PositionTracks):
-            self._positions(ts, headroom, max_bytes)
+            self._positions(ts, storage, headroom, max_bytes)
             return
         self.n_rows, self.n_features = ts.X.shape
         self.dtype = resolve_storage_dtype(storage, ts.X, self.device, precision)
@@ -144,10 +144,13 @@ class DeviceStore:
         )
 
     # -- building
-    def _positions(self, ts: PositionTracks, headroom: int | None, max_bytes: int | None) -> None:
-        """The position store: int16 positions + labels where the step runs; features per batch in float32."""
+    def _positions(self, ts: PositionTracks, storage: str, headroom: int | None, max_bytes: int | None) -> None:
+        """The position store: int16 positions + labels where the step runs; each batch's features computed
+        in float32 and handed over in ``storage`` (auto: float32; the features are no longer stored)."""
         self.n_rows, self.n_features = ts.n_rows, ts.n_features
-        self.dtype = torch.float32
+        if storage != "auto" and storage not in _STORAGE:
+            raise ValueError(f"storage dtype must be auto or one of {list(_STORAGE)}, got {storage!r}")
+        self.dtype = torch.float32 if storage == "auto" else _STORAGE[storage]
         self.max_abs_error = 0.0
         nb = ts.nbytes
         self.nbytes = {"X": nb["store"], "Y": nb["Y"], "other": nb["other"], "total": nb["total"],
@@ -167,7 +170,8 @@ class DeviceStore:
             )
         self.message = (
             f"data {where}: {format_bytes(nb['total'])} (int16 positions of {ts.store.shape[0]:,} video frames + "
-            f"labels; features computed per batch; float32 features would be {format_bytes(self.nbytes['fp32_total'])})"
+            f"labels; {_name(self.dtype)} features computed per batch; stored float32 features would take "
+            f"{format_bytes(self.nbytes['fp32_total'])})"
         )
 
     def _upload(self, ts: TrackSet, chunk_rows: int) -> dict:
@@ -220,6 +224,8 @@ class DeviceStore:
         w = torch.as_tensor(windows, dtype=torch.int64).to(idx, non_blocking=True)
         s = None if shift is None else torch.as_tensor(shift, dtype=torch.int64).to(idx, non_blocking=True)
         b = self.ts.batch(self.arrays, w, length, s)
+        if isinstance(self.ts, PositionTracks) and b["x"].dtype != self.dtype:
+            b["x"] = b["x"].to(self.dtype)
         if self.resident:
             return b
         b["x"] = b["x"].to(self.dtype)
