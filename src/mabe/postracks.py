@@ -110,20 +110,22 @@ class PositionTracks:
         return batch(arrays, windows, length, self.fcfg, self.slots, mode=self.mode, max_ratio=self.max_ratio,
                      shift=shift, norm=arrays.get("norm"))
 
-    def to_trackset(self, length: int = 4096) -> windows.TrackSet:
-        """The same tracks with every row's features computed (normalised when ``norm`` is set): a
-        ``windows.TrackSet`` in memory (n_rows x n_features float32: for small sets and tests)."""
+    def to_trackset(self, chunk: int = 1024, windows_per_batch: int = 16) -> windows.TrackSet:
+        """The same tracks with every row's features computed once (standardised with ``norm`` when set, NaN -> 0):
+        a ``windows.TrackSet`` in host memory, n_rows x n_features float32 (the CPU path when it fits)."""
         arrays = self.tensors()
         X = np.empty((self.n_rows, self.n_features), np.float32)
-        for t, n in enumerate(self.lengths.tolist()):
-            for s in range(0, n, length):
-                b = self.batch(arrays, torch.tensor([[t, s]]), length)
-                k = int(b["valid"].sum())
-                X[self.offsets[t] + s : self.offsets[t] + s + k] = b["x"][0, :k].numpy()
-        ts = windows.TrackSet(self.mode, list(self.names), X, self.Y, self.label_mask, self.offsets, self.lab_id,
-                              self.video_id, self.agent_id, self.target_id, self.fps, norm=self.norm,
-                              to_video=self.to_video)
-        return ts
+        wins = windows.window_index(self.lengths, chunk, chunk)  # the last one ends on the last row
+        for i in range(0, len(wins), windows_per_batch):
+            w = torch.from_numpy(wins[i : i + windows_per_batch])
+            b = self.batch(arrays, w, chunk)
+            x, valid = b["x"].numpy(), b["valid"].numpy()
+            rows = self.offsets[wins[i : i + windows_per_batch, 0]][:, None] + wins[i : i + windows_per_batch, 1][:, None]
+            rows = rows + np.arange(chunk)[None, :]
+            X[rows[valid]] = x[valid]
+        return windows.TrackSet(self.mode, list(self.names), X, self.Y, self.label_mask, self.offsets, self.lab_id,
+                                self.video_id, self.agent_id, self.target_id, self.fps, norm=self.norm,
+                                to_video=self.to_video)
 
 
 def _check_actions(actions: Iterable[str], where: str) -> list[str]:

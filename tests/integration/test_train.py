@@ -34,6 +34,23 @@ def cache(fake_cache):
     return fake_cache
 
 
+def test_features_per_batch_train_as_features_computed_once(tmp_path, cache):
+    """The two ways of serving the same features (per batch from positions, the default on a GPU or for
+    large sets; once into host memory, the CPU default) give the same run, epoch for epoch, resume included."""
+    once = T.train(_cfg(tmp_path, epochs=2, features_in_memory="always"), tmp_path / "runs" / "once")
+    per = T.train(_cfg(tmp_path, epochs=2, features_in_memory="never"), tmp_path / "runs" / "per")
+    assert once["state"] == per["state"] == "finished"
+    assert "computed per batch" in (tmp_path / "runs" / "per" / "log.txt").read_text()
+    a, b = _rows(tmp_path / "runs" / "once"), _rows(tmp_path / "runs" / "per")
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "val_loss", "val_f1", "val_acc"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-4, abs=1e-5), (k, ra, rb)
+    args = argparse.Namespace(config=None, overrides=["train.epochs=3"], data=None, name=None,
+                              resume=str(tmp_path / "runs" / "per"), detach=False, nproc=None)
+    assert T.main_from_args(args) == 0
+    assert len(_rows(tmp_path / "runs" / "per")) == 3
+
+
 def test_run_writes_its_files_and_resume_equals_uninterrupted(tmp_path, cache):
     straight = T.train(_cfg(tmp_path), tmp_path / "runs" / "straight")
     run = tmp_path / "runs" / "straight"

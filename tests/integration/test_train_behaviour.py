@@ -341,13 +341,24 @@ def test_evaluation_reads_the_runs_validation_videos_disjoint_from_training(tmp_
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_the_trainer_hands_features_over_in_the_configured_dtype(tmp_path, cache, dtype):
-    """The cache holds int16 positions (issue 13): the features, computed per batch, come in storage_dtype."""
+def test_the_trainer_stores_features_in_the_configured_dtype(tmp_path, cache, dtype):
+    """Features computed once into host memory (the CPU default when they fit) are stored in storage_dtype."""
     run = tmp_path / "runs" / dtype
     TRAIN(_cfg(tmp_path, epochs=1, storage_dtype=dtype), run)
     log = (run / "log.txt").read_text()
+    assert f"({dtype} features;" in log and "computed once into host memory" in log
+    err = float(re.search(r"max round-trip error ([0-9.e+-]+)\)", log).group(1))
+    assert err > 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_trainer_hands_per_batch_features_over_in_the_configured_dtype(tmp_path, cache, dtype):
+    """Features per batch from the int16 positions (issue 13) come in storage_dtype."""
+    run = tmp_path / "runs" / dtype
+    TRAIN(_cfg(tmp_path, epochs=1, storage_dtype=dtype, features_in_memory="never"), run)
+    log = (run / "log.txt").read_text()
     assert "int16 positions of" in log and f"; {dtype} features computed per batch;" in log
-    cfg = _cfg(tmp_path, epochs=1, storage_dtype=dtype)
+    cfg = _cfg(tmp_path, epochs=1, storage_dtype=dtype, features_in_memory="never")
     train_ts, _, _ = load_tracksets(cfg, say=lambda _: None)
     store = DeviceStore(train_ts, "cpu", dtype)
     assert store.batch(np.array([[0, 0], [1, 3]]), 16)["x"].dtype == getattr(torch, dtype)

@@ -7,13 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mabe import prepare
 from mabe.config import Config
 from mabe.errors import MabeError
 from mabe.postracks import PositionTracks, load_position_tracks, norm_stats, resolve_actions
-from mabe.windows import split_videos
+from mabe.windows import TrackSet, split_videos
 
-__all__ = ["load_tracksets", "track_stats"]
+__all__ = ["load_tracksets", "track_stats", "features_in_memory"]
 
 
 def track_stats(ts: PositionTracks) -> dict:
@@ -21,12 +23,24 @@ def track_stats(ts: PositionTracks) -> dict:
     return norm_stats(ts.tensors(), ts.fcfg, ts.slots, mode=ts.mode, max_ratio=ts.max_ratio)
 
 
-def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print
-                   ) -> tuple[PositionTracks, PositionTracks, dict]:
-    """Cache (prepared if missing) -> split by video -> train and val PositionTracks, ``norm`` set.
+def features_in_memory(cfg: Config, n_bytes: int, device: Any) -> bool:
+    """Whether to compute the tracks' features once into host memory (``train.features_in_memory``):
+    ``n_bytes`` their float32 size, ``device`` where the step runs (None: the CPU)."""
+    mode = cfg.train.features_in_memory
+    if mode != "auto":
+        return mode == "always"
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return on_cpu and n_bytes <= cfg.train.features_memory_gb * 2**30
 
-    ``stats``: normalisation to apply (a resumed run's); None computes it on the training tracks only.
-    ``say``: where the one-line summary goes (the run log).
+
+def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print, device: Any = None
+                   ) -> tuple[PositionTracks | TrackSet, PositionTracks | TrackSet, dict]:
+    """Cache (prepared if missing) -> split by video -> train and val tracks, normalised with ``stats``.
+
+    PositionTracks (features per batch, where the step runs) or, when ``features_in_memory`` says so
+    for ``device``, TrackSets holding the same features computed once. ``stats``: normalisation to
+    apply (a resumed run's); None computes it on the training tracks only. ``say``: where the
+    one-line summaries go (the run log).
     """
     cache_dir = prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
     _, index = prepare.open_cache(cache_dir)
@@ -45,5 +59,13 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
     say(f"data: {cache_dir} | train {len(train_videos)} videos, {train_ts.n_tracks} tracks, "
         f"{train_ts.n_rows:,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
         f"{val_ts.n_rows:,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
-        f"({cfg.task.mode}; computed per batch from positions)")
+        f"({cfg.task.mode})")
+    n_bytes = (train_ts.n_rows + val_ts.n_rows) * train_ts.n_features * 4
+    if features_in_memory(cfg, n_bytes, device):
+        train_ts, val_ts = train_ts.to_trackset(), val_ts.to_trackset()
+        say(f"data: features computed once into host memory ({n_bytes / 2**20:,.1f} MiB float32; "
+            f"train.features_in_memory={cfg.train.features_in_memory}, limit {cfg.train.features_memory_gb:g} GB)")
+    else:
+        say(f"data: features computed per batch from the int16 positions "
+            f"(train.features_in_memory={cfg.train.features_in_memory})")
     return train_ts, val_ts, stats
