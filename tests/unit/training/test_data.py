@@ -34,6 +34,9 @@ def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_
     assert any("computed once into host memory" in s for s in said) and any("per batch" in s for s in said)
     for k in ("mean", "std"):
         np.testing.assert_array_equal(stats[k], stats2[k])
+    # standardised with the training tracks' statistics (NaN -> 0 = the mean): mean 0, std at most 1
+    assert np.abs(mem.X.astype(np.float64).mean(0)).max() < 1e-3 and mem.X.std(0).max() < 1 + 1e-3
+    assert mem.X.std(0).max() > 0.9
     for a, b in ((mem, per), (mem_val, per_val)):
         assert a.names == b.names and a.n_features == b.n_features
         np.testing.assert_array_equal(a.offsets, b.offsets)
