@@ -1,24 +1,25 @@
-"""Issue 13 at scale: today's float32 feature cache vs the compact position cache + features per batch.
+"""Issue 13 at scale: the float32 feature cache (before) vs the position cache + features per batch (after).
 
 On a stated share of ``mabe synth --preset real`` (``--videos`` train videos of its plan; the share
-of the real set's frames is printed), in one run on one machine:
+of the real set's frames is printed), in one run on one machine, each in a child process:
 
 1. synth: time to write the share (projected linearly to the whole preset);
-2. today: ``mabe prepare`` of the real-data recipe in pair mode (``configs/h100.yaml`` with
-   ``--set task.mode=pair``; its FeatureConfig is the default one, pair features on), in a child
-   process: wall time, frames/s, bytes a frame on disk, peak RSS;
-3. after: the same videos through read_tracking -> ``mabe.poscache.write_video`` (the prototype of
-   the integration's prepare), in a child process: the same four numbers;
+2. prepare: ``mabe prepare`` of the real-data recipe in pair mode (``configs/h100.yaml`` with
+   ``--set task.mode=pair``; its FeatureConfig is the default one) with this tree's code (after) and,
+   given ``--before SRC`` (the ``src`` folder of the code before, e.g. ``git archive main``), with
+   that one: wall time, frames/s, bytes a frame on disk, peak RSS;
+3. train: one epoch of the CPU recipe (``configs/demo.yaml``, pair mode, ``--steps`` steps, 1 thread)
+   on that cache with each tree: peak RSS (and above start-up, measured on the tiny preset: bytes a
+   video frame, projected to the whole preset), windows/s, the epoch's seconds;
 4. per batch: ``features_torch.window_features`` on a batch of windows drawn from the position
    cache (int16 store, decoded per batch), pair and scene mode, on CPU (and CUDA when present):
-   frames/s, against numpy's ``all_pair_features`` over whole videos (today's prepare step), and the
-   largest difference from the numpy features of the same windows;
+   frames/s, against numpy's ``all_pair_features`` over whole videos, and the largest difference
+   from the numpy features of the same windows; one reference-model step for the share of the step;
 5. the whole preset, projected from its plan (every video's frames, mice and tracked parts): bytes a
    frame of both caches on disk and of both device-resident stores.
 
-Ratios (after / today) are printed for every pair of numbers measured in this run.
-
-    python benchmarks/bench_scale.py --videos 8 --workdir /tmp/bench_scale --json /tmp/bench_scale.json
+    git archive main | tar -x -C /tmp/main_src
+    python benchmarks/bench_scale.py --videos 8 --before /tmp/main_src/src --workdir /tmp/bench_scale --json /tmp/b.json
 """
 
 from __future__ import annotations
@@ -55,45 +56,36 @@ def _du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _env() -> dict:
+def _env(src: Path | str = REPO / "src") -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a --before tree stays as it is
     return env
 
 
-# ----------------------------------------------------------------------------- the compact writer (child)
+def _prepare(py: str, data: Path, cache: Path, workers: int, env: dict, frames: int) -> dict:
+    """``mabe prepare`` of the real-data recipe (pair mode) in a child: seconds, frames/s, bytes, peak RSS."""
+    r = _run([py, "-m", "mabe", "prepare", str(data), "--config", str(REPO / "configs" / "h100.yaml"),
+              "--set", "task.mode=pair", "--cache", str(cache), "--split", "train", "--workers", str(workers)], env)
+    size = _du(cache)
+    return {"seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "bytes": size,
+            "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"]}
 
 
-def write_compact(data_root: str, out: str) -> None:
-    """Prototype of the integration's prepare: every train video -> a position-cache folder (runs in a child)."""
-    import warnings
+def _train(py: str, data: Path, cache: Path, runs: Path, steps: int, env: dict) -> dict:
+    """One epoch of the CPU recipe (demo.yaml, pair) in a child: peak RSS, windows/s, epoch seconds."""
+    import csv
 
-    from tqdm.auto import tqdm
-
-    from mabe import data, poscache, prepare
-
-    slots = list(data.DEFAULT_SLOTS)
-    tasks = prepare._tasks(Path(data_root), ["train"])
-    frames = 0
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.MabeDataWarning)
-        for task in tqdm(tasks, desc="compact", unit="video", file=sys.stderr):
-            trk = data.read_tracking(task["tracking_path"], slots, data.MAX_MICE)
-            xy = trk.xy
-            prepare._drop_far_points(xy, task)
-            mice_ids = [m + 1 for m in np.flatnonzero(trk.mice)]
-            iv, has = None, bool(task["has_annotation"])
-            if has:
-                iv = poscache.intervals_from_annotation(data.read_annotation(task["annotation_path"]), mice_ids)
-            labeled = [(a, t, data.ACTION_INDEX[act]) for a, t, act in task["labeled"]]
-            poscache.write_video(
-                prepare.video_dir(out, task["lab_id"], task["video_id"]), xy_px=xy, mice=trk.mice, slots=slots,
-                fps=task["fps"], pix_per_cm=task["pix_per_cm"], centre_px=(task["width"] / 2, task["height"] / 2),
-                lab=task["lab_id"], video=task["video_id"], split=task["split"], intervals=iv, labeled=labeled,
-                has_labels=has)
-            frames += trk.n_frames
-    print(json.dumps({"frames": frames, "seconds": time.perf_counter() - t0}))
+    r = _run([py, "-m", "mabe", "train", "-c", str(REPO / "configs" / "demo.yaml"), "--data", str(data), "--name", "b",
+              "--set", f"cache={cache}", "--set", f"runs={runs}", "--set", "train.epochs=1",
+              "--set", f"train.steps_per_epoch={steps}", "--set", "train.num_threads=1",
+              "--set", "train.report=false", "--set", "train.device=cpu"], env)
+    with open(runs / "b" / "metrics.csv") as f:
+        row = list(csv.DictReader(f))[-1]
+    data_line = next((ln for ln in r["output"].splitlines() if ln.startswith("data: ")), "")
+    return {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"], "epoch_time_s": float(row["epoch_time_s"]),
+            "windows_per_s": float(row["windows_per_s"]), "data_line": data_line}
 
 
 # ----------------------------------------------------------------------------- per-batch features
@@ -267,12 +259,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="torch CPU threads for the feature batches, comma-separated (default 1,2)")
     ap.add_argument("--no-step", dest="step", action="store_false",
                     help="skip timing one training step of the reference model on CPU")
+    ap.add_argument("--before", help="the src folder of the code to compare against (e.g. main's, from git archive)")
+    ap.add_argument("--steps", type=int, default=40, help="training steps of the timed epoch (default 40)")
+    ap.add_argument("--no-tiny", action="store_true", help="skip the start-up runs on the tiny preset")
     ap.add_argument("--json", help="write every number here")
-    ap.add_argument("--_write-compact", nargs=2, metavar=("DATA", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args._write_compact:
-        write_compact(*args._write_compact)
-        return {}
 
     import torch
 
@@ -283,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan = project_real()
     res: dict = {"machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
                  "python": platform.python_version(), "torch": torch.__version__,
-                 "load_average": os.getloadavg(), "args": vars(args) | {"_write_compact": None}, "real": plan}
+                 "load_average": os.getloadavg(), "args": vars(args), "real": plan}
 
     syn = _run([py, "-m", "mabe", "synth", str(work / "data"), "--preset", "real", "--videos", str(args.videos),
                 "--test-videos", "0", "--workers", str(args.workers)], env)
@@ -294,37 +285,52 @@ def main(argv: list[str] | None = None) -> dict:
     res["share"] = {"videos": args.videos, "frames": frames, "of_real": share}
     res["synth"] = {"seconds": syn["seconds"], "projected_real_min": syn["seconds"] / share / 60}
 
-    old = _run([py, "-m", "mabe", "prepare", str(work / "data"), "--config", str(REPO / "configs" / "h100.yaml"),
-                "--set", "task.mode=pair", "--cache", str(work / "cache_old"), "--split", "train",
-                "--workers", str(args.workers)], env)
-    old_bytes = _du(work / "cache_old")
-    res["old"] = {"seconds": old["seconds"], "frames_per_s": frames / old["seconds"], "bytes": old_bytes,
-                  "bytes_per_frame": old_bytes / frames, "peak_rss_mib": old["peak_rss_mib"]}
-
-    new = _run([py, __file__, "--_write-compact", str(work / "data"), str(work / "cache_new")], env)
-    new_bytes = _du(work / "cache_new")
-    res["new"] = {"seconds": new["seconds"], "frames_per_s": frames / new["seconds"], "bytes": new_bytes,
-                  "bytes_per_frame": new_bytes / frames, "peak_rss_mib": new["peak_rss_mib"]}
+    trees = {"after": REPO / "src"} | ({"before": Path(args.before)} if args.before else {})
+    if not args.no_tiny:
+        _run([py, "-m", "mabe", "synth", str(work / "tiny"), "--preset", "tiny"], env)
+    for name, src in trees.items():
+        e = _env(src)
+        res[name] = _prepare(py, work / "data", work / f"cache_{name}", args.workers, e, frames)
+        res[name]["train"] = _train(py, work / "data", work / f"cache_{name}", work / f"runs_{name}", args.steps, e)
+        if not args.no_tiny:  # start-up: the same run on the tiny preset
+            res[name]["train_tiny"] = _train(py, work / "tiny", work / f"cache_tiny_{name}", work / f"runs_tiny_{name}",
+                                             2, e)
+            above = res[name]["train"]["peak_rss_mib"] - res[name]["train_tiny"]["peak_rss_mib"]
+            res[name]["train"]["rss_bytes_per_video_frame"] = above * 2**20 / frames
+            res[name]["train"]["projected_real_gib"] = (res[name]["train_tiny"]["peak_rss_mib"] * 2**20 + above * 2**20
+                                                        / share) / 2**30
+    new_dir = work / "cache_after"
 
     res["precision"] = bench_precision(work / "data")
     for n in args.threads:
         torch.set_num_threads(n)
-        res[f"batches_cpu_{n}t"] = bench_batches(work / "cache_new", args.batch, args.window, args.repeats, "cpu")
+        res[f"batches_cpu_{n}t"] = bench_batches(new_dir, args.batch, args.window, args.repeats, "cpu")
     res["batches_cpu"] = res[f"batches_cpu_{args.threads[0]}t"]
     if torch.cuda.is_available():
-        res["batches_cuda"] = bench_batches(work / "cache_new", args.batch, args.window, args.repeats, "cuda")
+        res["batches_cuda"] = bench_batches(new_dir, args.batch, args.window, args.repeats, "cuda")
 
     if args.step:
         torch.set_num_threads(args.threads[0])
         res["train_step_cpu"] = bench_step(args.batch, args.window, res["batches_cpu"]["pair"]["n_features"])
-    o, n = res["old"], res["new"]
+    n = res["after"]
+    o = res.get("before", {k: float("nan") for k in n})
     print(f"\nbench_scale: {args.videos} videos of the real preset, {frames:,} frames = {share:.2%} of its "
           f"{plan['frames']:,} train frames; {res['machine']}, load {res['load_average'][0]:.1f}")
     print(f"  synth            {syn['seconds']:7.1f} s  (whole preset projected: {res['synth']['projected_real_min']:.0f} min)")
-    print(f"  {'':16} {'today (pair)':>14} {'compact':>14} {'ratio':>8}")
-    for key, name, fmt in (("seconds", "prepare s", "{:14.1f}"), ("frames_per_s", "frames/s", "{:14,.0f}"),
-                           ("bytes_per_frame", "disk B/frame", "{:14,.1f}"), ("peak_rss_mib", "peak RSS MiB", "{:14,.0f}")):
-        print(f"  {name:16} {fmt.format(o[key])} {fmt.format(n[key])} {n[key] / o[key]:8.3f}")
+    print(f"  {'':28} {'before':>14} {'after':>14} {'ratio':>8}")
+    rows = [("seconds", "prepare s", "{:14.1f}"), ("frames_per_s", "prepare frames/s", "{:14,.0f}"),
+            ("bytes_per_frame", "disk B/frame", "{:14,.1f}"), ("peak_rss_mib", "prepare peak RSS MiB", "{:14,.0f}")]
+    for key, name, fmt in rows:
+        print(f"  {name:28} {fmt.format(o[key])} {fmt.format(n[key])} {n[key] / o[key]:8.3f}")
+    ot, nt = o.get("train", {}), n["train"]
+    for key, name, fmt in (("peak_rss_mib", "train peak RSS MiB", "{:14,.0f}"),
+                           ("rss_bytes_per_video_frame", "train RSS B/video frame", "{:14,.0f}"),
+                           ("projected_real_gib", "train RSS real preset GiB", "{:14,.1f}"),
+                           ("windows_per_s", "train windows/s (1 thread)", "{:14,.0f}"),
+                           ("epoch_time_s", "train epoch s", "{:14,.1f}")):
+        if key in nt:
+            print(f"  {name:28} {fmt.format(ot.get(key, float('nan')))} {fmt.format(nt[key])} "
+                  f"{nt[key] / ot.get(key, float('nan')):8.3f}")
     print(f"  whole real preset (plan): disk {plan['old_gib']:.1f} GiB -> {plan['new_gib']:.2f} GiB "
           f"({plan['old_bytes_per_frame']:,.0f} -> {plan['new_bytes_per_frame']:,.0f} B/frame); device store (pair) "
           f"{plan['device_old_gib']:.1f} GiB -> {plan['device_new_gib']:.1f} GiB "

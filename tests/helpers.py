@@ -1,6 +1,6 @@
 """Helpers the test modules share (importable as ``helpers``: pytest puts ``tests/`` on the path).
 
-- ``make_fake_cache``: a feature cache in the design.md layout without data files (the ``fake_cache``
+- ``make_fake_cache``: a position cache in the design.md layout without data files (the ``fake_cache``
   fixture in conftest.py wraps it);
 - ``tiny_run``: the one small run configuration the whole-run tests start from (each test states only
   what differs);
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mabe import cli, prepare
+from mabe import cli, poscache, prepare
+from mabe import features as F
 from mabe.config import FeatureConfig
-from mabe.schema import ACTION_INDEX, ACTIONS
+from mabe.schema import ACTION_INDEX, DEFAULT_SLOTS
 
 # the tiny run every whole-run test starts from: a 2-layer, 8-channel model on 16-frame windows
 TINY_RUN = {
@@ -51,49 +52,69 @@ def metric_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _intervals(on: np.ndarray) -> list[tuple[int, int]]:
+    """(T,) bool -> [(start, stop), ...] of its runs of True (stop exclusive)."""
+    d = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
 def make_fake_cache(
     cache_root: Path, fcfg: FeatureConfig | None = None, labs: tuple[int, ...] = (3, 3), frames: tuple[int, int] = (150, 260),
-    n_pair: int = 6, n_scene: int = 10, seed: int = 0,
+    seed: int = 0,
 ) -> Path:
-    """Write a cache in the design.md layout without data files (videos of 2 mice, 4 ordered pairs).
+    """Write a position cache in the design.md layout without data files (videos of 2 mice, 4 ordered pairs).
 
-    Learnable labels: a pair "sniffs" where its smoothed feature 0 is high, a mouse "rears" (self)
-    where its feature 1 is high; "attack" is labelled on the social pairs but never happens.
+    Two mice walk (smooth random walks of their centre and heading, 18 body parts at fixed offsets);
+    learnable labels: a pair "sniffs" while the two mice are closer than their median distance, a mouse
+    "rears" (self) while it moves faster than its median speed; "attack" is labelled on the social
+    pairs but never happens. Frame 3 misses mouse 1's third part.
     """
     fcfg = fcfg or FeatureConfig()
     cache_dir = prepare.cache_dir_for(cache_root, fcfg)
+    slots = list(fcfg.slots) if fcfg.slots is not None else list(DEFAULT_SLOTS)
     rng = np.random.default_rng(seed)
     rows = []
     pairs = [(1, 1), (1, 2), (2, 1), (2, 2)]
-    kernel = np.ones(9) / 9
+    kernel = np.ones(15) / 15
+    offsets = rng.normal(0, 1.5, (len(slots), 2))  # cm, body frame
+    offsets[:, 0] += np.linspace(3, -3, len(slots))  # nose first, tail last
+    ppc, centre = 10.0, (320.0, 240.0)
     for li, n_videos in enumerate(labs):
         lab = f"Lab{li}"
         for v in range(n_videos):
             vid = 1000 * (li + 1) + v
             T = int(rng.integers(*frames))
-            raw = rng.normal(size=(4, T + 8, n_pair))
-            pair = np.stack([np.stack([np.convolve(raw[p, :, f], kernel, "valid") for f in range(n_pair)], 1)
-                             for p in range(4)]).astype(np.float32) * 3  # (4, T, P)
-            pair[0, 3, 2] = np.nan
-            labels = np.zeros((4, T, len(ACTIONS)), np.uint8)
-            labeled = np.zeros((4, len(ACTIONS)), bool)
-            for p, (a, t) in enumerate(pairs):
+            steps = np.stack([np.convolve(x, kernel, "same") for x in rng.normal(0, 2.0, (6, T + 14))])[:, 7:-7]
+            pos = np.cumsum(steps[:4].reshape(2, 2, T), axis=2).transpose(2, 0, 1)  # (T, 2 mice, 2) cm
+            pos = 8 * np.tanh(pos / 8) + np.array([[-4, 0], [4, 0]])  # stay in the arena
+            heading = np.cumsum(steps[4:] * 0.2, axis=1).T  # (T, 2) rad
+            rot = np.stack([np.cos(heading), -np.sin(heading), np.sin(heading), np.cos(heading)], -1).reshape(T, 2, 2, 2)
+            body = pos[:, :, None, :] + np.einsum("tmij,sj->tmsi", rot, offsets)  # (T, 2, S, 2) cm
+            xy = np.full((T, 4, len(slots), 2), np.nan, np.float32)
+            xy[:, :2] = body * ppc + np.array(centre)
+            xy[3, 0, 2] = np.nan
+            dist = np.linalg.norm(pos[:, 0] - pos[:, 1], axis=1)
+            speed = np.linalg.norm(np.gradient(pos, axis=0), axis=2)  # (T, 2)
+            iv, labeled = [], []
+            for a, t in pairs:
                 if a == t:
-                    labels[p, :, ACTION_INDEX["rear"]] = pair[p, :, 1] > 1.0
-                    labeled[p, ACTION_INDEX["rear"]] = True
+                    on = speed[:, a - 1] > np.median(speed[:, a - 1])
+                    iv += [(a, t, ACTION_INDEX["rear"], s, e) for s, e in _intervals(on)]
+                    labeled.append((a, t, ACTION_INDEX["rear"]))
                 else:
-                    labels[p, :, ACTION_INDEX["sniff"]] = pair[p, :, 0] > 1.0
-                    labeled[p, [ACTION_INDEX["sniff"], ACTION_INDEX["attack"]]] = True
-            scene = rng.normal(size=(T, n_scene)).astype(np.float32)
+                    iv += [(a, t, ACTION_INDEX["sniff"], s, e) for s, e in _intervals(dist < np.median(dist))]
+                    labeled += [(a, t, ACTION_INDEX["sniff"]), (a, t, ACTION_INDEX["attack"])]
+            resampled = fcfg.target_fps is not None and fcfg.target_fps != 30.0
+            n_rows = len(F.nearest_frames(T, 30.0, fcfg.target_fps)) if resampled else T
             folder = prepare.video_dir(cache_dir, lab, vid)
-            folder.mkdir(parents=True)
-            for name, arr in (("scene", scene), ("pair", pair), ("labels", labels), ("labeled", labeled)):
-                np.save(folder / f"{name}.npy", arr)
-            meta = {"lab": lab, "video": vid, "split": "train", "fps": 30.0, "video_fps": 30.0, "n_frames": T,
-                    "n_video_frames": T, "pairs": [list(p) for p in pairs], "has_labels": True}
-            (folder / "meta.json").write_text(json.dumps(meta))
+            poscache.write_video(
+                folder, xy_px=xy, mice=np.array([True, True, False, False]), slots=slots, fps=30.0, pix_per_cm=ppc,
+                centre_px=centre if fcfg.arena_centre else (0.0, 0.0), lab=lab, video=vid, split="train",
+                intervals=np.array(iv, np.int32).reshape(-1, 5), labeled=labeled, has_labels=True,
+                extra={"pairs": [list(p) for p in pairs], "n_rows": n_rows,
+                       "row_fps": float(fcfg.target_fps) if resampled else 30.0, "resampled": resampled})
             for i, (a, t) in enumerate(pairs):
-                rows.append((lab, vid, "train", T, 30.0, a, t, i, str(folder.relative_to(cache_dir)), 30.0, True))
+                rows.append((lab, vid, "train", n_rows, 30.0, a, t, i, str(folder.relative_to(cache_dir)), 30.0, True))
     index = pd.DataFrame(rows, columns=["lab_id", "video_id", "split", "n_frames", "fps", "agent_id", "target_id",
                                         "pair_index", "path", "video_fps", "has_labels"])
     index = index.astype({"agent_id": np.int8, "target_id": np.int8, "pair_index": np.int32, "video_id": np.int64})

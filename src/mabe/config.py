@@ -150,10 +150,18 @@ class TrainConfig:
     # fp16 adds a static loss scale. `mabe bench` times each and checks it against the fp32 reference
     lstm_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
+    # the features of the training / validation tracks: computed per batch from the cache's int16 positions
+    # where the step runs (never; ~0.3 KB a video frame in memory), or once into a float32 matrix in host
+    # memory (always; n_rows x F x 4 B, the CPU speed of a stored-feature cache); auto = once when training
+    # on the CPU and both matrices together take at most features_memory_gb
+    features_in_memory: Literal["auto", "always", "never"] = "auto"
+    features_memory_gb: float = 4.0
     num_workers: int = 2  # DataLoader workers for data_path=loader
     # intra-op CPU threads (torch.set_num_threads); None = torch's default. Capped at the CPUs this
     # process may use (divided among the ranks of one machine), so it never oversubscribes
     num_threads: int | None = None
+    # dtype of the batches' features (computed per batch from the cache's int16 positions; auto: float32;
+    # a TrackSet's feature matrix, e.g. `mabe bench`'s, is stored in it: auto picks fp16/bf16 on CUDA bf16)
     storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     fused_adamw: bool = True  # one fused AdamW kernel (CUDA, and CPU); skips non-finite steps on the device
     compile: bool = False  # torch.compile the conv stem and head (not the LSTM); CUDA only

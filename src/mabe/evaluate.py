@@ -1,4 +1,4 @@
-"""Model + TrackSet -> per-frame probabilities; accuracy / F1 / confusion; ``mabe evaluate|predict``.
+"""Model + tracks (PositionTracks of the cache, or a TrackSet) -> per-frame probabilities; accuracy / F1 / confusion; ``mabe evaluate|predict``.
 
 Windows overlap at evaluation (stride ``windows.eval_stride``, default half a window, plus one
 window ending on each track's last frame); a frame's probability is the mean over every window
@@ -24,16 +24,9 @@ from mabe.config import PostprocessConfig
 from mabe.errors import MabeError
 from mabe.io import write_json
 from mabe.metric import f1_from_counts
+from mabe.postracks import PositionTracks, load_position_tracks
 from mabe.training.device import autocast_for, pick_device
-from mabe.windows import (
-    TrackSet,
-    gather,
-    load_trackset,
-    normalize_,
-    rows_to_video_frames,
-    split_videos,
-    window_index,
-)
+from mabe.windows import TrackSet, rows_to_video_frames, split_videos, window_index
 
 __all__ = [
     "frame_metrics",
@@ -161,14 +154,14 @@ def predict_tracks(
     stride = stride or max(length // 2, 1)
     arrays = arrays if arrays is not None else ts.tensors(device)
     windows = torch.from_numpy(window_index(ts.lengths, length, stride, cover_end=True)).to(device)
-    sums = torch.zeros(len(ts.X), ts.n_outputs, device=device)  # (N, C)
-    counts = torch.zeros(len(ts.X), device=device)  # (N,)
+    sums = torch.zeros(ts.n_rows, ts.n_outputs, device=device)  # (N, C)
+    counts = torch.zeros(ts.n_rows, device=device)  # (N,)
     offsets = arrays["offsets"]
     was_training = model.training
     model.eval()
     for i in range(0, len(windows), batch):
         w = windows[i : i + batch]  # (B, 2)
-        b = gather(arrays, w, length, mode=ts.mode)
+        b = ts.batch(arrays, w, length)  # PositionTracks: the features computed here, on the device
         with autocast_for(device, precision):
             logits = model(b["x"].float())  # (B, W, C)
         logits = logits.float()
@@ -263,8 +256,8 @@ def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
     return va if split == "val" else tr
 
 
-def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSet:
-    """The normalised TrackSet a loaded model (``meta`` from load_for_inference) reads on ``split``."""
+def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> PositionTracks:
+    """The tracks a loaded model (``meta`` from load_for_inference) reads on ``split``, with its ``norm``."""
 
     cfg = meta["config"]
     cache_dir = prepare.ensure_cache(cfg, Path(data_root), ["test" if split == "test" else "train"])
@@ -273,8 +266,14 @@ def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> TrackSe
     if len(videos) == 0:
         raise MabeError(f"{data_root}: no videos in split {split!r}")
     actions = meta["outputs"] if meta["mode"] == "pair" else None
-    ts = load_trackset(cache_dir, cfg.task, videos, actions, drop_unlabeled=split != "test", index_df=index_df)
-    return normalize_(ts, meta["norm"])
+    ts = load_position_tracks(cache_dir, cfg.task, videos, actions, drop_unlabeled=split != "test",
+                              index_df=index_df)
+    norm = {k: np.asarray(v, dtype=np.float32) for k, v in meta["norm"].items()}
+    if norm["mean"].shape != (ts.n_features,):
+        raise MabeError(f"{meta['path']}: normalisation stats have {norm['mean'].shape[0]} features, the tracks "
+                        f"{ts.n_features}")
+    ts.norm = norm
+    return ts
 
 
 def write_validation(
@@ -341,7 +340,7 @@ def main_from_args(args: Any) -> dict:
     metrics = trackset_metrics(ts, probs)
     metrics["score"] = competition_score(ts, probs, data_root, cfg.postprocess)
     metrics.update(checkpoint=meta["path"], split=args.split, data=str(data_root))
-    _print_table(metrics, f"{meta['path']} on {args.split} ({ts.n_tracks} tracks, {len(ts.X):,} frames)")
+    _print_table(metrics, f"{meta['path']} on {args.split} ({ts.n_tracks} tracks, {ts.n_rows:,} frames)")
     if getattr(args, "json", None):
         write_json(args.json, metrics)
         print(f"metrics: {args.json}")
@@ -368,7 +367,7 @@ def predict_from_args(args: Any) -> Path:
             ref, total = ts, probs.astype(np.float32)
         else:
             total += _align(ref, ts, probs, meta["path"])
-        print(f"predict: {meta['path']}: {ts.n_tracks} tracks, {len(ts.X):,} frames")
+        print(f"predict: {meta['path']}: {ts.n_tracks} tracks, {ts.n_rows:,} frames")
         del model
     assert ref is not None and total is not None
     total /= len(args.checkpoints)
@@ -384,7 +383,7 @@ def _align(ref: TrackSet, ts: TrackSet, probs: np.ndarray, where: str) -> np.nda
         raise MabeError(f"{where}: predicts actions {ts.names}, the first model {ref.names}; "
                         "ensemble members must share their action list")
     keys = {(v, a, t): i for i, (v, a, t) in enumerate(zip(ts.video_id, ts.agent_id, ts.target_id))}
-    out = np.empty((len(ref.X), ref.n_outputs), dtype=np.float32)
+    out = np.empty((ref.n_rows, ref.n_outputs), dtype=np.float32)
     for r, (v, a, t) in enumerate(zip(ref.video_id, ref.agent_id, ref.target_id)):
         j = keys.get((v, a, t))
         lo, hi = ref.offsets[r], ref.offsets[r + 1]

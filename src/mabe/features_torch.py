@@ -109,17 +109,19 @@ def _nearest_present(idx: torch.Tensor, val: torch.Tensor, reach: int, forward: 
     Log-step doubling (shifts 1, 2, 4, ... summing to >= reach): a few whole-tensor ops, where a cummax and
     a gather along time are several times slower on CPU."""
     shift, covered = 1, 0
-    while covered < reach:
-        new_idx, new_val = idx.clone(), val.clone()
+    T = idx.shape[1]
+    while covered < reach and shift < T:
+        # new tensors by concatenation (the untouched edge + the merged rest): no clone and in-place write
         if forward:
-            cand_i, cand_v, dst = idx[:, :-shift], val[:, :-shift], (slice(None), slice(shift, None))
-            better = cand_i > idx[dst]
+            cand_i, cand_v, cur_i, cur_v = idx[:, :-shift], val[:, :-shift], idx[:, shift:], val[:, shift:]
+            better = cand_i > cur_i
+            idx = torch.cat([idx[:, :shift], torch.where(better, cand_i, cur_i)], dim=1)
+            val = torch.cat([val[:, :shift], torch.where(better, cand_v, cur_v)], dim=1)
         else:
-            cand_i, cand_v, dst = idx[:, shift:], val[:, shift:], (slice(None), slice(None, -shift))
-            better = cand_i < idx[dst]
-        new_idx[dst] = torch.where(better, cand_i, idx[dst])
-        new_val[dst] = torch.where(better, cand_v, val[dst])
-        idx, val = new_idx, new_val
+            cand_i, cand_v, cur_i, cur_v = idx[:, shift:], val[:, shift:], idx[:, :-shift], val[:, :-shift]
+            better = cand_i < cur_i
+            idx = torch.cat([torch.where(better, cand_i, cur_i), idx[:, -shift:]], dim=1)
+            val = torch.cat([torch.where(better, cand_v, cur_v), val[:, -shift:]], dim=1)
         covered += shift
         shift *= 2
     return idx, val

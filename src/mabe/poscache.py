@@ -54,6 +54,7 @@ __all__ = [
     "decode_positions",
     "intervals_from_annotation",
     "write_video",
+    "write_folder",
     "read_video",
     "PosVideo",
     "cache_layout",
@@ -62,7 +63,9 @@ __all__ = [
     "stack_codes",
 ]
 
-LAYOUT_VERSION = 1  # bump on any change to the files above; readers refuse other versions
+# bump on any change to the files above; readers refuse other versions. 3: the first layout `mabe prepare`
+# writes (meta.json records file sizes and the source fingerprint); 2 and 1 were the float32 feature cache
+LAYOUT_VERSION = 3
 MISSING = np.int16(-32768)  # the int16 code of a missing coordinate
 MIN_QUANTUM_CM = 2.0**-12  # finest step (0.00024 cm): below it int16 would only encode tracker noise
 _LIMIT = 32767
@@ -154,29 +157,36 @@ def intervals_from_annotation(ann: pd.DataFrame, mice_ids: Sequence[int], where:
 # ----------------------------------------------------------------------------- writing
 
 
-def _write_folder(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Arrays as .npy + meta.json (last) into a hidden sibling folder, then renamed onto ``out``."""
+def write_folder(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+    """Arrays as .npy + meta.json (last, with ``layout`` and ``files`` {name.npy: bytes}, which damage checks
+    compare against) into a hidden sibling folder, then renamed onto ``out``; returns the meta written.
+    The caller holds the video's lock (``mabe.prepare``): leftovers of killed writers are removed here."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f"{_TMP_PREFIX}{out.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f"{_TMP_PREFIX}{out.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
+        files = {}
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
-        (tmp / "meta.json").write_text(json.dumps(json_ready(meta), indent=1))
+            files[f"{name}.npy"] = (tmp / f"{name}.npy").stat().st_size
+        meta = {**meta, "layout": LAYOUT_VERSION, "files": files}
+        (tmp / "meta.json").write_text(json.dumps(json_ready(meta), indent=1))  # last: the marker
         if out.exists():  # an incomplete folder (no meta.json), or one being rebuilt
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return meta
 
 
 def write_video(
     out: str | Path, *, xy_px: np.ndarray, mice: np.ndarray, slots: Sequence[str], fps: float, pix_per_cm: float,
     centre_px: Sequence[float], lab: str, video: Any, split: str, intervals: np.ndarray | None = None,
-    labeled: Sequence[tuple[int, int, int]] | np.ndarray = (), has_labels: bool = False,
+    labeled: Sequence[tuple[int, int, int]] | np.ndarray = (), has_labels: bool = False, extra: dict | None = None,
 ) -> dict:
     """One video's tracking (T, M, S, 2) px + labels -> its compact cache folder ``out``; returns its meta.
 
@@ -192,10 +202,9 @@ def write_video(
         "layout": LAYOUT_VERSION, "lab": str(lab), "video": video, "split": str(split), "fps": float(fps),
         "n_frames": int(xy_px.shape[0]), "pix_per_cm": float(pix_per_cm),
         "centre_px": [float(c) for c in centre_px], "quantum_cm": q, "mice": [m + 1 for m in m_idx],
-        "slots": [str(slots[i]) for i in s_idx], "has_labels": bool(has_labels),
+        "slots": [str(slots[i]) for i in s_idx], "has_labels": bool(has_labels), **(extra or {}),
     }
-    _write_folder(Path(out), {"xy": codes, "intervals": iv, "labeled": lab_arr}, meta)
-    return meta
+    return write_folder(Path(out), {"xy": codes, "intervals": iv, "labeled": lab_arr}, meta)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -205,7 +214,7 @@ def check_layout(meta: dict, where: str | Path) -> None:
     """Raise StaleCacheError unless ``meta`` (a video's or a cache's) is of LAYOUT_VERSION."""
     got = meta.get("layout", 0)
     if got != LAYOUT_VERSION:
-        old = "the float32 feature cache (layout 0)" if got == 0 else f"cache layout {got}"
+        old = f"the float32 feature cache (layout {got})" if got in (0, 1, 2) else f"cache layout {got}"
         raise StaleCacheError(f"{where}: written as {old}; this mabe reads position-cache layout {LAYOUT_VERSION}. "
                               "Rebuild it: delete that folder and run `mabe prepare` again")
 

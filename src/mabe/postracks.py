@@ -1,12 +1,13 @@
-"""Position cache -> tracks whose features are computed per batch: issue 13's TrackSet and gather.
+"""The position cache -> tracks whose features are computed per batch (issue 13): what training and
+evaluation read.
 
-The counterpart of ``windows.TrackSet`` / ``windows.gather`` / ``windows.norm_stats`` for the
-compact cache (``mabe.poscache``): instead of a (rows, F) feature matrix it holds every video's int16
-positions once (``poscache.stack_codes``, 288 B a frame for 4 mice x 18 slots, shared by all of a
-video's pair tracks), and ``batch`` returns the same dict as ``windows.gather`` (x, y, valid, mask)
-with x computed by ``features_torch.window_features`` and standardised. Tracks, their order, labels,
-masks and resampled rows are those ``windows.load_trackset`` builds from the float32 cache, so the
-trainer can switch between the two (tests/unit/test_postracks.py checks they agree).
+``PositionTracks`` has ``windows.TrackSet``'s fields and methods but, instead of a (rows, F) feature
+matrix, every video's int16 positions once (``poscache.stack_codes``, at most 288 B a frame for 4 mice x
+18 slots, shared by all of a video's pair tracks). ``batch`` returns the same dict as ``windows.gather``
+(x, y, valid, mask) with x computed by ``features_torch.window_features`` on the store's device and
+standardised with the tracks' ``norm``. Tracks, their order, labels, masks and resampled rows are those
+of the whole-video numpy features (``prepare.video_features``); tests/unit/test_postracks.py checks
+that the features agree.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from mabe import data, poscache, prepare, windows
 from mabe import features as F
 from mabe import features_torch as FT
-from mabe import poscache
 from mabe.config import FeatureConfig, TaskConfig
 from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.errors import MabeError
 from mabe.windows import IGNORE_INDEX, scene_labels
 
-__all__ = ["PositionTracks", "load_position_tracks", "batch", "norm_stats"]
+__all__ = ["PositionTracks", "load_position_tracks", "resolve_actions", "batch", "norm_stats"]
 
 
 @dataclass
@@ -51,11 +53,38 @@ class PositionTracks:
     agent_id: np.ndarray  # (n_tracks,) int8 1-based; -1 in scene mode
     target_id: np.ndarray
     fps: np.ndarray  # (n_tracks,) float64 fps of the rows
+    fcfg: FeatureConfig = field(default_factory=FeatureConfig)  # how the features are computed
+    slots: list[str] = field(default_factory=lambda: list(data.DEFAULT_SLOTS))  # the store's keypoint slots
+    norm: dict[str, np.ndarray] | None = field(default=None)  # mean / std (F,) applied by batch
     to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
 
     @property
     def n_tracks(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_features(self) -> int:
+        S = len(self.slots)
+        return F.n_pair_features(S) if self.mode == "pair" else self.fcfg.n_mice * S * 4
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.names)
+
+    @property
+    def nbytes(self) -> dict[str, int]:
+        """Bytes of what a resident store holds: the positions, the labels and the rest; ``features_fp32``:
+        what the float32 feature matrix of the same rows would take."""
+        side = sum(getattr(self, k).nbytes for k in ("video_offsets", "quantum", "video_fps", "track_video", "agent",
+                                                     "target", "offsets", "label_mask"))
+        out = {"store": self.store.nbytes, "Y": self.Y.nbytes, "other": side}
+        out["total"] = sum(out.values())
+        out["features_fp32"] = self.n_rows * self.n_features * 4
+        return out
 
     @property
     def lengths(self) -> np.ndarray:
@@ -71,33 +100,97 @@ class PositionTracks:
             "store", "video_offsets", "quantum", "video_fps", "track_video", "agent", "target", "offsets", "Y",
             "label_mask")}
         t["ratio"] = None if self.ratio is None else torch.from_numpy(self.ratio).to(device)
+        t["norm"] = None if self.norm is None else {k: torch.from_numpy(np.asarray(v, np.float32)).to(device)
+                                                    for k, v in self.norm.items()}
         return t
 
+    def batch(self, arrays: dict, windows: torch.Tensor, length: int, shift: torch.Tensor | None = None
+              ) -> dict[str, torch.Tensor]:
+        """``windows.gather`` of (B, 2) windows over ``arrays`` (``tensors()``): features computed, standardised."""
+        return batch(arrays, windows, length, self.fcfg, self.slots, mode=self.mode, max_ratio=self.max_ratio,
+                     shift=shift, norm=arrays.get("norm"))
 
-def _video_folders(cache_dir: Path, wanted: set[int]) -> list[Path]:
-    found = []
-    for meta in cache_dir.glob("videos/*/*/meta.json"):
-        if meta.parent.name.startswith(".") or not meta.parent.name.isdigit():
-            continue
-        if int(meta.parent.name) in wanted:
-            found.append(meta.parent)
-    return sorted(found, key=lambda p: (p.parent.name, int(p.name)))
+    def to_trackset(self, chunk: int = 1024, windows_per_batch: int = 16) -> windows.TrackSet:
+        """The same tracks with every row's features computed once (standardised with ``norm`` when set, NaN -> 0):
+        a ``windows.TrackSet`` in host memory, n_rows x n_features float32 (the CPU path when it fits)."""
+        arrays = self.tensors()
+        X = np.empty((self.n_rows, self.n_features), np.float32)
+        wins = windows.window_index(self.lengths, chunk, chunk)  # the last one ends on the last row
+        for i in range(0, len(wins), windows_per_batch):
+            w = torch.from_numpy(wins[i : i + windows_per_batch])
+            b = self.batch(arrays, w, chunk)
+            x, valid = b["x"].numpy(), b["valid"].numpy()
+            rows = self.offsets[wins[i : i + windows_per_batch, 0]][:, None] + wins[i : i + windows_per_batch, 1][:, None]
+            rows = rows + np.arange(chunk)[None, :]
+            X[rows[valid]] = x[valid]
+        return windows.TrackSet(self.mode, list(self.names), X, self.Y, self.label_mask, self.offsets, self.lab_id,
+                                self.video_id, self.agent_id, self.target_id, self.fps, norm=self.norm,
+                                to_video=self.to_video)
+
+
+def _check_actions(actions: Iterable[str], where: str) -> list[str]:
+    actions = list(actions)
+    bad = [a for a in actions if a not in ACTION_INDEX]
+    if bad:
+        raise MabeError(f"{where}: unknown action(s) {bad}; valid actions: {', '.join(ACTIONS)}")
+    return actions
+
+
+def _rows(index_df: pd.DataFrame, videos: Iterable[int]) -> pd.DataFrame:
+    wanted = {int(v) for v in videos}
+    return index_df[index_df["video_id"].isin(wanted)]
+
+
+def resolve_actions(cache_dir: str | Path, task: TaskConfig, videos: Iterable[int],
+                    index_df: pd.DataFrame | None = None) -> list[str]:
+    """Pair-mode output actions: ``task.actions``, or every action labelled in ``videos`` (ACTIONS order)."""
+    if task.actions:
+        return _check_actions(task.actions, "task.actions")
+    cache_dir = Path(cache_dir)
+    index_df = prepare.open_cache(cache_dir)[1] if index_df is None else index_df
+    seen = np.zeros(len(ACTIONS), dtype=bool)
+    rows = _rows(index_df, videos)[["lab_id", "video_id"]].drop_duplicates()
+    for lab, vid in rows.itertuples(index=False):
+        v = prepare.read_video(cache_dir, lab, int(vid))
+        if v.meta["has_labels"] or v.meta["split"] == "test":
+            seen |= v.labeled_mask().any(axis=0)
+    actions = [a for a, s in zip(ACTIONS, seen) if s]
+    if not actions:
+        raise MabeError(f"{cache_dir}: no labelled behaviour in the {len(rows)} training videos")
+    return actions
 
 
 def load_position_tracks(
-    cache_dir: str | Path, task: TaskConfig, videos: Iterable[int], fcfg: FeatureConfig, actions: Sequence[str],
-    slots: Sequence[str], *, drop_unlabeled: bool = True,
+    cache_dir: str | Path, task: TaskConfig, videos: Iterable[int], actions: Sequence[str] | None = None, *,
+    drop_unlabeled: bool = True, index_df: pd.DataFrame | None = None, fcfg: FeatureConfig | None = None,
 ) -> PositionTracks:
-    """Position-cache videos -> PositionTracks of the task's tracks, as ``windows.load_trackset`` would build
-    them from the float32 cache of the same videos and ``fcfg`` (``actions``: the pair-mode outputs)."""
+    """Cached videos -> PositionTracks of the task's tracks (not normalised: set ``norm``).
+
+    scene: one track per video, Y = ``windows.scene_labels``. pair: one track per ordered pair listed in
+    the index, Y = its labels of ``actions`` (default ``resolve_actions``), label_mask = its listed
+    triples. ``drop_unlabeled`` drops tracks with nothing labelled (training, validation); keep them to
+    predict every track (test). ``fcfg``: how features are computed (default: the cache's).
+    """
     cache_dir = Path(cache_dir)
+    cache_fcfg, index = prepare.open_cache(cache_dir)
+    index_df = index if index_df is None else index_df
+    fcfg = cache_fcfg if fcfg is None else fcfg
+    slots = list(fcfg.slots) if fcfg.slots is not None else list(data.DEFAULT_SLOTS)
     wanted = {int(v) for v in videos}
-    names = ["none", *task.classes] if task.mode == "scene" else list(actions)
+    rows = _rows(index_df, wanted)
+    if task.mode == "scene":
+        names = ["none", *task.classes]
+        for acts in task.classes.values():
+            _check_actions(acts, "task.classes")
+    else:
+        if actions is None:
+            actions = resolve_actions(cache_dir, task, wanted, index_df)
+        names = _check_actions(actions, "actions")
     cols = np.array([ACTION_INDEX[a] for a in names]) if task.mode == "pair" else None
     used, ys, masks, rows_meta, track_rows, to_video = [], [], [], [], [], []
     target_fps = fcfg.target_fps
-    for folder in _video_folders(cache_dir, wanted):
-        v = poscache.read_video(folder)
+    for (lab, vid), group in rows.groupby(["lab_id", "video_id"], sort=True):
+        v = prepare.read_video(cache_dir, lab, int(vid))
         fps, T = float(v.meta["fps"]), v.n_frames
         resampled = target_fps is not None and abs(float(target_fps) - fps) > 1e-9
         frames = F.nearest_frames(T, fps, float(target_fps)) if resampled else None
@@ -106,16 +199,17 @@ def load_position_tracks(
         labels = v.frame_labels(pairs, ACTIONS, frames)  # (n_pairs, rows, 37)
         labeled = v.labeled_mask(pairs)
         if v.meta["split"] != "test" and not v.meta["has_labels"]:
-            labeled[:] = False  # as the float32 cache: listed triples without an annotation file say nothing
+            labeled[:] = False  # listed triples without an annotation file say nothing
         back = (frames, T, fps) if resampled else None
-        row_fps = float(target_fps) if resampled else fps
+        row_fps = float(group["fps"].iloc[0])  # the index's (target_fps when resampled, else the video's)
         k = len(used)
         tracks: list[tuple[int, int, np.ndarray, np.ndarray]] = []
         if task.mode == "scene":
             if not (drop_unlabeled and not labeled.any()):
                 tracks.append((0, 0, scene_labels(labels, task.classes), np.full(len(names), labeled.any())))
         else:
-            for p, (a, t) in enumerate(pairs):
+            for p in sorted(group["pair_index"].astype(int).unique().tolist()):
+                a, t = pairs[p]
                 mask = labeled[p, cols]
                 if drop_unlabeled and not mask.any():
                     continue
@@ -128,7 +222,7 @@ def load_position_tracks(
             masks.append(mask)
             track_rows.append(n_rows)
             to_video.append(back)
-            rows_meta.append((k, a, t, v.meta["lab"], int(v.meta["video"]),
+            rows_meta.append((k, a, t, str(lab), int(vid),
                               a + 1 if task.mode == "pair" else -1, t + 1 if task.mode == "pair" else -1, row_fps))
     if not used:
         raise MabeError(f"{cache_dir}: no {task.mode} tracks with labels among {len(wanted)} videos")
@@ -143,7 +237,7 @@ def load_position_tracks(
         Y=np.concatenate(ys).astype(np.int64 if task.mode == "scene" else np.uint8),
         label_mask=np.stack(masks).astype(bool), lab_id=np.array(lab, dtype=object), video_id=np.array(vid, np.int64),
         agent_id=np.array(aid, np.int8), target_id=np.array(tid, np.int8), fps=np.array(row_fps, np.float64),
-        to_video=to_video if any(b is not None for b in to_video) else None,
+        fcfg=fcfg, slots=slots, to_video=to_video if any(b is not None for b in to_video) else None,
     )
 
 

@@ -1,25 +1,20 @@
-"""MABe data directory + FeatureConfig -> the on-disk feature cache (layout: docs/design.md, "Cache").
+"""MABe data directory + FeatureConfig -> the on-disk position cache (layout: docs/design.md, "Cache").
 
 ``CACHE/<feature_hash>/`` holds ``config.json`` (the FeatureConfig), ``index.parquet`` (one row per
-track, i.e. per ordered pair of present mice) and one folder per video ``videos/<lab>/<video_id>/``:
-
-- ``scene.npy``  float32 (T, n_mice*S*4): positions, speeds, accelerations (288 for 4 x 18)
-- ``pair.npy``   float32 (n_pairs, T, P): agent-centric pair features (absent if pair_features=False)
-- ``labels.npy`` uint8 (n_pairs, T, 37): 1 where the pair does that action on that row (0 for test)
-- ``labeled.npy`` bool (n_pairs, 37): the pair's triples listed in ``behaviors_labeled``
-- ``frames.npy`` int64 (T,): the nearest original video_frame of each row (only when resampled;
-  otherwise row == video_frame)
-- ``meta.json``: lab, video, split, fps (of the cache rows), video_fps, n_frames (cache rows),
-  n_video_frames, pairs [[agent, target], ...] (1-based mouse ids, target == agent for self),
-  pix_per_cm, has_labels, resampled
-
-  layout (CACHE_LAYOUT), files {name.npy: bytes}; written last
+track, i.e. per ordered pair of present mice) and one folder per video ``videos/<lab>/<video_id>/`` in
+the compact layout of ``mabe.poscache`` (issue 13): ``xy.npy`` int16 arena-centred positions of the
+present mice and tracked slots, ``intervals.npy`` int32 label intervals, ``labeled.npy`` int16
+(agent, target, action) triples and ``meta.json`` (layout, files {name.npy: bytes}, source
+fingerprint, pairs, n_rows / row_fps after ``features.target_fps``; written last). The features are
+not stored: training and evaluation compute them per batch (``mabe.postracks``), ``load_video``
+computes a whole video's with numpy (gbdt, benchmarks).
 
 A video is written to a hidden temporary folder (under a per-video lock, ``videos/<lab>/.<video>.lock``)
 and renamed into place. A folder is complete when :func:`check_video` finds nothing wrong: meta.json
-parses, every array is there with the size meta.json recorded and its ``.npy`` header promises, and
-the shapes agree with meta.json. A second run skips complete videos (resume after a kill) and
-rebuilds damaged ones (a truncated copy, a full disk); readers raise a MabeError naming the video.
+parses and is of this layout, every array is there with the size meta.json recorded and its ``.npy``
+header promises, and the shapes agree with meta.json. A second run skips complete videos (resume after
+a kill) and rebuilds damaged ones (a truncated copy, a full disk) and those of another layout (the old
+float32 feature cache); readers raise a MabeError naming the video.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -42,7 +36,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mabe import data, paths
+from mabe import data, paths, poscache
 from mabe import features as F
 from mabe.config import FeatureConfig, config_to_dict, feature_hash
 from mabe.data import MabeDataWarning
@@ -57,6 +51,8 @@ __all__ = [
     "cache_dir_for",
     "open_cache",
     "load_video",
+    "read_video",
+    "video_features",
     "video_dir",
     "INDEX_COLUMNS",
 ]
@@ -66,8 +62,9 @@ INDEX_COLUMNS: tuple[str, ...] = (
     "video_fps", "has_labels",
 )
 _TMP_PREFIX = ".tmp-"
-CACHE_LAYOUT = 2  # 2: meta.json records file sizes; layout-1 folders are still read (checked by header)
-_ARRAYS = ("scene", "pair", "labels", "labeled", "frames")
+CACHE_LAYOUT = poscache.LAYOUT_VERSION  # 1 and 2 were the float32 feature cache: rebuilt
+_ARRAYS = ("xy", "intervals", "labeled")
+OLD_LAYOUT = "written by cache layout"  # how check_video's reason for a folder of another layout begins
 SOURCE_FILE = "source.json"  # which data folder and csvs (sha256 per split) the cache was last prepared from
 
 
@@ -151,9 +148,22 @@ def ensure_prepared(
         current = _csv_digests(Path(data_root), splits)
         # no record (an older cache) or no csv here (a cache copied without its data): use it as it is
         same = recorded is None or all(current[s] is None or recorded.get(s) == current[s] for s in splits)
-        if same and all((index["split"] == s).any() for s in splits):
+        old = _old_layout(cache_dir, index)
+        if old:
+            print(f"prepare: {cache_dir} holds {old}; rebuilding it (the features are now computed per batch)")
+        elif same and all((index["split"] == s).any() for s in splits):
             return cache_dir
     return prepare_dataset(data_root, fcfg, cache_root=cache_root, splits=splits)
+
+
+def _old_layout(cache_dir: Path, index: pd.DataFrame) -> str | None:
+    """What an indexed cache of another layout holds (one phrase naming a folder), judged by its first
+    video; None when it is of this layout (or has no video)."""
+    if not len(index):
+        return None
+    folder = cache_dir / str(index["path"].iloc[0])
+    reason = check_video(folder)
+    return f"videos {reason} (e.g. {folder})" if reason and reason.startswith(OLD_LAYOUT) else None
 
 
 def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
@@ -168,11 +178,11 @@ def _npy_bytes(path: Path) -> tuple[tuple[int, ...], int]:
 
 
 def check_video(folder: str | Path) -> str | None:
-    """None when ``folder`` holds a complete cached video, else what is wrong with it (one phrase).
+    """None when ``folder`` holds a complete cached video of this layout, else what is wrong with it (one phrase).
 
-    Cheap (a stat and a header read per array): sizes against meta.json's record and against what
-    each ``.npy`` header promises, shapes against meta.json. Catches truncated, emptied or missing
-    files and a broken meta.json; not bit flips inside an array.
+    Cheap (a stat and a header read per array): the layout, sizes against meta.json's record and against
+    what each ``.npy`` header promises, shapes against meta.json. Catches truncated, emptied or missing
+    files, a broken meta.json and folders of the old float32 feature cache; not bit flips inside an array.
     """
     folder = Path(folder)
     meta_path = folder / "meta.json"
@@ -180,40 +190,33 @@ def check_video(folder: str | Path) -> str | None:
         return "no meta.json (never finished)"
     try:
         meta = json.loads(meta_path.read_text())
-        n_frames, n_pairs = int(meta["n_frames"]), len(meta["pairs"])
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        layout = meta.get("layout", 1)
+        if layout == CACHE_LAYOUT:
+            n_frames, n_mice, n_slots = int(meta["n_frames"]), len(meta["mice"]), len(meta["slots"])
+            recorded = dict(meta["files"])
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as err:
         return f"meta.json unreadable ({type(err).__name__}: {str(err)[:80]})"
-    recorded = meta.get("files")
-    if recorded is not None:
-        wanted = {n.removesuffix(".npy") for n in recorded}
-    else:  # layout 1: no record; what the meta implies
-        wanted = {"scene", "labels", "labeled"} | ({"frames"} if meta.get("resampled") else set())
-        if meta.get("n_pair_features", 0) or (folder / "pair.npy").exists():
-            wanted.add("pair")
-    n_act = None
+    if layout != CACHE_LAYOUT:
+        what = " (the float32 feature cache)" if layout in (1, 2) else ""
+        return f"{OLD_LAYOUT} {layout}{what}, not the position cache (layout {CACHE_LAYOUT})"
     for name in _ARRAYS:
-        if name not in wanted:
-            continue
         path = folder / f"{name}.npy"
         try:
             size = path.stat().st_size
         except OSError:
             return f"{name}.npy is missing"
-        if recorded is not None and size != recorded.get(f"{name}.npy"):
-            return f"{name}.npy is {size:,} bytes, meta.json recorded {recorded.get(f'{name}.npy'):,}"
+        if size != recorded.get(f"{name}.npy"):
+            return f"{name}.npy is {size:,} bytes, meta.json recorded {recorded.get(f'{name}.npy')}"
         try:
             shape, expected = _npy_bytes(path)
         except (OSError, ValueError, EOFError) as err:
             return f"{name}.npy unreadable ({str(err)[:80]})"
         if size != expected:
             return f"{name}.npy is {size:,} bytes, its header promises {expected:,}"
-        want = {"scene": (n_frames, None), "pair": (n_pairs, n_frames, None),
-                "labels": (n_pairs, n_frames, n_act), "labeled": (n_pairs, n_act), "frames": (n_frames,)}[name]
+        want = {"xy": (n_frames, n_mice, n_slots, 2), "intervals": (None, 5), "labeled": (None, 3)}[name]
         if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape)):
             implied = tuple("*" if w is None else w for w in want)
             return f"{name}.npy has shape {shape}, meta.json implies {implied}"
-        if name == "labels":
-            n_act = shape[2]
     return None
 
 
@@ -243,13 +246,10 @@ def _check_file(path: Any, what: str, task: dict | None = None) -> Path:
     return p
 
 
-def _labels_for(
-    task: dict, pairs: list[tuple[int, int]], n_frames: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Per-frame labels (n_pairs, T, 37) uint8, labelled mask (n_pairs, 37) bool and has_labels."""
-    n_act = len(data.ACTIONS)
-    labels = np.zeros((len(pairs), n_frames, n_act), dtype=np.uint8)
-    labeled = np.zeros((len(pairs), n_act), dtype=bool)
+def _labels_for(task: dict, pairs: list[tuple[int, int]], n_frames: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Label intervals (n, 5) int32 (agent, target, action, start, stop; clipped to the video, only present
+    pairs), the labelled triples (k, 3) of present pairs and has_labels; warns about what is dropped."""
+    none = np.zeros((0, 5), np.int32)
     where = f"{task['lab_id']}/{task['video_id']}"
     has_labels = task["split"] != "test" and bool(task.get("has_annotation"))
     if task["split"] != "test" and not has_labels:
@@ -259,44 +259,41 @@ def _labels_for(
                 "annotation file; its labelled mask is left empty (nothing is known)",
                 stacklevel=2,
             )
-        return labels, labeled, False
+        return none, np.zeros((0, 3), np.int16), False
 
-    row = {p: i for i, p in enumerate(pairs)}
+    present = set(pairs)
     missing: dict[tuple[int, int], int] = {}
+    triples = set()
     for agent, target, action in task["labeled"]:
-        i = row.get((int(agent), int(target)))
-        if i is None:
-            missing[(int(agent), int(target))] = missing.get((int(agent), int(target)), 0) + 1
+        key = (int(agent), int(target))
+        if key not in present:
+            missing[key] = missing.get(key, 0) + 1
             continue
         if action not in data.ACTION_INDEX:
-            raise MabeDataError("<metadata>", "behaviors_labeled", f"one of the {n_act} actions", action)
-        labeled[i, data.ACTION_INDEX[action]] = True
+            raise MabeDataError("<metadata>", "behaviors_labeled", f"one of the {len(data.ACTIONS)} actions", action)
+        triples.add((*key, data.ACTION_INDEX[action]))
     if missing:
         warnings.warn(
             f"{where}: behaviors_labeled names mice absent from the tracking: "
             + ", ".join(f"({a},{t}) x{n}" for (a, t), n in sorted(missing.items())),
             stacklevel=2,
         )
+    labeled = np.array(sorted(triples), dtype=np.int16).reshape(-1, 3)
     if not has_labels:
-        return labels, labeled, False
+        return none, labeled, False
 
-    ann = data.read_annotation(_check_file(task["annotation_path"], "annotation", task))
-    if len(ann):
-        agent = ann["agent_id"].to_numpy().astype(np.int64)
-        target = ann["target_id"].to_numpy().astype(np.int64)
-        keep = np.array([(a, t) in row for a, t in zip(agent.tolist(), target.tolist())], dtype=bool)
-        if not keep.all():
-            gone = pd.Series([f"({a},{t})" for a, t in zip(agent[~keep], target[~keep])]).value_counts()
-            warnings.warn(
-                f"{where}: {int((~keep).sum())} annotation interval(s) name mice absent from the tracking "
-                f"and are dropped: {', '.join(f'{k} x{v}' for k, v in gone.items())}",
-                stacklevel=2,
-            )
-            ann = ann[keep]
-    if len(ann) and pairs:
-        labels = np.ascontiguousarray(data.intervals_to_frames(ann, n_frames, pairs, data.ACTIONS), dtype=np.uint8)
+    path = _check_file(task["annotation_path"], "annotation", task)
+    ann = data.read_annotation(path)
+    iv = poscache.intervals_from_annotation(ann, sorted({a for a, _ in pairs}), where)
+    if len(iv):
+        past = int(np.count_nonzero(iv[:, 4] > n_frames))
+        if past:
+            warnings.warn(f"{path}: {past} interval(s) run past the video's {n_frames} frames, clipped",
+                          MabeDataWarning, stacklevel=2)
+        iv[:, 3:] = iv[:, 3:].clip(0, n_frames)
+        iv = iv[iv[:, 3] < iv[:, 4]]
         # a labelled frame outside behaviors_labeled is a metadata quirk, not a label to drop: keep it
-    return labels, labeled, True
+    return np.ascontiguousarray(iv, dtype=np.int32), labeled, True
 
 
 FAR_OUTSIDE_FRAMES = 2.0  # a point more than this many frame sizes outside the video is corrupt
@@ -335,8 +332,9 @@ def _drop_far_points(xy: np.ndarray, task: dict) -> None:
                   f"frame sizes away) set to missing (NaN), of {n_pts}", MabeDataWarning, stacklevel=3)
 
 
-def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """Read one video and compute everything the cache stores; pure apart from reading its files."""
+def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, Any], dict]:
+    """Read one video and encode what the cache stores (``poscache.write_video``'s arguments, extra meta);
+    pure apart from reading its files."""
     slots = _slots(fcfg)
     trk = data.read_tracking(_check_file(task["tracking_path"], "tracking", task), slots, data.MAX_MICE)
     xy = np.asarray(trk.xy)
@@ -351,76 +349,25 @@ def _compute_video(task: dict, fcfg: FeatureConfig) -> tuple[dict[str, np.ndarra
     if not np.isfinite(xy).any():
         warnings.warn(f"{task['tracking_path']}: no tracked point (every x/y is missing); its features are all "
                       "NaN, i.e. 0 after normalisation", data.MabeDataWarning, stacklevel=2)
-    centre = None
+    centre = (0.0, 0.0)  # the stored positions are what the features start from: centred only when asked
     if fcfg.arena_centre:
         centre = (float(task["width"]) / 2.0, float(task["height"]) / 2.0)
         if not np.all(np.isfinite(centre)):
             raise MabeDataError("<metadata>", "video_width_pix/video_height_pix", "numbers", centre)
 
-    mice = np.flatnonzero(np.asarray(trk.mice)).tolist()  # 0-based mouse slots present
-    pairs0 = [(a, t) for a in mice for t in mice]
-    pairs = [(a + 1, t + 1) for a, t in pairs0]  # mouse ids as in the annotation files
-
-    cm = F.clean_positions(xy, ppc, centre, fcfg.max_gap)
-    arrays: dict[str, np.ndarray] = {
-        "scene": F.scene_from_cm(F.pad_mice(cm, fcfg.n_mice), fps, fcfg.smooth_window),
-    }
-    if fcfg.pair_features:
-        arrays["pair"] = F.all_pair_features(cm, fps, pairs0, slots, fcfg.smooth_window)
-    del cm
-    labels, labeled, has_labels = _labels_for(task, pairs, T)
-    arrays["labels"] = labels
-    arrays["labeled"] = labeled
-
-    out_fps = fps
+    mice = np.asarray(trk.mice, dtype=bool)
+    ids = [m + 1 for m in np.flatnonzero(mice).tolist()]  # mouse ids as in the annotation files
+    pairs = [(a, t) for a in ids for t in ids]
+    intervals, labeled, has_labels = _labels_for(task, pairs, T)
     resampled = fcfg.target_fps is not None and abs(float(fcfg.target_fps) - fps) > 1e-9
-    if resampled:
-        out_fps = float(fcfg.target_fps)
-        frames = F.nearest_frames(T, fps, out_fps)
-        arrays["scene"] = F.resample(arrays["scene"], fps, out_fps).astype(np.float32, copy=False)
-        if "pair" in arrays:
-            moved = F.resample(np.moveaxis(arrays["pair"], 1, 0), fps, out_fps)
-            arrays["pair"] = np.ascontiguousarray(np.moveaxis(moved, 0, 1), dtype=np.float32)
-        arrays["labels"] = np.ascontiguousarray(labels[:, frames])
-        arrays["frames"] = frames
-    n_rows = arrays["scene"].shape[0]
-    meta = {
-        "lab": str(task["lab_id"]),
-        "video": task["video_id"],
-        "split": task["split"],
-        "fps": out_fps,
-        "video_fps": fps,
-        "n_frames": int(n_rows),
-        "n_video_frames": int(T),
-        "pairs": [[a, t] for a, t in pairs],
-        "pix_per_cm": ppc,
-        "has_labels": has_labels,
-        "resampled": bool(resampled),
-        "n_scene_features": int(arrays["scene"].shape[1]),
-        "n_pair_features": int(arrays["pair"].shape[2]) if "pair" in arrays else 0,
-        "source": video_source(task),
-    }
-    return arrays, meta
-
-
-def _write_video(out: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write into a hidden temporary sibling folder, then rename it onto ``out`` (atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f"{_TMP_PREFIX}{out.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f"{_TMP_PREFIX}{out.name}-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        for name, arr in arrays.items():
-            np.save(tmp / f"{name}.npy", arr)
-        files = {f"{name}.npy": (tmp / f"{name}.npy").stat().st_size for name in arrays}
-        _write_json(tmp / "meta.json", {**meta, "layout": CACHE_LAYOUT, "files": files})  # last: the marker
-        if out.exists():  # an incomplete folder (no meta.json) from something else: replace it
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    n_rows = len(F.nearest_frames(T, fps, float(fcfg.target_fps))) if resampled else T
+    args = {"xy_px": xy, "mice": mice, "slots": slots, "fps": fps, "pix_per_cm": ppc, "centre_px": centre,
+            "lab": str(task["lab_id"]), "video": task["video_id"], "split": task["split"], "intervals": intervals,
+            "labeled": labeled, "has_labels": has_labels}
+    extra = {"pairs": [[a, t] for a, t in pairs], "n_rows": int(n_rows),
+             "row_fps": float(fcfg.target_fps) if resampled else fps, "resampled": bool(resampled),
+             "source": video_source(task)}
+    return args, extra
 
 
 def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
@@ -448,15 +395,15 @@ def prepare_video(task: dict, fcfg: FeatureConfig, out: str | Path) -> dict:
             if check_video(out) is None and _stale(out, task) is None:  # finished by another process meanwhile
                 meta = json.loads((out / "meta.json").read_text())
             else:
-                arrays, meta = _compute_video(task, fcfg)
+                args, extra = _compute_video(task, fcfg)
                 try:
-                    _write_video(out, arrays, meta)
+                    meta = poscache.write_video(out, **args, extra=extra)
                 except OSError as err:  # full disk, read-only cache: not the input's fault, never skipped
                     raise _WriteError(f"cannot write cached video {task['lab_id']}/{task['video_id']} to "
                                       f"{out}: {err.strerror or err} (errno {err.errno}); free space or fix "
                                       "the cache folder and run `mabe prepare` again (complete videos are "
                                       "kept)") from None
-            result.update(n_frames=meta["n_frames"], n_video_frames=meta["n_video_frames"])
+            result.update(n_frames=meta["n_rows"], n_video_frames=meta["n_frames"])
         except _WriteError as err:
             result.update(status="write_failed", reason=str(err))
         except MabeDataError as err:
@@ -589,8 +536,8 @@ def _build_index(cache_dir: Path, listed: dict[str, set[tuple[str, str]]] | None
             continue
         rel = meta_path.parent.relative_to(cache_dir).as_posix()
         for i, (agent, target) in enumerate(meta["pairs"]):
-            rows.append((meta["lab"], meta["video"], meta["split"], meta["n_frames"], meta["fps"],
-                         agent, target, i, rel, meta.get("video_fps", meta["fps"]), meta.get("has_labels", False)))
+            rows.append((meta["lab"], meta["video"], meta["split"], meta["n_rows"], meta["row_fps"],
+                         agent, target, i, rel, meta["fps"], meta["has_labels"]))
     df = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     df = df.astype({
         "lab_id": str, "split": str, "n_frames": np.int64, "fps": np.float64, "agent_id": np.int8,
@@ -624,7 +571,7 @@ def prepare_dataset(
 
     bad_rows: list[dict] | None = [] if skip_bad else None
     tasks = _tasks(root, split_list, bad_rows)
-    todo, done, damaged, stale = [], 0, [], []
+    todo, done, damaged, stale, old = [], 0, [], [], []
     source = _read_source(cache_dir)
     here = str(root.resolve())
     if source.get("data") not in (None, here):
@@ -640,6 +587,8 @@ def prepare_dataset(
             todo.append((task, out))
             if why_stale:
                 stale.append(f"{task['lab_id']}/{task['video_id']}")
+            elif reason.startswith(OLD_LAYOUT):
+                old.append(reason)
             elif out.exists():
                 damaged.append(f"{task['lab_id']}/{task['video_id']}: {reason}")
     todo.sort(key=lambda item: -_file_size(item[0]["tracking_path"]))  # big videos first: balanced pool
@@ -648,6 +597,8 @@ def prepare_dataset(
     if stale:
         print(f"prepare: recomputing {len(stale)} video(s) whose metadata row or files changed: "
               + ", ".join(stale[:10]) + (f" (+{len(stale) - 10} more)" if len(stale) > 10 else ""))
+    if old:
+        print(f"prepare: rebuilding {len(old)} cached video(s) in {cache_dir / 'videos'} {old[0]}")
     if damaged:
         print(f"prepare: rebuilding {len(damaged)} damaged cached video(s): " + "; ".join(damaged[:10])
               + (f" (+{len(damaged) - 10} more)" if len(damaged) > 10 else ""))
@@ -759,25 +710,62 @@ def open_cache(cache_dir: str | Path) -> tuple[FeatureConfig, pd.DataFrame]:
     return fcfg, index
 
 
-def load_video(cache_dir: str | Path, lab: str, video_id: Any, mmap: bool = True) -> dict[str, Any]:
-    """One cached video -> dict: scene, [pair], labels, labeled, frames (arrays; memory-mapped) and meta."""
+def read_video(cache_dir: str | Path, lab: str, video_id: Any) -> poscache.PosVideo:
+    """One cached video (memory-mapped positions, label intervals, meta); a MabeError naming it when it is
+    missing or damaged, StaleCacheError when it is of another layout."""
     folder = video_dir(cache_dir, lab, video_id)
-    meta_path = folder / "meta.json"
     if not folder.is_dir():
         raise MabeError(f"{folder}: no cached video there (listed in {Path(cache_dir) / 'index.parquet'}); "
                         "run `mabe prepare` with the same data, --cache and features")
     reason = check_video(folder)
+    if reason is not None and reason.startswith(OLD_LAYOUT):
+        raise poscache.StaleCacheError(f"{folder}: {reason}; `mabe prepare` with the same data, --cache and "
+                                       "features rebuilds it")
     if reason is not None:
         raise _damaged(folder, reason)
-    mode = "r" if mmap else None
-    out: dict[str, Any] = {"meta": json.loads(meta_path.read_text())}
-    for name in ("scene", "pair", "labels", "labeled", "frames"):
-        path = folder / f"{name}.npy"
-        if path.is_file():
-            out[name] = np.load(path, mmap_mode=mode)
-    if "frames" not in out:
-        out["frames"] = np.arange(out["meta"]["n_frames"], dtype=np.int64)
+    return poscache.read_video(folder)
+
+
+def video_features(v: poscache.PosVideo, fcfg: FeatureConfig) -> dict[str, Any]:
+    """A cached video -> its whole-video features with numpy (the reference the per-batch torch features
+    equal): scene (rows, n_mice*S*4), pair (n_pairs, rows, P) when ``fcfg.pair_features``, labels uint8
+    (n_pairs, rows, 37), labeled bool (n_pairs, 37), frames (rows,) video frame of each row, and meta
+    (n_frames = rows, n_video_frames, fps of the rows, video_fps, pairs, resampled, ...)."""
+    slots = _slots(fcfg)
+    meta = v.meta
+    fps, T = float(meta["fps"]), v.n_frames
+    cm = F.clean_positions(v.positions(slots, data.MAX_MICE), 1.0, None, fcfg.max_gap)
+    pairs = v.pairs
+    out: dict[str, Any] = {"scene": F.scene_from_cm(F.pad_mice(cm, fcfg.n_mice), fps, fcfg.smooth_window)}
+    if fcfg.pair_features:
+        out["pair"] = F.all_pair_features(cm, fps, [(a - 1, t - 1) for a, t in pairs], slots, fcfg.smooth_window)
+    del cm
+    frames = np.arange(T, dtype=np.int64)
+    if meta["resampled"]:
+        out_fps = float(meta["row_fps"])
+        frames = F.nearest_frames(T, fps, out_fps)
+        out["scene"] = F.resample(out["scene"], fps, out_fps).astype(np.float32, copy=False)
+        if "pair" in out:
+            moved = F.resample(np.moveaxis(out["pair"], 1, 0), fps, out_fps)
+            out["pair"] = np.ascontiguousarray(np.moveaxis(moved, 0, 1), dtype=np.float32)
+    out["labels"] = v.frame_labels(pairs, data.ACTIONS, frames if meta["resampled"] else None)
+    out["labeled"] = v.labeled_mask(pairs)
+    out["frames"] = frames
+    out["meta"] = {**meta, "fps": float(meta["row_fps"]), "video_fps": fps, "n_frames": int(meta["n_rows"]),
+                   "n_video_frames": T}
     return out
+
+
+def load_video(cache_dir: str | Path, lab: str, video_id: Any, fcfg: FeatureConfig | None = None) -> dict[str, Any]:
+    """One cached video -> ``video_features`` of it, for the cache's FeatureConfig unless ``fcfg`` is given."""
+    if fcfg is None:
+        path = Path(cache_dir) / "config.json"
+        try:
+            fcfg = FeatureConfig(**json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
+            raise MabeError(f"{path}: damaged cache configuration ({type(err).__name__}: {str(err)[:80]}); "
+                            f"delete {cache_dir} and run `mabe prepare` again") from None
+    return video_features(read_video(cache_dir, lab, video_id), fcfg)
 
 
 def ensure_cache(cfg: Any, data_root: Path, splits: list[str]) -> Path:

@@ -1,4 +1,9 @@
-"""Cache -> TrackSet (flat arrays + per-track offsets) -> batches of windows, in numpy or torch.
+"""TrackSet (flat arrays + per-track offsets) -> batches of windows, in numpy or torch.
+
+The tracks of the cache are ``postracks.PositionTracks`` (positions, features per batch); a TrackSet holds
+a feature matrix in memory (benchmarks, tests, ``PositionTracks.to_trackset``). Both have the fields
+below and a ``batch(arrays, windows, length, shift)`` method, which is all the batch sources and the
+evaluator use.
 
 A *track* is one sequence the model reads: a whole video (scene mode) or one ordered
 (agent, target) pair of a video (pair mode). Every track's frames are rows of one flat array, so a
@@ -10,27 +15,22 @@ builds batches for the DataLoader reference path (numpy, in worker processes) an
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from mabe import prepare
-from mabe.config import TaskConfig
 from mabe.errors import MabeError
-from mabe.schema import ACTION_INDEX, ACTIONS
+from mabe.schema import ACTION_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
     "TrackSet",
     "split_videos",
     "scene_labels",
-    "resolve_actions",
-    "load_trackset",
     "norm_stats",
     "normalize_",
     "window_index",
@@ -76,6 +76,10 @@ class TrackSet:
     @property
     def n_features(self) -> int:
         return int(self.X.shape[1])
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.X.shape[0])
 
     @property
     def n_outputs(self) -> int:
@@ -130,6 +134,10 @@ class TrackSet:
         """The same mapping as ``tensors`` but numpy (the DataLoader path)."""
         return {"X": self.X, "Y": self.Y, "offsets": self.offsets, "label_mask": self.label_mask}
 
+    def batch(self, arrays: dict, windows: Any, length: int, shift: Any = None) -> dict[str, Any]:
+        """``gather`` of (B, 2) windows over ``arrays`` (``tensors()`` or ``arrays()``)."""
+        return gather(arrays, windows, length, shift, mode=self.mode)
+
 
 # ----------------------------------------------------------------------------- split
 
@@ -168,107 +176,6 @@ def scene_labels(labels: np.ndarray, classes: dict[str, list[str]]) -> np.ndarra
         cols = [ACTION_INDEX[a] for a in actions]
         y[any_pair[:, cols].any(axis=1)] = k
     return y
-
-
-def _check_actions(actions: Iterable[str], where: str) -> list[str]:
-    actions = list(actions)
-    bad = [a for a in actions if a not in ACTION_INDEX]
-    if bad:
-        raise MabeError(f"{where}: unknown action(s) {bad}; valid actions: {', '.join(ACTIONS)}")
-    return actions
-
-
-def _open_cache(cache_dir: Path) -> pd.DataFrame:
-    _, index_df = prepare.open_cache(cache_dir)
-    return index_df
-
-
-def _load_video(cache_dir: Path, lab: str, video_id: int) -> dict:
-    return prepare.load_video(cache_dir, lab, int(video_id), mmap=True)
-
-
-def resolve_actions(
-    cache_dir: str | Path, task: TaskConfig, videos: Iterable[int], index_df: pd.DataFrame | None = None
-) -> list[str]:
-    """Pair-mode output actions: ``task.actions``, or every action labelled in ``videos`` (ACTIONS order)."""
-    if task.actions:
-        return _check_actions(task.actions, "task.actions")
-    cache_dir = Path(cache_dir)
-    index_df = _open_cache(cache_dir) if index_df is None else index_df
-    wanted = set(int(v) for v in videos)
-    seen = np.zeros(len(ACTIONS), dtype=bool)
-    rows = index_df[index_df["video_id"].isin(wanted)][["lab_id", "video_id"]].drop_duplicates()
-    for lab, vid in rows.itertuples(index=False):
-        labeled = np.asarray(_load_video(cache_dir, lab, vid)["labeled"])  # (n_pairs, 37)
-        seen |= labeled.any(axis=0)
-    actions = [a for a, s in zip(ACTIONS, seen) if s]
-    if not actions:
-        raise MabeError(f"{cache_dir}: no labelled behaviour in the {len(rows)} training videos")
-    return actions
-
-
-def load_trackset(
-    cache_dir: str | Path, task: TaskConfig, videos: Iterable[int], actions: Sequence[str] | None = None,
-    *, drop_unlabeled: bool = True, index_df: pd.DataFrame | None = None,
-) -> TrackSet:
-    """Cached videos -> TrackSet of the task's tracks (not normalised; see ``normalize_``).
-
-    scene: one track per video, X = scene.npy (T, 288), Y = ``scene_labels``.
-    pair: one track per ordered pair, X = pair.npy[p] (T, P), Y = labels[p][:, actions] (T, A),
-    label_mask = labeled[p, actions]. ``drop_unlabeled`` drops tracks with nothing labelled
-    (training, validation); keep them to predict every track (test).
-    """
-    cache_dir = Path(cache_dir)
-    index_df = _open_cache(cache_dir) if index_df is None else index_df
-    wanted = set(int(v) for v in videos)
-    rows = index_df[index_df["video_id"].isin(wanted)]
-    if task.mode == "scene":
-        names = ["none", *task.classes]
-        for acts in task.classes.values():
-            _check_actions(acts, "task.classes")
-    else:
-        if actions is None:
-            actions = resolve_actions(cache_dir, task, wanted, index_df)
-        names = _check_actions(actions, "actions")
-    cols = np.array([ACTION_INDEX[a] for a in names]) if task.mode == "pair" else None
-
-    xs, ys, masks, meta, to_video = [], [], [], [], []
-    for (lab, vid), group in rows.groupby(["lab_id", "video_id"], sort=True):
-        v = _load_video(cache_dir, lab, vid)
-        labeled = np.asarray(v["labeled"], dtype=bool)  # (n_pairs, 37)
-        fps = float(group["fps"].iloc[0])
-        vmeta = v.get("meta") or {}
-        back = ((np.asarray(v["frames"], dtype=np.int64), int(vmeta["n_video_frames"]), float(vmeta["video_fps"]))
-                if vmeta.get("resampled") else None)
-        if task.mode == "scene":
-            if drop_unlabeled and not labeled.any():
-                continue
-            xs.append(np.asarray(v["scene"], dtype=np.float32))
-            ys.append(scene_labels(np.asarray(v["labels"]), task.classes))
-            masks.append(np.full(len(names), labeled.any()))
-            meta.append((lab, vid, -1, -1, fps))
-            to_video.append(back)
-            continue
-        for row in group.sort_values("pair_index").itertuples(index=False):
-            p = int(row.pair_index)
-            mask = labeled[p, cols]
-            if drop_unlabeled and not mask.any():
-                continue
-            xs.append(np.asarray(v["pair"][p], dtype=np.float32))
-            ys.append(np.asarray(v["labels"][p][:, cols], dtype=np.uint8))
-            masks.append(mask)
-            meta.append((lab, vid, int(row.agent_id), int(row.target_id), fps))
-            to_video.append(back)
-    if not xs:
-        raise MabeError(f"{cache_dir}: no {task.mode} tracks with labels among {len(wanted)} videos")
-    lab_id, video_id, agent_id, target_id, fps = zip(*meta)
-    ts = TrackSet.from_tracks(
-        task.mode, names, xs, ys, np.stack(masks), lab_id=lab_id, video_id=video_id,
-        agent_id=agent_id, target_id=target_id, fps=fps,
-    )
-    if any(b is not None for b in to_video):
-        ts.to_video = to_video
-    return ts
 
 
 def nearest_rows(frames: np.ndarray, n_video_frames: int) -> np.ndarray:
@@ -450,17 +357,21 @@ def gather(
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """One window per item (numpy gather) for the reference ``DataLoader(num_workers=...)`` path.
+    """One window per item (or, with ``batch_size``, one batch of windows per item: for
+    ``DataLoader(batch_size=None)``) for the reference ``DataLoader(num_workers=...)`` path.
 
     ``set_plan(windows[order], shift)`` before each epoch (workers are created per epoch, so they
-    see it); item i is then the plan's i-th window, and consecutive items make the same batches as
-    the in-process path.
+    see it); item i is then the plan's i-th window (batch), and consecutive items make the same
+    batches as the in-process path. Tracks with a feature matrix gather in numpy; PositionTracks
+    compute each batch's features on the CPU in the worker.
     """
 
-    def __init__(self, ts: TrackSet, length: int):
-        self.arrays = ts.arrays()
+    def __init__(self, ts: Any, length: int, batch_size: int | None = None):
+        self.ts = ts
+        self.arrays = ts.arrays() if isinstance(ts, TrackSet) else ts.tensors("cpu")
         self.mode = ts.mode
         self.length = length
+        self.batch_size = batch_size
         self.windows = np.zeros((0, 2), np.int64)
         self.shift = np.zeros(0, np.int64)
 
@@ -469,8 +380,16 @@ class WindowDataset(torch.utils.data.Dataset):
         self.shift = np.zeros(len(windows), np.int64) if shift is None else np.asarray(shift, np.int64)
 
     def __len__(self) -> int:
-        return len(self.windows)
+        if self.batch_size is None:
+            return len(self.windows)
+        return -(-len(self.windows) // self.batch_size)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        b = gather(self.arrays, self.windows[i : i + 1], self.length, self.shift[i : i + 1], mode=self.mode)
-        return {k: torch.from_numpy(np.ascontiguousarray(v[0])) for k, v in b.items()}
+        one = self.batch_size is None
+        sl = slice(i, i + 1) if one else slice(i * self.batch_size, (i + 1) * self.batch_size)
+        w, s = self.windows[sl], self.shift[sl]
+        if not isinstance(self.ts, TrackSet):
+            w, s = torch.from_numpy(w), torch.from_numpy(s)
+        b = self.ts.batch(self.arrays, w, self.length, s)
+        b = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+        return {k: v[0] for k, v in b.items()} if one else b

@@ -371,7 +371,7 @@ def test_prepare(case, data, tmp_path, capsys):
 
 def _video(cache: Path, root: Path, i: int = 0) -> dict:
     r = _row(root, i)
-    return prepare.load_video(cache, r["lab_id"], int(r["video_id"]), mmap=False)
+    return prepare.load_video(cache, r["lab_id"], int(r["video_id"]))
 
 
 def _positions(v: dict) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A damaged feature cache (truncated or missing arrays, broken meta.json / index) is detected, named,
+"""A damaged position cache (truncated or missing arrays, broken meta.json / index) is detected, named,
 and rebuilt by the next ``mabe prepare``; ``mabe train`` says which video and what to run."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from helpers import error_line as _error_line
 from helpers import run_cli as _run
 from mabe import prepare
 from mabe.config import FeatureConfig
+from mabe.errors import MabeError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -51,9 +52,9 @@ def _truncate(path: Path) -> None:
 
 
 DAMAGE = {
-    "truncated-pair": (lambda v: _truncate(v / "pair.npy"), "pair.npy"),
-    "truncated-labels-header": (lambda v: (v / "labels.npy").write_bytes(b"\x93NUMPY"), "labels.npy"),
-    "empty-scene": (lambda v: (v / "scene.npy").write_bytes(b""), "scene.npy"),
+    "truncated-xy": (lambda v: _truncate(v / "xy.npy"), "xy.npy"),
+    "truncated-intervals-header": (lambda v: (v / "intervals.npy").write_bytes(b"\x93NUMPY"), "intervals.npy"),
+    "empty-xy": (lambda v: (v / "xy.npy").write_bytes(b""), "xy.npy"),
     "missing-labeled": (lambda v: (v / "labeled.npy").unlink(), "labeled.npy"),
     "broken-meta": (lambda v: (v / "meta.json").write_text('{"lab": "Ad'), "meta.json"),
     "meta-not-a-dict": (lambda v: (v / "meta.json").write_text("[1, 2]"), "meta.json"),
@@ -80,7 +81,7 @@ def test_train_names_the_damaged_video_and_prepare_rebuilds_it(case, prepared, t
             assert json.loads((video / name).read_text()) == json.loads(content)
         else:
             assert (video / name).read_bytes() == content, name
-    if case == "truncated-pair":  # and training reads it again (once: each run costs seconds)
+    if case == "truncated-xy":  # and training reads it again (once: each run costs seconds)
         rc, out, err, _ = _train(data, cache, tmp_path, capsys)
         assert rc == 0, err
 
@@ -105,16 +106,39 @@ def test_meta_records_file_sizes_and_a_layout_version(prepared):
     assert meta["files"] == {p.name: p.stat().st_size for p in video.glob("*.npy")}
 
 
-def test_old_meta_without_sizes_is_still_checked_by_the_npy_header(prepared):
-    """Caches written before sizes were recorded: the .npy header says how long the file must be."""
-    _, cache, video = prepared
+def _as_float32_cache(video: Path) -> None:
+    """Turn a cached video folder into one of the old float32 feature cache (layout 2)."""
     meta = json.loads((video / "meta.json").read_text())
-    for key in ("files", "layout"):
-        meta.pop(key)
+    for p in video.iterdir():
+        p.unlink()
+    np.save(video / "scene.npy", np.zeros((meta["n_frames"], 288), np.float32))
+    meta.update(layout=2, files={"scene.npy": (video / "scene.npy").stat().st_size})
     (video / "meta.json").write_text(json.dumps(meta))
-    assert prepare.check_video(video) is None
-    _truncate(video / "scene.npy")
-    assert "scene.npy" in prepare.check_video(video)
+
+
+def test_a_cache_of_the_old_float32_layout_is_named_and_rebuilt(prepared, tmp_path, capsys):
+    """Folders written by the float32 feature cache (layout 2): check_video says so, `mabe prepare` rebuilds
+    them naming the folder, and `mabe train` on such a cache rebuilds it first (with a message) and trains."""
+    data, cache, video = prepared
+    good = (video / "xy.npy").read_bytes()
+    _as_float32_cache(video)
+    assert "layout 2" in prepare.check_video(video) and "float32" in prepare.check_video(video)
+    with pytest.raises(MabeError, match="layout 2"):
+        prepare.read_video(video.parents[2], video.parent.name, video.name)
+    rc, out, err, _ = _run(["prepare", str(data), "--cache", str(cache), "--workers", "1"], capsys)
+    assert rc == 0, err
+    assert "rebuilding 1 cached video(s)" in out and "layout 2 (the float32 feature cache)" in out, out
+    assert str(video.parents[1]) in out and "7 already prepared, 1 to do" in out
+    assert (video / "xy.npy").read_bytes() == good and not (video / "scene.npy").exists()
+
+    cache_dir = video.parents[2]
+    for meta in cache_dir.glob("videos/*/*/meta.json"):
+        _as_float32_cache(meta.parent)
+    rc, out, err, _ = _train(data, cache, tmp_path, capsys)
+    assert rc == 0, err
+    assert "written by cache layout 2" in out and str(cache_dir) in out, out
+    _, index = prepare.open_cache(cache_dir)  # the training videos rebuilt (train prepares its split)
+    assert all(prepare.check_video(cache_dir / p) is None for p in index.loc[index["split"] == "train", "path"])
 
 
 def test_disk_full_while_writing_says_so_and_keeps_the_rest(tiny_data, tmp_path, capsys, monkeypatch):
@@ -126,7 +150,7 @@ def test_disk_full_while_writing_says_so_and_keeps_the_rest(tiny_data, tmp_path,
 
     def save(path, arr, *a, **k):
         calls["n"] += 1
-        if calls["n"] == 10:  # inside the third video
+        if calls["n"] == 8:  # inside the third video (3 arrays a video)
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(path, arr, *a, **k)
 

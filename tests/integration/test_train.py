@@ -34,6 +34,23 @@ def cache(fake_cache):
     return fake_cache
 
 
+def test_features_per_batch_train_as_features_computed_once(tmp_path, cache):
+    """The two ways of serving the same features (per batch from positions, the default on a GPU or for
+    large sets; once into host memory, the CPU default) give the same run, epoch for epoch, resume included."""
+    once = T.train(_cfg(tmp_path, epochs=2, features_in_memory="always"), tmp_path / "runs" / "once")
+    per = T.train(_cfg(tmp_path, epochs=2, features_in_memory="never"), tmp_path / "runs" / "per")
+    assert once["state"] == per["state"] == "finished"
+    assert "computed per batch" in (tmp_path / "runs" / "per" / "log.txt").read_text()
+    a, b = _rows(tmp_path / "runs" / "once"), _rows(tmp_path / "runs" / "per")
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("loss", "val_loss", "val_f1", "val_acc"):
+            assert float(ra[k]) == pytest.approx(float(rb[k]), rel=1e-4, abs=1e-5), (k, ra, rb)
+    args = argparse.Namespace(config=None, overrides=["train.epochs=3"], data=None, name=None,
+                              resume=str(tmp_path / "runs" / "per"), detach=False, nproc=None)
+    assert T.main_from_args(args) == 0
+    assert len(_rows(tmp_path / "runs" / "per")) == 3
+
+
 def test_run_writes_its_files_and_resume_equals_uninterrupted(tmp_path, cache):
     straight = T.train(_cfg(tmp_path), tmp_path / "runs" / "straight")
     run = tmp_path / "runs" / "straight"
@@ -185,15 +202,21 @@ def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache,
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_fast_path_trains_and_gathers_like_numpy(tmp_path, cache):
-    from mabe.windows import gather, load_trackset, window_index
+    from mabe.postracks import load_position_tracks
+    from mabe.training.data import track_stats
+    from mabe.windows import window_index
 
-    ts = load_trackset(cache, Config().task, [1000, 1001], ["attack", "rear", "sniff"])
-    w = window_index(ts.lengths, 16, 3)
-    shift = np.random.default_rng(0).integers(-2, 3, len(w))
-    ref = gather(ts.arrays(), w, 16, shift)
-    dev = gather(ts.tensors("cuda"), torch.from_numpy(w).cuda(), 16, torch.from_numpy(shift).cuda())
+    ts = load_position_tracks(cache, Config().task, [1000, 1001], ["attack", "rear", "sniff"])
+    ts.norm = track_stats(ts)
+    w = torch.from_numpy(window_index(ts.lengths, 16, 3))
+    shift = torch.from_numpy(np.random.default_rng(0).integers(-2, 3, len(w)))
+    ref = ts.batch(ts.tensors(), w, 16, shift)  # features computed on the CPU ...
+    dev = ts.batch(ts.tensors("cuda"), w.cuda(), 16, shift.cuda())  # ... and on the GPU
     for k in ref:
-        np.testing.assert_array_equal(ref[k], dev[k].cpu().numpy())
+        if k == "x":
+            torch.testing.assert_close(dev[k].cpu(), ref[k], rtol=1e-4, atol=1e-3)
+        else:
+            np.testing.assert_array_equal(ref[k].numpy(), dev[k].cpu().numpy())
     out = T.train(_cfg(tmp_path, epochs=2, device="cuda"), tmp_path / "runs" / "gpu")
     assert out["state"] == "finished" and out["best_f1"] > 0
     rows = _rows(tmp_path / "runs" / "gpu")

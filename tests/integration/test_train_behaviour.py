@@ -30,7 +30,10 @@ from mabe import train as T
 from mabe.config import load_config
 from mabe.errors import TrainingError
 from mabe.evaluate import trackset_for_model, videos_of_split
-from mabe.windows import IGNORE_INDEX, load_trackset, norm_stats
+from mabe.schema import ACTION_INDEX
+from mabe.training.batches import DeviceStore
+from mabe.training.data import load_tracksets
+from mabe.windows import IGNORE_INDEX, norm_stats
 
 TRAIN = T.train
 MAIN = T.main_from_args
@@ -306,8 +309,15 @@ def test_normalisation_statistics_come_from_the_training_videos_only(tmp_path, c
     train_videos = sorted(every - val)
     assert val and train_videos
     actions = list(state[ckpt.OUTPUTS_KEY])
-    expect = norm_stats(load_trackset(cache, cfg.task, train_videos, actions).X)
-    other = norm_stats(load_trackset(cache, cfg.task, sorted(val), actions).X)
+    cols = [ACTION_INDEX[a] for a in actions]
+
+    def features(videos):  # the labelled pair tracks' whole-video numpy features (prepare.load_video)
+        rows = index[index.video_id.isin(videos)][["lab_id", "video_id"]].drop_duplicates()
+        vs = [prepare.load_video(cache, lab, vid) for lab, vid in rows.itertuples(index=False)]
+        return np.concatenate([v["pair"][p] for v in vs for p in range(len(v["pair"])) if v["labeled"][p, cols].any()])
+
+    expect = norm_stats(features(train_videos))
+    other = norm_stats(features(sorted(val)))
     for k, v in state[ckpt.NORM_KEY].items():
         np.testing.assert_allclose(v.numpy(), expect[k], rtol=1e-5, atol=1e-6)
         assert not np.allclose(v.numpy(), other[k], rtol=1e-3)  # the test can tell them apart
@@ -332,9 +342,23 @@ def test_evaluation_reads_the_runs_validation_videos_disjoint_from_training(tmp_
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_the_trainer_stores_features_in_the_configured_dtype(tmp_path, cache, dtype):
+    """Features computed once into host memory (the CPU default when they fit) are stored in storage_dtype."""
     run = tmp_path / "runs" / dtype
     TRAIN(_cfg(tmp_path, epochs=1, storage_dtype=dtype), run)
     log = (run / "log.txt").read_text()
-    assert f"({dtype} features;" in log
+    assert f"({dtype} features;" in log and "computed once into host memory" in log
     err = float(re.search(r"max round-trip error ([0-9.e+-]+)\)", log).group(1))
     assert err > 0
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_trainer_hands_per_batch_features_over_in_the_configured_dtype(tmp_path, cache, dtype):
+    """Features per batch from the int16 positions (issue 13) come in storage_dtype."""
+    run = tmp_path / "runs" / dtype
+    TRAIN(_cfg(tmp_path, epochs=1, storage_dtype=dtype, features_in_memory="never"), run)
+    log = (run / "log.txt").read_text()
+    assert "int16 positions of" in log and f"; {dtype} features computed per batch;" in log
+    cfg = _cfg(tmp_path, epochs=1, storage_dtype=dtype, features_in_memory="never")
+    train_ts, _, _ = load_tracksets(cfg, say=lambda _: None)
+    store = DeviceStore(train_ts, "cpu", dtype)
+    assert store.batch(np.array([[0, 0], [1, 3]]), 16)["x"].dtype == getattr(torch, dtype)

@@ -95,15 +95,18 @@ def test_trackset_metrics_per_lab(rng):
     assert m["per_lab"]["L1"]["f1_macro"] == 1.0
 
 
+N_FEATURES = 90  # the pair features of 18 slots (the fake cache's)
+
+
 def _write_ckpt(path, mode: str, outputs: list[str]):
     cfg = Config()
     cfg.task.mode = mode
     cfg.model.conv_channels, cfg.model.lstm_hidden = [4], 4
-    model = models.create(cfg.model.name, 6, len(outputs), cfg.model)
+    model = models.create(cfg.model.name, N_FEATURES, len(outputs), cfg.model)
     ckpt.save(path, {
         ckpt.MODEL_KEY: model.state_dict(), ckpt.CONFIG_KEY: config_to_dict(cfg), ckpt.OUTPUTS_KEY: outputs,
-        ckpt.MODE_KEY: mode, ckpt.IN_FEATURES_KEY: 6, ckpt.N_OUTPUTS_KEY: len(outputs),
-        ckpt.NORM_KEY: {"mean": torch.zeros(6), "std": torch.ones(6)},
+        ckpt.MODE_KEY: mode, ckpt.IN_FEATURES_KEY: N_FEATURES, ckpt.N_OUTPUTS_KEY: len(outputs),
+        ckpt.NORM_KEY: {"mean": torch.zeros(N_FEATURES), "std": torch.ones(N_FEATURES)},
     })
     return cfg
 
@@ -120,7 +123,7 @@ def test_predict_from_args_averages_checkpoints(tmp_path, monkeypatch):
     from helpers import make_fake_cache
 
     monkeypatch.chdir(tmp_path)
-    make_fake_cache(tmp_path / "cache", n_pair=6)
+    make_fake_cache(tmp_path / "cache")
     outputs = ["attack", "rear", "sniff"]
     for i in range(2):
         torch.manual_seed(i)

@@ -60,16 +60,26 @@ def _prepared(data: Path, out: Path) -> Path:
 
 
 def _shift_labels(cache_dir: Path, seed: int) -> None:
-    """Circularly shift every train track's labels by a random lag: same label statistics, no link to the pose."""
+    """Circularly shift every train pair's label intervals by a random lag: same label statistics, no link to
+    the pose (an interval that wraps past the end is split in two)."""
     rng = np.random.default_rng(seed)
-    for path in sorted((cache_dir / "videos").glob("*/*/labels.npy")):
-        y = np.load(path)
-        T = y.shape[1]
-        if T < 4:
+    for path in sorted((cache_dir / "videos").glob("*/*/intervals.npy")):
+        meta = json.loads((path.parent / "meta.json").read_text())
+        T, iv = meta["n_frames"], np.load(path)
+        if T < 4 or not len(iv):
             continue
-        for p in range(len(y)):
-            y[p] = np.roll(y[p], int(rng.integers(T // 4, 3 * T // 4)), axis=0)
-        np.save(path, y)
+        out = []
+        for key in {(a, t) for a, t in iv[:, :2].tolist()}:
+            lag = int(rng.integers(T // 4, 3 * T // 4))
+            for a, t, act, s, e in iv[(iv[:, 0] == key[0]) & (iv[:, 1] == key[1])].tolist():
+                s, e = s + lag, e + lag
+                if e <= T or s >= T:
+                    out.append((a, t, act, s % T, e - T * (s >= T)))
+                else:  # wraps: its end goes to the start
+                    out += [(a, t, act, s, T), (a, t, act, 0, e - T)]
+        np.save(path, np.array(out, np.int32).reshape(-1, 5))
+        meta["files"]["intervals.npy"] = path.stat().st_size
+        (path.parent / "meta.json").write_text(json.dumps(meta))
 
 
 def test_folds_are_by_video_stratified_by_lab_and_seeded():

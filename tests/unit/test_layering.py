@@ -15,7 +15,7 @@ TOP = {"mabe.train", "mabe.launch", "mabe.cli", "mabe.demo", "mabe.bench", "mabe
        "mabe.bundle", "mabe.__main__"}
 # what training components may import from mabe
 COMPONENT_DEPS = {"mabe", "mabe.config", "mabe.errors", "mabe.io", "mabe.schema", "mabe.windows", "mabe.models",
-                  "mabe.checkpoint", "mabe.runs", "mabe.data", "mabe.prepare"}
+                  "mabe.checkpoint", "mabe.runs", "mabe.data", "mabe.prepare", "mabe.postracks"}
 
 
 def _module(path: Path) -> str:

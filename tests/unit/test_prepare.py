@@ -110,19 +110,33 @@ def test_cache_layout_shapes_dtypes(cache):
         assert v["pair"].shape == (len(pairs), n, F.n_pair_features(18)) and v["pair"].dtype == np.float32
         assert v["labels"].shape == (len(pairs), n, 37) and v["labels"].dtype == np.uint8
         assert v["labeled"].shape == (len(pairs), 37) and v["labeled"].dtype == bool
-        assert isinstance(v["scene"], np.memmap)  # memory-mapped
         np.testing.assert_array_equal(v["frames"], np.arange(n))
-        assert not (cache / "videos" / lab / str(vid) / "frames.npy").exists()
+        # on disk: positions and labels only (issue 13), the positions memory-mapped
+        folder = cache / "videos" / lab / str(vid)
+        assert sorted(p.name for p in folder.iterdir()) == ["intervals.npy", "labeled.npy", "meta.json", "xy.npy"]
+        pv = prepare.read_video(cache, lab, vid)
+        assert isinstance(pv.xy, np.memmap) and pv.xy.dtype == np.int16 and pv.xy.shape[:2] == (n, len(mice)) and pv.xy.shape[2] == len(pv.meta["slots"])
+        assert pv.meta["layout"] == prepare.CACHE_LAYOUT and pv.meta["mice"] == list(mice)
     assert not list((cache / "videos").glob("*/.tmp-*"))  # no temporary folder left behind
     assert json.loads((cache / "skipped.json").read_text()) == []
 
 
+def _close(got, want, fps, q):
+    """Equal NaN patterns and values within what int16 positions of step q cm allow (poscache's bounds)."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    bound = 2 * np.sqrt(2) * fps**2 * q + 1e-4 * np.nanmax(np.abs(want))
+    assert np.nanmax(np.abs(got - want)) <= bound
+
+
 def test_features_match_the_feature_functions(cache, dataset):
-    v = prepare.load_video(cache, "LabB", 202, mmap=False)
+    v = prepare.load_video(cache, "LabB", 202)
+    q = v["meta"]["quantum_cm"]
     trk = data.read_tracking(dataset / "train_tracking" / "LabB" / "202.parquet")
-    np.testing.assert_array_equal(v["scene"], F.scene_features(trk.xy, 25.0, 4.0, (320, 240), FeatureConfig()))
+    want = F.scene_features(trk.xy, 25.0, 4.0, (320, 240), FeatureConfig())
+    _close(v["scene"], want, 25.0, q)
+    assert np.nanmax(np.abs(v["scene"][:, :288 // 3] - want[:, :288 // 3])) <= q / 2 + 1e-5  # positions: half a step
     cm = F.clean_positions(trk.xy, 4.0, (320, 240), FeatureConfig().max_gap)
-    np.testing.assert_array_equal(v["pair"][7], F.pair_features(cm, 25.0, 2, 1, list(data.DEFAULT_SLOTS)))
+    _close(v["pair"][7], F.pair_features(cm, 25.0, 2, 1, list(data.DEFAULT_SLOTS)), 25.0, q)
     assert np.isnan(v["scene"][:, 3 * 18 * 2 : 4 * 18 * 2]).all()  # mouse 4 absent
     assert np.isfinite(v["scene"][:, :2 * 2]).all()  # body_center of mouse 1 tracked (gaps filled)
 
@@ -168,7 +182,7 @@ def test_resume_skips_and_rebuilds(dataset, tmp_path, capsys):
     root = tmp_path / "cache"
     with pytest.warns(UserWarning):
         out = prepare.prepare_dataset(dataset, FeatureConfig(), cache_root=root, workers=1, progress=False)
-    stamps = {p: p.stat().st_mtime_ns for p in out.glob("videos/*/*/scene.npy")}
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("videos/*/*/xy.npy")}
     assert len(stamps) == 3
     capsys.readouterr()
     prepare.prepare_dataset(dataset, FeatureConfig(), cache_root=root, workers=1, progress=False)
@@ -218,9 +232,9 @@ def test_resampled_cache_maps_back_to_video_frames(dataset, tmp_path):
     with pytest.warns(UserWarning):
         out = prepare.prepare_dataset(dataset, cfg, cache_root=tmp_path, splits=["train"], workers=1, progress=False)
     v = prepare.load_video(out, "LabA", 101)
-    frames = np.load(out / "videos" / "LabA" / "101" / "frames.npy")
-    np.testing.assert_array_equal(frames, np.arange(0, 120, 2))
+    frames = np.arange(0, 120, 2)
     np.testing.assert_array_equal(v["frames"], frames)
+    assert not (out / "videos" / "LabA" / "101" / "frames.npy").exists()  # positions stay at video frames
     assert v["meta"]["fps"] == 15.0 and v["meta"]["video_fps"] == 30.0 and v["meta"]["n_frames"] == 60
     assert v["scene"].shape == (60, 288) and "pair" not in v
     full = _expected_labels(120, [(1, 1), (1, 2), (2, 1), (2, 2)], VIDEOS[0][6])

@@ -1,15 +1,12 @@
-"""windows.py: split, TrackSet loading, normalisation, window index, gather (numpy == torch), sampling."""
+"""windows.py: split, labels, normalisation, window index, gather (numpy == torch), sampling."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mabe.config import TaskConfig
 from mabe.data import ACTION_INDEX, ACTIONS
 from mabe.windows import (
     IGNORE_INDEX,
@@ -17,10 +14,8 @@ from mabe.windows import (
     WindowDataset,
     epoch_plan,
     gather,
-    load_trackset,
     norm_stats,
     normalize_,
-    resolve_actions,
     scene_labels,
     split_videos,
     window_index,
@@ -28,14 +23,6 @@ from mabe.windows import (
 )
 
 torch.set_num_threads(1)
-
-
-# ----------------------------------------------------------------------------- a tiny on-disk cache
-
-
-@pytest.fixture
-def cache_dir(fake_cache) -> Path:
-    return fake_cache
 
 
 def small_trackset(rng: np.random.Generator, lengths=(5, 12, 30), F: int = 3, C: int = 2) -> TrackSet:
@@ -81,27 +68,6 @@ def test_scene_labels_later_class_wins():
     labels[1, 3, ACTION_INDEX["mount"]] = 1
     labels[0, 3, ACTION_INDEX["sniff"]] = 1  # mount beats sniff on frame 3
     assert scene_labels(labels, classes).tolist() == [0, 1, 3, 2, 0]
-
-
-def test_load_trackset_pair_and_scene(cache_dir):
-    task = TaskConfig(mode="pair")
-    videos = [1000, 1001]
-    actions = resolve_actions(cache_dir, task, videos)
-    assert actions == ["attack", "rear", "sniff"]  # ACTIONS order, everything labelled
-    ts = load_trackset(cache_dir, task, videos, actions)
-    assert ts.n_tracks == 8 and ts.names == actions
-    assert ts.X.dtype == np.float32 and ts.Y.dtype == np.uint8 and ts.Y.shape == (len(ts.X), 3)
-    assert ts.label_mask[0].tolist() == [False, True, False]  # (1, 1) self: rear only
-    assert ts.label_mask[1].tolist() == [True, False, True]  # (1, 2): attack, sniff
-    assert ts.agent_id.tolist()[:4] == [1, 1, 2, 2] and ts.target_id.tolist()[:4] == [1, 2, 1, 2]
-    pair = np.load(cache_dir / "videos/Lab0/1001/pair.npy")
-    lo, hi = ts.offsets[5], ts.offsets[6]
-    np.testing.assert_array_equal(ts.X[lo:hi], pair[1])
-
-    scene = load_trackset(cache_dir, TaskConfig(mode="scene"), videos)
-    assert scene.n_tracks == 2 and scene.names[0] == "none" and scene.Y.dtype == np.int64
-    sniff = np.load(cache_dir / "videos/Lab0/1000/labels.npy")[:, :, ACTION_INDEX["sniff"]].any(0)
-    assert np.array_equal(scene.Y[: scene.offsets[1]], sniff.astype(np.int64))  # rear is in no class
 
 
 def test_normalisation_uses_nan_stats_and_zero_fills():

@@ -1,33 +1,25 @@
 """windows.py edge cases found by mutation testing (scripts/mutation.sh windows; docs/testing.md).
 
 Each test names the behaviour it pins: rarity weights against the formula written out window by
-window, the fields and defaults a TrackSet is built with, what load_trackset keeps, drops and
-orders, resampled caches, the window dataset's plan, epoch plans with weights, the messages.
+window, the fields and defaults a TrackSet is built with, the window dataset's plan, epoch plans with weights, the messages.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from helpers import make_fake_cache
-from mabe.config import TaskConfig
 from mabe.data import ACTION_INDEX, ACTIONS
-from mabe.errors import MabeError
 from mabe.windows import (
     IGNORE_INDEX,
     TrackSet,
     WindowDataset,
     epoch_plan,
     gather,
-    load_trackset,
     nearest_rows,
     norm_stats,
-    resolve_actions,
     rows_to_video_frames,
     scene_labels,
     window_index,
@@ -246,139 +238,7 @@ def test_jitter_one_shifts_by_minus_one_zero_or_one():
     assert set(shift.tolist()) == {-1, 0, 1}
 
 
-# ----------------------------------------------------------------------------- load_trackset / resolve_actions
-
-
-def _edit_video(cache_dir, lab, vid, **arrays):
-    folder = cache_dir / "videos" / lab / str(vid)
-    for name, fn in arrays.items():
-        a = np.load(folder / f"{name}.npy")
-        np.save(folder / f"{name}.npy", fn(a))
-    return folder
-
-
-@pytest.fixture
-def cache(tmp_path):
-    return make_fake_cache(tmp_path / "cache", labs=(3,), frames=(40, 60))
-
-
-def test_unknown_actions_are_named_with_where_they_came_from(cache):
-    valid = ", ".join(ACTIONS)
-    with pytest.raises(MabeError) as e:
-        load_trackset(cache, TaskConfig(mode="scene", classes={"inv": ["sniff", "bogus"]}), [1000])
-    assert str(e.value) == f"task.classes: unknown action(s) ['bogus']; valid actions: {valid}"
-    with pytest.raises(MabeError) as e:
-        load_trackset(cache, TaskConfig(mode="pair"), [1000], ["nope"])
-    assert str(e.value) == f"actions: unknown action(s) ['nope']; valid actions: {valid}"
-    with pytest.raises(MabeError) as e:
-        resolve_actions(cache, TaskConfig(mode="pair", actions=["rear", "zzz"]), [1000])
-    assert str(e.value) == f"task.actions: unknown action(s) ['zzz']; valid actions: {valid}"
-    assert resolve_actions(cache, TaskConfig(mode="pair", actions=["sniff", "rear"]), [1000]) == ["sniff", "rear"]
-
-
-def test_resolved_actions_pool_every_video_and_load_trackset_uses_them(cache):
-    # only the first video labels "approach" (on pair 1): it must survive the later videos
-    _edit_video(cache, "Lab0", 1000, labeled=lambda a: np.where(
-        np.arange(len(ACTIONS)) == ACTION_INDEX["approach"], np.arange(4)[:, None] == 1, a))
-    task = TaskConfig(mode="pair")
-    actions = resolve_actions(cache, task, [1000, 1001, 1002])
-    assert actions == ["approach", "attack", "rear", "sniff"]
-    ts = load_trackset(cache, task, [1000, 1001, 1002])
-    assert ts.names == actions
-    assert ts.label_mask[:4, 0].tolist() == [False, True, False, False]
-
-
-def test_a_given_index_is_used_without_reading_the_caches_index_file(cache):
-    index = pd.read_parquet(cache / "index.parquet")
-    (cache / "index.parquet").unlink()
-    task = TaskConfig(mode="pair")
-    assert resolve_actions(cache, task, [1000], index_df=index) == ["attack", "rear", "sniff"]
-    ts = load_trackset(cache, task, [1000], index_df=index)
-    assert ts.n_tracks == 4
-    with pytest.raises(MabeError, match="not a prepared feature cache"):
-        load_trackset(cache, task, [1000])
-
-
-def test_tracks_come_in_lab_video_pair_order_whatever_the_index_order(cache):
-    index = pd.read_parquet(cache / "index.parquet")
-    shuffled = index.iloc[::-1].reset_index(drop=True)
-    ts = load_trackset(cache, TaskConfig(mode="pair"), [1002, 1000], ["sniff", "rear"], index_df=shuffled)
-    assert ts.video_id.tolist() == [1000] * 4 + [1002] * 4
-    assert ts.agent_id.tolist() == [1, 1, 2, 2] * 2 and ts.target_id.tolist() == [1, 2, 1, 2] * 2
-    sc = load_trackset(cache, TaskConfig(mode="scene"), [1002, 1000], index_df=shuffled)
-    assert sc.video_id.tolist() == [1000, 1002]
-
-
-def test_track_metadata_comes_from_the_index(cache):
-    index = pd.read_parquet(cache / "index.parquet")
-    index.loc[index.video_id == 1001, "fps"] = 25.0
-    index["lab_id"] = index["lab_id"].astype(str)
-    ts = load_trackset(cache, TaskConfig(mode="pair"), [1000, 1001], ["sniff"], index_df=index)
-    assert ts.lab_id.tolist() == ["Lab0"] * 4  # the self pairs label no sniff: dropped
-    assert ts.video_id.tolist() == [1000, 1000, 1001, 1001]
-    assert ts.fps.tolist() == [30.0, 30.0, 25.0, 25.0]
-    sc = load_trackset(cache, TaskConfig(mode="scene"), [1000, 1001], index_df=index)
-    assert sc.lab_id.tolist() == ["Lab0", "Lab0"] and sc.fps.tolist() == [30.0, 25.0]
-    assert sc.agent_id.tolist() == [-1, -1] and sc.target_id.tolist() == [-1, -1]
-
-
-def test_a_video_with_one_pair_reads_its_fps(tmp_path):
-    cache = make_fake_cache(tmp_path / "c", labs=(2,), frames=(40, 50))
-    index = pd.read_parquet(cache / "index.parquet")
-    one = index[index.pair_index == 1]  # one track per video in this index
-    ts = load_trackset(cache, TaskConfig(mode="pair"), [1000, 1001], ["sniff"], index_df=one)
-    assert ts.n_tracks == 2 and ts.fps.tolist() == [30.0, 30.0]
-
-
-def test_unlabelled_tracks_are_dropped_by_default_and_kept_on_request(cache):
-    # video 1000: nothing labelled at all; video 1001: its first pair (1, 1) has nothing labelled
-    _edit_video(cache, "Lab0", 1000, labeled=lambda a: np.zeros_like(a))
-    _edit_video(cache, "Lab0", 1001, labeled=lambda a: np.where(np.arange(4)[:, None] == 0, False, a))
-    pair = TaskConfig(mode="pair")
-    ts = load_trackset(cache, pair, [1000, 1001, 1002], ["rear", "sniff"])
-    assert list(zip(ts.video_id.tolist(), ts.agent_id.tolist(), ts.target_id.tolist())) == [
-        (1001, 1, 2), (1001, 2, 1), (1001, 2, 2), (1002, 1, 1), (1002, 1, 2), (1002, 2, 1), (1002, 2, 2)]
-    every = load_trackset(cache, pair, [1000, 1001, 1002], ["rear", "sniff"], drop_unlabeled=False)
-    assert every.n_tracks == 12 and every.video_id.tolist() == [1000] * 4 + [1001] * 4 + [1002] * 4
-    assert every.label_mask[:4].tolist() == [[False, False]] * 4
-
-    scene = TaskConfig(mode="scene")
-    sc = load_trackset(cache, scene, [1000, 1001, 1002])
-    assert sc.video_id.tolist() == [1001, 1002] and sc.label_mask.all()
-    sc_all = load_trackset(cache, scene, [1000, 1001, 1002], drop_unlabeled=False)
-    assert sc_all.video_id.tolist() == [1000, 1001, 1002]
-    assert sc_all.label_mask.dtype == bool
-    assert sc_all.label_mask.tolist() == [[False] * 4, [True] * 4, [True] * 4]
-
-
-def test_nothing_labelled_names_the_cache_and_the_video_count(cache):
-    for vid in (1000, 1001):
-        _edit_video(cache, "Lab0", vid, labeled=lambda a: np.zeros_like(a))
-    with pytest.raises(MabeError) as e:
-        load_trackset(cache, TaskConfig(mode="pair"), [1000, 1001], ["sniff"])
-    assert str(e.value) == f"{cache}: no pair tracks with labels among 2 videos"
-    with pytest.raises(MabeError) as e:
-        resolve_actions(cache, TaskConfig(mode="pair"), [1000, 1001])
-    assert str(e.value) == f"{cache}: no labelled behaviour in the 2 training videos"
-
-
-def test_resampled_videos_carry_their_map_back_to_video_frames(cache):
-    folder = cache / "videos" / "Lab0" / "1001"
-    meta = json.loads((folder / "meta.json").read_text())
-    T = meta["n_frames"]
-    frames = np.arange(T, dtype=np.int32) * 2
-    np.save(folder / "frames.npy", frames)
-    meta.update(resampled=True, n_video_frames=2 * T, video_fps=60.0)
-    (folder / "meta.json").write_text(json.dumps(meta))
-    for task, n_per_video in ((TaskConfig(mode="pair"), 4), (TaskConfig(mode="scene"), 1)):
-        ts = load_trackset(cache, task, [1000, 1001], ["rear", "sniff"] if task.mode == "pair" else None)
-        assert ts.to_video is not None and len(ts.to_video) == 2 * n_per_video
-        assert all(b is None for b in ts.to_video[:n_per_video])
-        for f, n_video, fps in ts.to_video[n_per_video:]:
-            assert f.dtype == np.int64 and f.tolist() == frames.tolist()
-            assert n_video == 2 * T and fps == 60.0
-    plain = load_trackset(cache, TaskConfig(mode="pair"), [1000, 1002], ["sniff"])
-    assert plain.to_video is None
+# ----------------------------------------------------------------------------- loading: tests/unit/test_postracks.py
 
 
 def test_validation_takes_at_most_all_but_one_video_of_a_lab():

@@ -1,7 +1,9 @@
 """The batch source: the micro-batches of an epoch, from the resident store or a DataLoader.
 
-    DeviceStore(ts, device, storage)   a TrackSet resident on the device (bf16/fp16/fp32), bytes
-                                       reported; pinned-memory streaming when it will not fit
+    DeviceStore(ts, device, storage)   tracks resident on the device, bytes reported; pinned-memory
+                                       streaming when they will not fit. PositionTracks (the cache's):
+                                       int16 positions, features computed per batch on the device;
+                                       a TrackSet (a feature matrix): bf16/fp16/fp32 features
     Batches(ts, windows, ...)          the epoch plan (windows, jitter, DDP shares) -> batches on the device
 
 Both sources yield the same batches; the resident one is all torch ops (no host work per step).
@@ -17,8 +19,9 @@ import numpy as np
 import torch
 
 from mabe.config import Config
+from mabe.postracks import PositionTracks
 from mabe.training.device import resolve_precision
-from mabe.windows import TrackSet, WindowDataset, epoch_plan, gather
+from mabe.windows import TrackSet, WindowDataset, epoch_plan
 
 __all__ = ["resolve_storage_dtype", "DeviceStore", "Batches", "format_bytes"]
 
@@ -88,11 +91,15 @@ class DeviceStore:
     """
 
     def __init__(
-        self, ts: TrackSet, device: torch.device | str, storage: str = "auto", *, precision: str = "auto",
-        headroom: int | None = None, max_bytes: int | None = None, chunk_rows: int = 1 << 18,
+        self, ts: TrackSet | PositionTracks, device: torch.device | str, storage: str = "auto", *,
+        precision: str = "auto", headroom: int | None = None, max_bytes: int | None = None, chunk_rows: int = 1 << 18,
     ):
         self.device = torch.device(device)
         self.mode = ts.mode
+        self.ts = ts
+        if isinstance(ts, PositionTracks):
+            self._positions(ts, storage, headroom, max_bytes)
+            return
         self.n_rows, self.n_features = ts.X.shape
         self.dtype = resolve_storage_dtype(storage, ts.X, self.device, precision)
         itemsize = torch.empty((), dtype=self.dtype).element_size()
@@ -137,6 +144,36 @@ class DeviceStore:
         )
 
     # -- building
+    def _positions(self, ts: PositionTracks, storage: str, headroom: int | None, max_bytes: int | None) -> None:
+        """The position store: int16 positions + labels where the step runs; each batch's features computed
+        in float32 and handed over in ``storage`` (auto: float32; the features are no longer stored)."""
+        self.n_rows, self.n_features = ts.n_rows, ts.n_features
+        if storage != "auto" and storage not in _STORAGE:
+            raise ValueError(f"storage dtype must be auto or one of {list(_STORAGE)}, got {storage!r}")
+        self.dtype = torch.float32 if storage == "auto" else _STORAGE[storage]
+        self.max_abs_error = 0.0
+        nb = ts.nbytes
+        self.nbytes = {"X": nb["store"], "Y": nb["Y"], "other": nb["other"], "total": nb["total"],
+                       "fp32_total": nb["features_fp32"] + nb["Y"] + nb["other"]}
+        room = _room(self.device, headroom, max_bytes)
+        self.resident = room is None or nb["total"] <= room
+        if self.resident:
+            self.arrays = ts.tensors(self.device)
+            where = f"resident on {self.device}"
+        else:
+            self.arrays = ts.tensors("cpu")
+            where = "streamed from pinned host memory"
+            warnings.warn(
+                f"training positions ({format_bytes(nb['total'])}) do not fit in {format_bytes(max(room, 0))} "
+                f"on {self.device}: computing each batch's features on the CPU and copying them (slower).",
+                stacklevel=3,
+            )
+        self.message = (
+            f"data {where}: {format_bytes(nb['total'])} (int16 positions of {ts.store.shape[0]:,} video frames + "
+            f"labels; {_name(self.dtype)} features computed per batch; stored float32 features would take "
+            f"{format_bytes(self.nbytes['fp32_total'])})"
+        )
+
     def _upload(self, ts: TrackSet, chunk_rows: int) -> dict:
         dev, dt = self.device, self.dtype
         if dev.type == "cpu" and dt == torch.float32:
@@ -186,12 +223,23 @@ class DeviceStore:
         idx = self.index_device
         w = torch.as_tensor(windows, dtype=torch.int64).to(idx, non_blocking=True)
         s = None if shift is None else torch.as_tensor(shift, dtype=torch.int64).to(idx, non_blocking=True)
-        b = gather(self.arrays, w, length, s, mode=self.mode)
+        b = self.ts.batch(self.arrays, w, length, s)
+        if isinstance(self.ts, PositionTracks) and b["x"].dtype != self.dtype:
+            b["x"] = b["x"].to(self.dtype)
         if self.resident:
             return b
         b["x"] = b["x"].to(self.dtype)
         pin = self.device.type == "cuda"
         return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=pin) for k, v in b.items()}
+
+
+def _room(device: torch.device, headroom: int | None, max_bytes: int | None) -> int | None:
+    """Bytes a resident store may take on ``device`` (None: no limit, the CPU without ``max_bytes``)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        room = free - (headroom if headroom is not None else max(4 * GiB, int(0.2 * total)))
+        return room if max_bytes is None else min(room, max_bytes)
+    return max_bytes
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -210,7 +258,8 @@ class Batches:
     """
 
     def __init__(
-        self, ts: TrackSet, windows: np.ndarray, weights: np.ndarray | None, cfg: Config, device: torch.device,
+        self, ts: TrackSet | PositionTracks, windows: np.ndarray, weights: np.ndarray | None, cfg: Config,
+        device: torch.device,
         path: str, n_draw: int, rank: int = 0, world: int = 1,
     ):
         self.ts, self.windows, self.weights, self.cfg, self.device = ts, windows, weights, cfg, device
@@ -221,7 +270,7 @@ class Batches:
             self.store = DeviceStore(ts, device, cfg.train.storage_dtype, precision=cfg.train.precision)
             self.windows_t = torch.from_numpy(windows).to(self.store.index_device)
         else:
-            self.dataset = WindowDataset(ts, self.length)
+            self.dataset = WindowDataset(ts, self.length, cfg.train.batch_size)
 
     def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """This rank's share of the epoch's windows and shifts (every rank computes the same plan)."""
@@ -253,8 +302,8 @@ class Batches:
                 yield j, self.store.batch(self.windows_t[o[sl]], self.length, s[sl])
             return
         self.dataset.set_plan(self.windows[order[start * B : end]], shift[start * B : end])
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=B, shuffle=False, num_workers=self.cfg.train.num_workers,
+        loader = torch.utils.data.DataLoader(  # one item = one batch: features computed batch-wise
+            self.dataset, batch_size=None, shuffle=False, num_workers=self.cfg.train.num_workers,
             pin_memory=self.device.type == "cuda", drop_last=False,
             generator=torch.Generator().manual_seed(epoch),  # else it draws a seed from the global RNG
         )

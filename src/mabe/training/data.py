@@ -1,4 +1,5 @@
-"""The training data: the feature cache (prepared if missing) -> train / validation TrackSets, normalised."""
+"""The training data: the position cache (prepared if missing) -> train / validation PositionTracks,
+with normalisation statistics of the training tracks' features (applied per batch)."""
 
 from __future__ import annotations
 
@@ -6,20 +7,40 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mabe import prepare
 from mabe.config import Config
 from mabe.errors import MabeError
-from mabe.windows import TrackSet, load_trackset, norm_stats, normalize_, resolve_actions, split_videos
+from mabe.postracks import PositionTracks, load_position_tracks, norm_stats, resolve_actions
+from mabe.windows import TrackSet, split_videos
 
-__all__ = ["load_tracksets"]
+__all__ = ["load_tracksets", "track_stats", "features_in_memory"]
 
 
-def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print
-                   ) -> tuple[TrackSet, TrackSet, dict]:
-    """Cache (prepared if missing) -> split by video -> normalised train and val TrackSets.
+def track_stats(ts: PositionTracks) -> dict:
+    """Per-feature mean / std (F,) float32 of every row of ``ts`` (features computed in chunks, one pass)."""
+    return norm_stats(ts.tensors(), ts.fcfg, ts.slots, mode=ts.mode, max_ratio=ts.max_ratio)
 
-    ``stats``: normalisation to apply (a resumed run's); None computes it on the training tracks.
-    ``say``: where the one-line summary goes (the run log).
+
+def features_in_memory(cfg: Config, n_bytes: int, device: Any) -> bool:
+    """Whether to compute the tracks' features once into host memory (``train.features_in_memory``):
+    ``n_bytes`` their float32 size, ``device`` where the step runs (None: the CPU)."""
+    mode = cfg.train.features_in_memory
+    if mode != "auto":
+        return mode == "always"
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    return on_cpu and n_bytes <= cfg.train.features_memory_gb * 2**30
+
+
+def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print, device: Any = None
+                   ) -> tuple[PositionTracks | TrackSet, PositionTracks | TrackSet, dict]:
+    """Cache (prepared if missing) -> split by video -> train and val tracks, normalised with ``stats``.
+
+    PositionTracks (features per batch, where the step runs) or, when ``features_in_memory`` says so
+    for ``device``, TrackSets holding the same features computed once. ``stats``: normalisation to
+    apply (a resumed run's); None computes it on the training tracks only. ``say``: where the
+    one-line summaries go (the run log).
     """
     cache_dir = prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
     _, index = prepare.open_cache(cache_dir)
@@ -31,13 +52,20 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
         raise MabeError(f"{cfg.data}: no validation videos (windows.val_fraction={cfg.windows.val_fraction}, "
                         f"{len(train_videos)} labelled videos); validation drives the schedule and checkpoints")
     actions = resolve_actions(cache_dir, cfg.task, train_videos, index) if cfg.task.mode == "pair" else None
-    train_ts = load_trackset(cache_dir, cfg.task, train_videos, actions, index_df=index)
-    val_ts = load_trackset(cache_dir, cfg.task, val_videos, actions, index_df=index)
-    stats = stats if stats is not None else norm_stats(train_ts.X)
-    normalize_(train_ts, stats)
-    normalize_(val_ts, stats)
+    train_ts = load_position_tracks(cache_dir, cfg.task, train_videos, actions, index_df=index)
+    val_ts = load_position_tracks(cache_dir, cfg.task, val_videos, actions, index_df=index)
+    stats = stats if stats is not None else track_stats(train_ts)
+    train_ts.norm = val_ts.norm = stats
     say(f"data: {cache_dir} | train {len(train_videos)} videos, {train_ts.n_tracks} tracks, "
-              f"{len(train_ts.X):,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
-              f"{len(val_ts.X):,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
-              f"({cfg.task.mode})")
+        f"{train_ts.n_rows:,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
+        f"{val_ts.n_rows:,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
+        f"({cfg.task.mode})")
+    n_bytes = (train_ts.n_rows + val_ts.n_rows) * train_ts.n_features * 4
+    if features_in_memory(cfg, n_bytes, device):
+        train_ts, val_ts = train_ts.to_trackset(), val_ts.to_trackset()
+        say(f"data: features computed once into host memory ({n_bytes / 2**20:,.1f} MiB float32; "
+            f"train.features_in_memory={cfg.train.features_in_memory}, limit {cfg.train.features_memory_gb:g} GB)")
+    else:
+        say(f"data: features computed per batch from the int16 positions "
+            f"(train.features_in_memory={cfg.train.features_in_memory})")
     return train_ts, val_ts, stats
