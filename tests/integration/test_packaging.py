@@ -32,7 +32,7 @@ def test_config_by_name_from_any_folder(tmp_path, monkeypatch):
         assert config.load_config(name).model.conv_channels
     (tmp_path / "demo.yaml").write_text("train:\n  epochs: 3\n")  # a local file wins over the shipped one
     assert config.load_config("demo.yaml").train.epochs == 3
-    with pytest.raises(config.ConfigError, match="shipped configs: demo, h100"):
+    with pytest.raises(config.ConfigError, match="shipped configs: cpu_net, demo, h100"):
         config.load_config("nonesuch.yaml")
 
 
