@@ -73,17 +73,19 @@ def _prepare(py: str, data: Path, cache: Path, workers: int, env: dict, frames: 
             "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"]}
 
 
-def _train(py: str, data: Path, cache: Path, runs: Path, steps: int, env: dict) -> dict:
-    """One epoch of the CPU recipe (demo.yaml, pair) in a child: peak RSS, windows/s, epoch seconds."""
+def _train(py: str, data: Path, cache: Path, runs: Path, steps: int, env: dict, extra: tuple[str, ...] = ()) -> dict:
+    """One epoch of the CPU recipe (demo.yaml, pair) in a child: peak RSS, windows/s, epoch seconds.
+    ``extra``: more --set overrides (the after tree's features_in_memory)."""
     import csv
 
     r = _run([py, "-m", "mabe", "train", "-c", str(REPO / "configs" / "demo.yaml"), "--data", str(data), "--name", "b",
               "--set", f"cache={cache}", "--set", f"runs={runs}", "--set", "train.epochs=1",
               "--set", f"train.steps_per_epoch={steps}", "--set", "train.num_threads=1",
-              "--set", "train.report=false", "--set", "train.device=cpu"], env)
+              "--set", "train.report=false", "--set", "train.device=cpu", *[a for x in extra for a in ("--set", x)]],
+             env)
     with open(runs / "b" / "metrics.csv") as f:
         row = list(csv.DictReader(f))[-1]
-    data_line = next((ln for ln in r["output"].splitlines() if ln.startswith("data: ")), "")
+    data_line = " / ".join(ln for ln in r["output"].splitlines() if ln.startswith("data"))  # sizes, where
     return {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"], "epoch_time_s": float(row["epoch_time_s"]),
             "windows_per_s": float(row["windows_per_s"]), "data_line": data_line}
 
@@ -288,17 +290,29 @@ def main(argv: list[str] | None = None) -> dict:
     trees = {"after": REPO / "src"} | ({"before": Path(args.before)} if args.before else {})
     if not args.no_tiny:
         _run([py, "-m", "mabe", "synth", str(work / "tiny"), "--preset", "tiny"], env)
+    # training needs labs with >= 2 videos (validation): the 30-video hard preset (6 labs), as issue 13's baseline
+    _run([py, "-m", "mabe", "synth", str(work / "hard"), "--preset", "hard", "--test-videos", "0"], env)
+    hard_frames = sum(s.n_frames for s in synth.plan_dataset("hard", 0) if s.split == "train")
+    res["train_data"] = {"preset": "hard", "frames": hard_frames}
     for name, src in trees.items():
         e = _env(src)
+        # after: features per batch, what the whole real preset gets (its float32 matrix would not fit)
+        extra = ("train.features_in_memory=never",) if name == "after" else ()
         res[name] = _prepare(py, work / "data", work / f"cache_{name}", args.workers, e, frames)
-        res[name]["train"] = _train(py, work / "data", work / f"cache_{name}", work / f"runs_{name}", args.steps, e)
+        res[name]["prepare_hard"] = _prepare(py, work / "hard", work / f"cache_hard_{name}", args.workers, e,
+                                             hard_frames)
+        res[name]["train"] = _train(py, work / "hard", work / f"cache_hard_{name}", work / f"runs_{name}", args.steps,
+                                    e, extra)
+        if name == "after":  # and the CPU default for a set this size: the features once, in memory
+            res[name]["train_memory"] = _train(py, work / "hard", work / f"cache_hard_{name}", work / "runs_after_mem",
+                                               args.steps, e, ("train.features_in_memory=always",))
         if not args.no_tiny:  # start-up: the same run on the tiny preset
             res[name]["train_tiny"] = _train(py, work / "tiny", work / f"cache_tiny_{name}", work / f"runs_tiny_{name}",
-                                             2, e)
+                                             2, e, extra)
             above = res[name]["train"]["peak_rss_mib"] - res[name]["train_tiny"]["peak_rss_mib"]
-            res[name]["train"]["rss_bytes_per_video_frame"] = above * 2**20 / frames
+            res[name]["train"]["rss_bytes_per_video_frame"] = above * 2**20 / hard_frames
             res[name]["train"]["projected_real_gib"] = (res[name]["train_tiny"]["peak_rss_mib"] * 2**20 + above * 2**20
-                                                        / share) / 2**30
+                                                        * plan["frames"] / hard_frames) / 2**30
     new_dir = work / "cache_after"
 
     res["precision"] = bench_precision(work / "data")
@@ -323,6 +337,10 @@ def main(argv: list[str] | None = None) -> dict:
     for key, name, fmt in rows:
         print(f"  {name:28} {fmt.format(o[key])} {fmt.format(n[key])} {n[key] / o[key]:8.3f}")
     ot, nt = o.get("train", {}), n["train"]
+    if "train_memory" in n:
+        m = n["train_memory"]
+        print(f"  after, features once in memory: train peak RSS {m['peak_rss_mib']:,.0f} MiB, "
+              f"{m['windows_per_s']:,.0f} windows/s, epoch {m['epoch_time_s']:.1f} s")
     for key, name, fmt in (("peak_rss_mib", "train peak RSS MiB", "{:14,.0f}"),
                            ("rss_bytes_per_video_frame", "train RSS B/video frame", "{:14,.0f}"),
                            ("projected_real_gib", "train RSS real preset GiB", "{:14,.1f}"),
