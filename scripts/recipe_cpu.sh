@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU recipe: any MABe-layout folder DATA -> OUT/submission.csv.
-#   k-fold (by video, stratified by lab) per-(lab, action) LightGBM on per-frame tabular features,
+#   k-fold (by video, stratified by lab) per-(lab, action) and pooled per-action LightGBM on per-frame
+#   tabular features (the source per (lab, action) chosen out of fold),
 #   thresholds fitted on the out-of-fold predictions, test predicted by the mean of the fold models.
 # Everything it writes (feature cache, models, predictions, thresholds, submission) is under OUT.
 # Budget: 30 two-minute videos in under 10 minutes on 2 cores. Extra args go to `mabe gbdt`
