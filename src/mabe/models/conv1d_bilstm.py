@@ -25,22 +25,9 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models.registry import register
+from mabe.models.registry import norm_layer as _norm, register
 
 _LSTM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    """The conv block's normalisation (``model.norm``); sync_batch is a BatchNorm1d that the trainer
-    converts to SyncBatchNorm under DDP on CUDA, so every kind has the same state_dict keys as batch
-    apart from group (weight, bias only) and none (nothing)."""
-    if kind in ("batch", "sync_batch"):
-        return nn.BatchNorm1d(channels)
-    if kind == "group":
-        return nn.GroupNorm(1, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"model.norm must be batch, sync_batch, group or none, got {kind!r}")
 
 
 class Conv1dBiLSTM(nn.Module):

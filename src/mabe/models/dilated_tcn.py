@@ -19,17 +19,7 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models.registry import register
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    if kind in ("batch", "sync_batch"):
-        return nn.BatchNorm1d(channels)
-    if kind == "group":
-        return nn.GroupNorm(1, channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"model.norm must be batch, sync_batch, group or none, got {kind!r}")
+from mabe.models.registry import norm_layer as _norm, register
 
 
 class DualDilatedBlock(nn.Module):

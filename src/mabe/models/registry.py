@@ -58,3 +58,16 @@ def set_lstm_precision(model: nn.Module, precision: str) -> bool:
         return precision == "fp32"
     fn(precision)
     return True
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """The conv block's normalisation (``model.norm``); sync_batch is a BatchNorm1d that the trainer
+    converts to SyncBatchNorm under DDP on CUDA, so every kind has the same state_dict keys as batch
+    apart from group (weight, bias only) and none (nothing)."""
+    if kind in ("batch", "sync_batch"):
+        return nn.BatchNorm1d(channels)
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"model.norm must be batch, sync_batch, group or none, got {kind!r}")
