@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
     p.add_argument("--config", "-c", type=Path, default=None, help="training config (default: the shipped demo config)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    p.add_argument("--preset", choices=["tiny", "demo", "hard"], default=None,
+                   help="synthetic data preset (default: hard, the real-data difficulties; demo is the easy "
+                        "planted one, tiny the tests')")
     p.add_argument("--fresh", action="store_true", help="regenerate the synthetic data even if present")
     p.set_defaults(func=cmd_demo)
 
