@@ -281,6 +281,8 @@ def main() -> None:
     ap.add_argument("--reuse-data", action="store_true",
                     help="keep OUT/seedS/data and solution of an earlier run of the same seed and source (they are "
                          "deterministic) instead of writing them again: rows of another run can then share them")
+    ap.add_argument("--net-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of the network runs (e.g. train.epochs=5 on a loaded machine)")
     ap.add_argument("--net-threads", type=int, default=None,
                     help="train.num_threads of the network runs (default: their config's)")
     args = ap.parse_args()
@@ -298,7 +300,7 @@ def main() -> None:
             d, sol = make_split(base, seed, args.preset)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         if args.network:
-            sets = () if args.net_threads is None else (f"train.num_threads={args.net_threads}",)
+            sets = (() if args.net_threads is None else (f"train.num_threads={args.net_threads}",)) + tuple(args.net_set)
             todo.append(("network", run_network, (d, base / "network", "demo.yaml", sets)))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
             todo.append(("cpu_net", run_network, (d, base / "cpu_net", "cpu_net.yaml", sets)))
