@@ -22,6 +22,10 @@ Pipelines:
 - ``gbdt_thr_val`` (``--network``): ``mabe blend --weights 1,0``: the gbdt alone with its thresholds fitted
   on the videos the blends fit on (cpu_net's validation videos), to tell the blend's effect from the
   effect of fitting thresholds on fewer videos.
+- ``cv_net`` (``--network``): ``mabe cv`` of ``configs/cpu_net.yaml`` (``--cv-folds`` K, default 3): K fold
+  runs, thresholds fitted on the out-of-fold predictions of every train video, test = the mean of the folds.
+- ``blend_cv`` (``--network``): ``mabe blend`` fitted on the out-of-fold files of both families (gbdt and
+  cv_net, every train video) + ``mabe submit --thresholds``.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
     PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
@@ -230,6 +234,34 @@ def run_product_blend(gbdt_out: Path, net_outs: list[Path], out: Path, weights: 
     return out / "submission.csv"
 
 
+def run_cv_network(d: Path, out: Path, config: str = "cpu_net.yaml", folds: int = 3, sets: tuple[str, ...] = ()) -> Path:
+    """``mabe cv`` (K fold runs, out-of-fold file + thresholds), ``mabe predict`` of the cv dir (mean of the
+    folds) on test, ``mabe submit --thresholds`` with the out-of-fold thresholds."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    runs = out / "runs"
+    _mabe("cv", "-c", str(ROOT / "configs" / config), "--set", "task.mode=pair", "--set", f"runs={runs}",
+          "--set", f"cache={out / 'cache'}", *(a for o in sets for a in ("--set", o)), "--data", str(d),
+          "--name", "cv", "--folds", str(folds), log=log)
+    _mabe("predict", str(runs / "cv"), "--data", str(d), "--split", "test", "--out", str(out / "test.npz"), log=log)
+    _mabe("submit", str(out / "test.npz"), "--thresholds", str(runs / "cv" / "thresholds.json"),
+          "--out", str(out / "submission.csv"), log=log)
+    return out / "submission.csv"
+
+
+def run_cv_blend(gbdt_out: Path, cv_out: Path, out: Path) -> Path:
+    """``mabe blend`` fitted on the out-of-fold files of both families (every train video), applied to
+    their test files, then ``mabe submit --thresholds``."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    _mabe("blend", "--fit", str(gbdt_out / "oof_predictions.npz"), str(cv_out / "runs" / "cv" / "oof_predictions.npz"),
+          "--apply", str(gbdt_out / "test_predictions.npz"), str(cv_out / "test.npz"),
+          "--out", str(out / "test_predictions.npz"), log=log)
+    _mabe("submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "thresholds.json"),
+          "--out", str(out / "submission.csv"), log=log)
+    return out / "submission.csv"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -245,13 +277,21 @@ def main() -> None:
     ap.add_argument("--reuse-baseline", action="store_true",
                     help="score OUT/seedS/baseline/submission.csv of an earlier run of the same seed and source instead "
                          "of refitting the baseline (it is deterministic; refit it when the features code changed)")
+    ap.add_argument("--cv-folds", type=int, default=3, help="k of the network's k-fold (cv_net, blend_cv rows)")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="keep OUT/seedS/data and solution of an earlier run of the same seed and source (they are "
+                         "deterministic) instead of writing them again: rows of another run can then share them")
+    ap.add_argument("--net-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of the network runs (e.g. train.epochs=5 on a loaded machine)")
     ap.add_argument("--net-threads", type=int, default=None,
                     help="train.num_threads of the network runs (default: their config's)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
         base = args.out / f"seed{seed}"
-        if args.source == "indep":
+        if args.reuse_data and (base / "data" / "test.csv").is_file() and (base / "solution").is_dir():
+            d, sol = base / "data", base / "solution"
+        elif args.source == "indep":
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import indep_data
 
@@ -260,7 +300,7 @@ def main() -> None:
             d, sol = make_split(base, seed, args.preset)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         if args.network:
-            sets = () if args.net_threads is None else (f"train.num_threads={args.net_threads}",)
+            sets = (() if args.net_threads is None else (f"train.num_threads={args.net_threads}",)) + tuple(args.net_set)
             todo.append(("network", run_network, (d, base / "network", "demo.yaml", sets)))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
             todo.append(("cpu_net", run_network, (d, base / "cpu_net", "cpu_net.yaml", sets)))
@@ -270,6 +310,10 @@ def main() -> None:
                                                              "1,0")))
             todo.append(("blend_all", run_product_blend, (base / "gbdt", [base / "network", base / "cpu_net"],
                                                           base / "blend_all")))
+            # honest validation (issue 14 item 4): the network k-fold, and the blend fitted on both families'
+            # out-of-fold predictions of every train video
+            todo.append(("cv_net", run_cv_network, (d, base / "cv_net", "cpu_net.yaml", args.cv_folds, sets)))
+            todo.append(("blend_cv", run_cv_blend, (base / "gbdt", base / "cv_net", base / "blend_cv")))
         todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
             if name == "baseline" and args.reuse_baseline and (base / "baseline" / "submission.csv").is_file():

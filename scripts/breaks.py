@@ -113,6 +113,12 @@ BREAKS = [
     Break("split-swapped", "validation split", "src/mabe/evaluate.py",
           'return va if split == "val" else tr', 'return tr if split == "val" else va',
           [TB + "test_evaluation_reads_the_runs_validation_videos_disjoint_from_training"]),
+    Break("cv-folds-ignored", "k-fold validation (mabe cv)", "src/mabe/training/data.py",
+          "run_split(index, w.val_fraction, w.split_seed, w.folds, w.fold)", "run_split(index, w.val_fraction, w.split_seed)",
+          ["tests/integration/test_cv.py::test_oof_covers_every_video_once_and_no_fold_saw_its_oof_videos"]),
+    Break("cv-fold-trains-on-all", "k-fold validation (mabe cv)", "src/mabe/windows.py",
+          "return np.sort(ids[f != fold]), np.sort(ids[f == fold])", "return np.sort(ids), np.sort(ids[f == fold])",
+          ["tests/unit/test_windows.py::test_run_split_k_fold_validates_on_its_fold_and_trains_on_the_rest"]),
 ]
 
 

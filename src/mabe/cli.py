@@ -62,6 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train.main_from_args(args)
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from mabe import cv
+
+    return cv.main_from_args(args)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mabe import evaluate
 
@@ -273,6 +279,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=None, help="shortcut: relaunch under torchrun with this many processes")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("cv", help="k-fold network runs (by video, stratified by lab) -> out-of-fold predictions",
+                       description="Train one run per fold under runs/NAME/fold<k> (fold k validates on its videos "
+                                   "and trains on the others), then write runs/NAME/oof_predictions.npz (every "
+                                   "labelled train video predicted by the fold model that never trained on it) and "
+                                   "thresholds.json fitted on it. Run it again (or --resume NAME) to continue; "
+                                   "`mabe predict runs/NAME --split test` averages the folds.")
+    _add_config_args(p)
+    p.add_argument("--data", type=Path, default=None, help="MABe-layout directory (overrides config's data)")
+    p.add_argument("--name", default=None, help="the cv directory's name under the runs root")
+    p.add_argument("--folds", type=int, default=None, help="k of the k-fold (required for a new cv)")
+    p.add_argument("--resume", default=None, metavar="CV", help="continue a cv (directory or name) with its saved config")
+    p.set_defaults(func=cmd_cv)
+
     p = sub.add_parser("evaluate", help="metrics of a run or checkpoint on a dataset's validation videos")
     p.add_argument("run", help="run directory, run name or checkpoint file")
     p.add_argument("data", type=Path, nargs="?", default=None, help="MABe-layout directory (default: the run's)")
@@ -281,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="per-frame probabilities for every labelled triple (ensembles several)")
-    p.add_argument("checkpoints", nargs="+", help="run directories, names, checkpoints or exported .mabe files")
+    p.add_argument("checkpoints", nargs="+",
+                   help="run directories, names, checkpoints, exported .mabe files or cv directories (`mabe cv`: "
+                        "its folds)")
     p.add_argument("--data", type=Path, required=True, help="MABe-layout directory")
     p.add_argument("--split", default="test", choices=["test", "train", "val"])
     p.add_argument("--out", type=Path, required=True, help="output predictions file (.npz)")

@@ -91,6 +91,10 @@ class WindowConfig:
     eval_stride: int | None = None  # stride at evaluation; None = sequence_length // 2
     val_fraction: float = 0.2  # share of videos per lab held out for validation
     split_seed: int = 42
+    # k-fold validation (``mabe cv``): folds >= 2 validates on fold ``fold`` of windows.assign_folds (by video,
+    # stratified by lab, seeded by split_seed) instead of val_fraction; 0 = the val_fraction split
+    folds: int = 0
+    fold: int = 0
     rare_oversample: float = 0.0  # 0 = uniform; >0 over-draws windows holding rare actions
     max_windows_per_epoch: int | None = None  # cap (random subset each epoch); None = all
 
@@ -255,6 +259,8 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "windows.frame_gap": (1, None),
     "windows.eval_stride": (1, None),
     "windows.val_fraction": (0, 0.9),
+    "windows.folds": (0, None),
+    "windows.fold": (0, None),
     "windows.rare_oversample": (0, None),
     "windows.max_windows_per_epoch": (1, None),
     "model.kernel_size": (1, None),
@@ -414,6 +420,10 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: task.mode=pair needs features.pair_features=true")
     if isinstance(cfg.task.pos_weight, float) and cfg.task.pos_weight <= 0:
         raise ConfigError(f"{where}: task.pos_weight must be > 0, got {cfg.task.pos_weight}")
+    if cfg.windows.folds == 1:
+        raise ConfigError(f"{where}: windows.folds must be 0 (the val_fraction split) or >= 2, got 1")
+    if cfg.windows.folds >= 2 and cfg.windows.fold >= cfg.windows.folds:
+        raise ConfigError(f"{where}: windows.fold={cfg.windows.fold} must be below windows.folds={cfg.windows.folds}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
 

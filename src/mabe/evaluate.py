@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mabe import checkpoint as ckpt
-from mabe import metric, postprocess, predictions, prepare, submit
+from mabe import metric, postprocess, predictions, prepare, runs, submit
 from mabe.checkpoint import load_for_inference
 from mabe.config import PostprocessConfig
 from mabe.errors import MabeError
@@ -26,7 +26,7 @@ from mabe.io import write_json
 from mabe.metric import f1_from_counts
 from mabe.postracks import PositionTracks, load_position_tracks
 from mabe.training.device import autocast_for, pick_device
-from mabe.windows import TrackSet, rows_to_video_frames, split_videos, window_index
+from mabe.windows import TrackSet, rows_to_video_frames, run_split, window_index
 
 __all__ = [
     "frame_metrics",
@@ -252,7 +252,8 @@ def videos_of_split(index_df: Any, cfg: Any, split: str) -> np.ndarray:
     train_rows = index_df[(index_df["split"] == "train") & index_df["has_labels"].astype(bool)]
     if split == "all":
         return np.unique(train_rows["video_id"].to_numpy())
-    tr, va = split_videos(train_rows, cfg.windows.val_fraction, cfg.windows.split_seed)
+    w = cfg.windows
+    tr, va = run_split(train_rows, w.val_fraction, w.split_seed, w.folds, w.fold)
     return va if split == "val" else tr
 
 
@@ -353,7 +354,8 @@ def predict_from_args(args: Any) -> Path:
     device = pick_device("auto")
     ref: TrackSet | None = None
     total: np.ndarray | None = None
-    for ck in args.checkpoints:
+    members = expand_cv(args.checkpoints, args.split)
+    for ck in members:
         model, meta = load_for_inference(ck, device)
         if meta["mode"] != "pair":
             raise MabeError(f"{meta['path']}: a scene-mode model (task.mode=scene) predicts one class per "
@@ -370,10 +372,26 @@ def predict_from_args(args: Any) -> Path:
         print(f"predict: {meta['path']}: {ts.n_tracks} tracks, {ts.n_rows:,} frames")
         del model
     assert ref is not None and total is not None
-    total /= len(args.checkpoints)
+    total /= len(members)
     out = save_predictions(args.out, ref, total, with_labels=args.split != "test")
     print(f"predictions: {out} ({ref.n_tracks} tracks, {len(ref.names)} actions, "
-          f"{len(args.checkpoints)} model{'s' if len(args.checkpoints) > 1 else ''})")
+          f"{len(members)} model{'s' if len(members) > 1 else ''})")
+    return out
+
+
+def expand_cv(checkpoints: list, split: str) -> list:
+    """``mabe predict``'s members: a cv directory (``mabe cv``) stands for its fold runs (test split only:
+    on train videos each fold's model has seen the others' videos; their out-of-fold file is the cv's own)."""
+    out = []
+    for ck in checkpoints:
+        folds = runs.cv_fold_dirs(ck) if Path(ck).is_dir() else None
+        if folds is None:
+            out.append(ck)
+        elif split != "test":
+            raise MabeError(f"{ck} is a cv directory: predict its folds on --split test; its out-of-fold "
+                            f"predictions of the train videos are {Path(ck) / 'oof_predictions.npz'}")
+        else:
+            out += [str(d) for d in folds]
     return out
 
 

@@ -46,9 +46,9 @@ from mabe.config import FeatureConfig, GbdtConfig, PostprocessConfig, load_confi
 from mabe.errors import MabeError
 from mabe.io import write_json
 from mabe.paths import safe_name, within
+from mabe.windows import assign_folds
 
 __all__ = [
-    "assign_folds",
     "TrainingRows",
     "collect_rows",
     "fit_models",
@@ -84,31 +84,6 @@ def _threads(cfg: GbdtConfig) -> int:
         return max(len(os.sched_getaffinity(0)), 1)
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-# ----------------------------------------------------------------------------- folds
-
-
-def assign_folds(lab_id: np.ndarray, video_id: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
-    """(n,) labs and videos (one row per video) -> (n,) fold in 0..k-1, stratified by lab.
-
-    Each lab's videos are shuffled and dealt round-robin, starting at a fold that rotates from lab to
-    lab, so that small labs do not all land in fold 0 and every fold holds about 1/k of every lab.
-    """
-    lab_id = np.asarray(lab_id).astype(str)
-    video_id = np.asarray(video_id)
-    if k < 2:
-        raise ValueError(f"k-fold needs k >= 2, got {k}")
-    rng = np.random.default_rng(seed)
-    fold = np.full(len(lab_id), -1, dtype=np.int64)
-    start = 0
-    for lab in sorted(set(lab_id.tolist())):
-        rows = np.flatnonzero(lab_id == lab)
-        rows = rows[np.argsort(video_id[rows], kind="stable")]  # order-independent of the input rows
-        rows = rows[rng.permutation(len(rows))]
-        fold[rows] = (start + np.arange(len(rows))) % k
-        start = (start + len(rows)) % k
-    return fold
 
 
 # ----------------------------------------------------------------------------- training rows

@@ -21,7 +21,7 @@ import numpy as np
 from mabe.errors import MabeDataError
 from mabe.io import atomic_path
 
-__all__ = ["Predictions", "save", "load", "average", "validate"]
+__all__ = ["Predictions", "save", "load", "average", "concat", "validate"]
 
 _REQUIRED = ("probs", "offsets", "video_id", "lab_id", "agent_id", "target_id", "actions", "labeled", "fps")
 _PER_TRACK = ("video_id", "lab_id", "agent_id", "target_id", "fps")
@@ -235,6 +235,35 @@ def average(preds: Sequence[Predictions], weights: Sequence[float] | None = None
         probs=acc.astype(np.float16), offsets=ref.offsets.copy(), video_id=ref.video_id.copy(),
         lab_id=ref.lab_id.copy(), agent_id=ref.agent_id.copy(), target_id=ref.target_id.copy(),
         actions=ref.actions.copy(), labeled=ref.labeled.copy(), fps=ref.fps.copy(), labels=labels,
+    )
+
+
+def concat(preds: Sequence[Predictions]) -> Predictions:
+    """Predictions of disjoint tracks with the same action columns -> one (tracks in the given order);
+    ``labels`` kept only when every part has them. :class:`MabeDataError` for other columns or a repeated track."""
+    preds = list(preds)
+    if not preds:
+        raise ValueError("concat() needs at least one Predictions")
+    ref = preds[0]
+    seen: set[tuple[str, int, int, int]] = set()
+    for i, p in enumerate(preds):
+        if not np.array_equal(p.actions, ref.actions):
+            raise MabeDataError(f"part {i}", "actions", "the same action columns as part 0",
+                                _first_difference(ref.actions, p.actions))
+        keys = set(zip(p.lab_id.tolist(), p.video_id.tolist(), p.agent_id.tolist(), p.target_id.tolist()))
+        if len(keys) < p.n_tracks or keys & seen:
+            raise MabeDataError(f"part {i}", "tracks", "tracks no other part has", "a repeated (lab, video, agent, target)")
+        seen |= keys
+    offsets = np.concatenate([[0], np.cumsum([p.n_frames for p in preds])])
+    starts = np.concatenate([p.offsets[:-1] + o for p, o in zip(preds, offsets[:-1])] + [offsets[-1:]])
+    with_labels = all(p.labels is not None for p in preds)
+    return Predictions(
+        probs=np.concatenate([p.probs for p in preds]), offsets=starts.astype(np.int64),
+        video_id=np.concatenate([p.video_id for p in preds]), lab_id=np.concatenate([p.lab_id for p in preds]),
+        agent_id=np.concatenate([p.agent_id for p in preds]), target_id=np.concatenate([p.target_id for p in preds]),
+        actions=ref.actions.copy(), labeled=np.concatenate([p.labeled for p in preds]),
+        fps=np.concatenate([p.fps for p in preds]),
+        labels=np.concatenate([p.labels for p in preds]) if with_labels else None,
     )
 
 

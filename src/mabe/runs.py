@@ -30,6 +30,8 @@ __all__ = [
     "RUNS_ROOT",
     "STATES",
     "LOCK_FILE",
+    "CV_FILE",
+    "cv_fold_dirs",
     "run_dir_for",
     "lock_run",
     "resolve_run",
@@ -50,6 +52,7 @@ POLL_S = 0.5  # logs --follow polling interval
 STOP_TIMEOUT_S = 120.0  # how long stop() waits for the run to finish its step and exit
 _RUN_MARKERS = ("status.json", "config.yaml", "metrics.csv", "log.txt")
 LOCK_FILE = ".lock"  # flock'ed by the training process that owns the run (rank 0 under DDP)
+CV_FILE = "cv.json"  # marks a cv directory (`mabe cv`): its fold run directories, the fold of every video
 
 # Children started by detach() in this process: poll() them so an exited child (a zombie until
 # reaped) is not mistaken for a live one. Only matters when the caller lives on (tests, notebooks).
@@ -119,6 +122,21 @@ def resolve_run(run: str | os.PathLike, runs_root: str | os.PathLike = RUNS_ROOT
     listing = ", ".join(names[-20:]) if names else "none"
     more = f" (last 20 of {len(names)})" if len(names) > 20 else ""
     raise MabeError(f"run {str(run)!r} not found as a directory or under {root}/; available runs{more}: {listing}")
+
+
+def cv_fold_dirs(path: str | os.PathLike) -> list[Path] | None:
+    """A cv directory (``mabe cv``: ``cv.json`` + one run directory per fold) -> its fold run directories in
+    fold order; None when ``path`` is not one."""
+    path = Path(path)
+    meta_path = path / CV_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        names = json.loads(meta_path.read_text())["runs"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise MabeError(f"{meta_path}: not a cv file ({type(err).__name__}: {err})") from None
+    # a name from a file is untrusted: one plain component, under the cv directory
+    return [paths.within(path, path / paths.safe_name(n, meta_path, "runs")) for n in names]
 
 
 def _now() -> str:

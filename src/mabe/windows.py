@@ -30,6 +30,8 @@ __all__ = [
     "IGNORE_INDEX",
     "TrackSet",
     "split_videos",
+    "assign_folds",
+    "run_split",
     "scene_labels",
     "norm_stats",
     "normalize_",
@@ -140,6 +142,43 @@ class TrackSet:
 
 
 # ----------------------------------------------------------------------------- split
+
+
+def assign_folds(lab_id: np.ndarray, video_id: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """(n,) labs and videos (one row per video) -> (n,) fold in 0..k-1, stratified by lab.
+
+    The one k-fold assignment (the gbdt family's folds and ``mabe cv``'s). Each lab's videos are
+    shuffled and dealt round-robin, starting at a fold that rotates from lab to lab, so that small labs
+    do not all land in fold 0 and every fold holds about 1/k of every lab.
+    """
+    lab_id = np.asarray(lab_id).astype(str)
+    video_id = np.asarray(video_id)
+    if k < 2:
+        raise ValueError(f"k-fold needs k >= 2, got {k}")
+    rng = np.random.default_rng(seed)
+    fold = np.full(len(lab_id), -1, dtype=np.int64)
+    start = 0
+    for lab in sorted(set(lab_id.tolist())):
+        rows = np.flatnonzero(lab_id == lab)
+        rows = rows[np.argsort(video_id[rows], kind="stable")]  # order-independent of the input rows
+        rows = rows[rng.permutation(len(rows))]
+        fold[rows] = (start + np.arange(len(rows))) % k
+        start = (start + len(rows)) % k
+    return fold
+
+
+def run_split(index_df: pd.DataFrame, val_fraction: float, seed: int, folds: int = 0, fold: int = 0
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """A run's videos -> (train video ids, val video ids): ``folds`` >= 2 validates on fold ``fold`` of
+    :func:`assign_folds` (seeded by ``seed``) and trains on the others; else :func:`split_videos`."""
+    if folds < 2:
+        return split_videos(index_df, val_fraction, seed)
+    if not 0 <= fold < folds:
+        raise MabeError(f"windows.fold={fold} must be in 0..{folds - 1} (windows.folds={folds})")
+    videos = index_df[["lab_id", "video_id"]].drop_duplicates()
+    ids = videos["video_id"].to_numpy(dtype=np.int64)
+    f = assign_folds(videos["lab_id"].to_numpy(), ids, folds, seed)
+    return np.sort(ids[f != fold]), np.sort(ids[f == fold])
 
 
 def split_videos(index_df: pd.DataFrame, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -72,3 +72,11 @@ def test_fp16_lstm_with_accumulation_is_accepted(tmp_path):
     p.write_text("train:\n  lstm_precision: fp16\n  grad_accum: 2\n")
     cfg = load_config(p)
     assert (cfg.train.lstm_precision, cfg.train.grad_accum) == ("fp16", 2)
+
+
+def test_k_fold_keys_are_checked_together(tmp_path):
+    assert load_config(None, ["windows.folds=3", "windows.fold=2"]).windows.fold == 2
+    with pytest.raises(ConfigError, match="windows.fold=3 must be below windows.folds=3"):
+        load_config(None, ["windows.folds=3", "windows.fold=3"])
+    with pytest.raises(ConfigError, match="windows.folds must be 0"):
+        load_config(None, ["windows.folds=1"])

@@ -82,22 +82,6 @@ def _shift_labels(cache_dir: Path, seed: int) -> None:
         (path.parent / "meta.json").write_text(json.dumps(meta))
 
 
-def test_folds_are_by_video_stratified_by_lab_and_seeded():
-    labs = np.array(["A"] * 7 + ["B"] * 5 + ["C"] * 2)
-    vids = np.arange(100, 114)
-    fold = gbdt.assign_folds(labs, vids, 3, seed=1)
-    assert set(fold.tolist()) == {0, 1, 2}
-    for lab in "ABC":
-        counts = np.bincount(fold[labs == lab], minlength=3)
-        assert counts.max() - counts.min() <= 1  # every fold holds about 1/k of every lab
-    # the small lab C does not land in fold 0 twice just because it is small
-    assert len(set(fold[labs == "C"].tolist())) == 2
-    np.testing.assert_array_equal(fold, gbdt.assign_folds(labs[::-1], vids[::-1], 3, seed=1)[::-1])
-    assert not np.array_equal(fold, gbdt.assign_folds(labs, vids, 3, seed=2))
-    with pytest.raises(ValueError):
-        gbdt.assign_folds(labs, vids, 1)
-
-
 @pytest.fixture(scope="module")
 def true_run(small_data, tmp_path_factory) -> dict:
     return gbdt.run(small_data, tmp_path_factory.mktemp("true"), FAST, workers=1, progress=False)

@@ -11,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "mabe"
 # the recipe and the tools built on it; nothing below may import them
-TOP = {"mabe.train", "mabe.launch", "mabe.cli", "mabe.demo", "mabe.bench", "mabe.report", "mabe.ethogram",
+TOP = {"mabe.train", "mabe.launch", "mabe.cv", "mabe.cli", "mabe.demo", "mabe.bench", "mabe.report", "mabe.ethogram",
        "mabe.bundle", "mabe.__main__"}
 # what training components may import from mabe
 COMPONENT_DEPS = {"mabe", "mabe.config", "mabe.errors", "mabe.io", "mabe.schema", "mabe.windows", "mabe.models",

@@ -363,6 +363,27 @@ def test_average_ensembles_and_checks_alignment(rng):
         predictions.average([])
 
 
+def test_concat_joins_disjoint_tracks_and_refuses_repeats_or_other_columns(rng):
+    d = random_preds(rng)
+    p1 = predictions.validate(d)
+    p2 = predictions.validate(dict(d, video_id=d["video_id"] + 1000))
+    both = predictions.concat([p1, p2])
+    assert both.n_tracks == 2 * p1.n_tracks and both.n_frames == 2 * p1.n_frames
+    for t in range(p1.n_tracks):  # every track keeps its own frames, labels and ids
+        np.testing.assert_array_equal(both.track(p1.n_tracks + t)[0], p2.track(t)[0])
+        np.testing.assert_array_equal(both.track(p1.n_tracks + t)[1], p2.track(t)[1])
+        assert both.video_id[p1.n_tracks + t] == p2.video_id[t]
+    predictions.validate({k: getattr(both, k) for k in ("probs", "offsets", "video_id", "lab_id", "agent_id",
+                                                        "target_id", "actions", "labeled", "fps", "labels")})
+    with pytest.raises(MabeDataError, match="tracks"):
+        predictions.concat([p1, p1])
+    other = predictions.validate(dict(d, video_id=d["video_id"] + 1000, actions=np.array(["act0", "act1", "act3", "act2"])))
+    with pytest.raises(MabeDataError, match="actions"):
+        predictions.concat([p1, other])
+    assert predictions.concat([p1, predictions.validate({k: v for k, v in p2.__dict__.items() if k != "labels"}
+                                                        )]).labels is None
+
+
 # ----------------------------------------------------------------------------- seconds and the grid
 
 

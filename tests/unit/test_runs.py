@@ -109,6 +109,19 @@ def test_resolve_run_by_name_path_and_unknown(tmp_path):
         runs.resolve_run("x", tmp_path / "nowhere")
 
 
+def test_cv_fold_dirs_reads_cv_json_and_refuses_unsafe_names(tmp_path):
+    assert runs.cv_fold_dirs(tmp_path) is None  # not a cv directory
+    (tmp_path / runs.CV_FILE).write_text(json.dumps({"runs": ["fold0", "fold1"]}))
+    assert runs.cv_fold_dirs(tmp_path) == [tmp_path / "fold0", tmp_path / "fold1"]
+    for bad in ("../elsewhere", "nested/fold1", 7.5):  # a name from a file: one plain component, under the cv dir
+        (tmp_path / runs.CV_FILE).write_text(json.dumps({"runs": ["fold0", bad]}))
+        with pytest.raises(MabeError):
+            runs.cv_fold_dirs(tmp_path)
+    (tmp_path / runs.CV_FILE).write_text("[1, 2]")
+    with pytest.raises(MabeError, match="not a cv file"):
+        runs.cv_fold_dirs(tmp_path)
+
+
 def test_write_status_merges_and_stamps(tmp_path):
     runs.write_status(tmp_path, state="running", pid=123)
     st = runs.write_status(tmp_path, epoch=2)

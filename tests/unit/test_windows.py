@@ -8,14 +8,17 @@ import pytest
 import torch
 
 from mabe.data import ACTION_INDEX, ACTIONS
+from mabe.errors import MabeError
 from mabe.windows import (
     IGNORE_INDEX,
     TrackSet,
     WindowDataset,
+    assign_folds,
     epoch_plan,
     gather,
     norm_stats,
     normalize_,
+    run_split,
     scene_labels,
     split_videos,
     window_index,
@@ -54,6 +57,40 @@ def test_split_by_video_stratified_and_seeded():
     assert not np.array_equal(val, v3)
     _, none = split_videos(df, 0.0, seed=1)
     assert len(none) == 0
+
+
+def test_folds_are_by_video_stratified_by_lab_and_seeded():
+    labs = np.array(["A"] * 7 + ["B"] * 5 + ["C"] * 2)
+    vids = np.arange(100, 114)
+    fold = assign_folds(labs, vids, 3, seed=1)
+    assert set(fold.tolist()) == {0, 1, 2}
+    for lab in "ABC":
+        counts = np.bincount(fold[labs == lab], minlength=3)
+        assert counts.max() - counts.min() <= 1  # every fold holds about 1/k of every lab
+    # the small lab C does not land in fold 0 twice just because it is small
+    assert len(set(fold[labs == "C"].tolist())) == 2
+    np.testing.assert_array_equal(fold, assign_folds(labs[::-1], vids[::-1], 3, seed=1)[::-1])
+    assert not np.array_equal(fold, assign_folds(labs, vids, 3, seed=2))
+    with pytest.raises(ValueError):
+        assign_folds(labs, vids, 1)
+
+
+def test_run_split_k_fold_validates_on_its_fold_and_trains_on_the_rest():
+    df = pd.DataFrame({"lab_id": ["A"] * 7 + ["B"] * 5, "video_id": np.arange(12)})
+    df = pd.concat([df, df])  # several tracks per video
+    vids = df.drop_duplicates("video_id")
+    fold = assign_folds(vids["lab_id"].to_numpy(), vids["video_id"].to_numpy(), 3, 5)
+    seen_val = []
+    for k in range(3):
+        train, val = run_split(df, 0.2, 5, folds=3, fold=k)
+        np.testing.assert_array_equal(val, np.sort(vids["video_id"].to_numpy()[fold == k]))
+        assert not set(train.tolist()) & set(val.tolist())  # a fold's model never trains on its videos
+        assert set(train.tolist()) | set(val.tolist()) == set(range(12))
+        seen_val += val.tolist()
+    assert sorted(seen_val) == list(range(12))  # every video validated by exactly one fold
+    np.testing.assert_array_equal(run_split(df, 0.2, 5)[1], split_videos(df, 0.2, 5)[1])  # folds 0: the old split
+    with pytest.raises(MabeError, match="windows.fold"):
+        run_split(df, 0.2, 5, folds=3, fold=3)
 
 
 # ----------------------------------------------------------------------------- labels and loading

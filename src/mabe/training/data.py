@@ -13,7 +13,7 @@ from mabe import prepare
 from mabe.config import Config
 from mabe.errors import MabeError
 from mabe.postracks import PositionTracks, load_position_tracks, norm_stats, resolve_actions
-from mabe.windows import TrackSet, split_videos
+from mabe.windows import TrackSet, run_split
 
 __all__ = ["load_tracksets", "track_stats", "features_in_memory"]
 
@@ -47,7 +47,8 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
     index = index[(index["split"] == "train") & index["has_labels"].astype(bool)]
     if index.empty:
         raise MabeError(f"{cache_dir}: no labelled training videos (from {cfg.data})")
-    train_videos, val_videos = split_videos(index, cfg.windows.val_fraction, cfg.windows.split_seed)
+    w = cfg.windows
+    train_videos, val_videos = run_split(index, w.val_fraction, w.split_seed, w.folds, w.fold)
     if len(val_videos) == 0:
         raise MabeError(f"{cfg.data}: no validation videos (windows.val_fraction={cfg.windows.val_fraction}, "
                         f"{len(train_videos)} labelled videos); validation drives the schedule and checkpoints")
