@@ -652,6 +652,461 @@ def bench_prepare(
     return res
 
 
+# ----------------------------------------------------------------------------- scale (--scale, issue 13)
+
+SCALE_DISK_BYTES = 380  # issue 13 targets, on the 2-core development machine: bytes a frame on disk ...
+SCALE_PREPARE_FPS = 70_000  # ... prepare frames/s (the best worker count) ...
+SCALE_PREPARE_GIB = 8.0  # ... peak host RAM preparing the real preset ...
+SCALE_TRAIN_GIB = 16.0  # ... and training on it
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and every descendant (from /proc; 0 where it is gone or not Linux)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_child(cmd: list[str], env: dict | None = None, poll_s: float = 0.05) -> dict:
+    """Run a child process: wall seconds, its output, peak RSS of the largest process (``wait4``) and of the
+    whole process tree at once (sampled every ``poll_s``: worker pools count in full)."""
+    import subprocess
+    import threading
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            done.wait(poll_s)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    th.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{out[-4000:]}")
+    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "tree_peak_mib": peak[0] / 2**20, "output": out}
+
+
+def _child_env(src: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(src) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # a --before tree stays as it is
+    return env
+
+
+def before_tree(before: str, workdir: Path) -> Path:
+    """``--before``: a folder (a ``src`` holding ``mabe/``, or a checkout holding ``src/mabe``) or a git revision
+    of the repository in the current folder (exported with ``git archive`` under ``workdir``) -> its src folder."""
+    import subprocess
+
+    p = Path(before)
+    if (p / "mabe").is_dir():
+        return p
+    if (p / "src" / "mabe").is_dir():
+        return p / "src"
+    out = workdir / "before_tree"
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        blob = subprocess.run(["git", "archive", before, "src"], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise ValueError(f"--before {before!r}: neither a source folder nor a git revision here ({err})") from None
+    import io as _io
+    import tarfile
+
+    with tarfile.open(fileobj=_io.BytesIO(blob)) as tar:
+        tar.extractall(out, filter="data")
+    return out / "src"
+
+
+def scale_prepare(src: Path, data_dir: Path, cache: Path, workers: int, frames: int) -> dict:
+    """``mabe prepare`` of the real-data recipe (``configs/h100.yaml``, pair mode; the default FeatureConfig)
+    with the code in ``src``, in a child: seconds, frames/s, bytes on disk (a frame), peak RSS."""
+    cfg = src / "mabe" / "configs" / "h100.yaml"
+    r = run_child([sys.executable, "-m", "mabe", "prepare", str(data_dir), "--config", str(cfg), "--set",
+                   "task.mode=pair", "--cache", str(cache), "--split", "train", "--workers", str(workers)],
+                  _child_env(src))
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
+    line = next((ln for ln in r["output"].splitlines() if "frames/s" in ln), "")
+    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "bytes": size,
+            "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"], "tree_peak_mib": r["tree_peak_mib"],
+            "log": line.strip()}
+
+
+def scale_train(src: Path, data_dir: Path, cache: Path, runs: Path, steps: int, extra: Sequence[str] = ()) -> dict:
+    """One epoch of the CPU recipe (``configs/demo.yaml``, pair mode, ``steps`` steps, 1 thread) in a child:
+    peak RSS, windows/s, the epoch's seconds, the run log's data lines. ``extra``: more --set overrides."""
+    import csv
+
+    cfg = src / "mabe" / "configs" / "demo.yaml"
+    sets = [f"cache={cache}", f"runs={runs}", "train.epochs=1", f"train.steps_per_epoch={steps}",
+            "train.num_threads=1", "train.report=false", "train.device=cpu", *extra]
+    r = run_child([sys.executable, "-m", "mabe", "train", "-c", str(cfg), "--data", str(data_dir), "--name", "b",
+                   *[a for s in sets for a in ("--set", s)]], _child_env(src))
+    with open(runs / "b" / "metrics.csv") as f:
+        row = list(csv.DictReader(f))[-1]
+    data_line = " / ".join(ln.split("data: ", 1)[-1] for ln in r["output"].splitlines() if "data: " in ln)
+    return {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"], "epoch_time_s": float(row["epoch_time_s"]),
+            "windows_per_s": float(row["windows_per_s"]), "data": data_line}
+
+
+def _scale_windows(videos: list, rng: np.random.Generator, n: int, length: int):
+    """n random pair windows (video, start, agent, target) over present mice."""
+    v = rng.integers(0, len(videos), n)
+    start, agent, target = [], [], []
+    for i in v:
+        meta = videos[i].meta
+        start.append(int(rng.integers(0, max(meta["n_frames"] - length, 1))))
+        mice = [m - 1 for m in meta["mice"]]
+        agent.append(int(rng.choice(mice)))
+        target.append(int(rng.choice(mice)))
+    return v, np.array(start), np.array(agent), np.array(target)
+
+
+def scale_batches(cache: Path, batch: int, length: int, repeats: int, device: str) -> dict:
+    """``features_torch.window_features`` on ``batch`` windows drawn from a position cache (int16 store decoded
+    per batch), pair and scene mode: best seconds, frames/s, largest difference from numpy's features of the
+    same windows; and numpy's whole-video pair features (what the float32 cache's prepare computed)."""
+    from mabe import features_torch as FT
+    from mabe import poscache
+
+    slots = list(data.DEFAULT_SLOTS)
+    fcfg = FeatureConfig()
+    videos = [poscache.read_video(p.parent) for p in sorted(Path(cache).glob("*/videos/*/*/meta.json"))]
+    if not videos:
+        raise ValueError(f"{cache}: no position-cache videos")
+    codes, offsets, quantum = poscache.stack_codes(videos, slots)
+    dev = torch.device(device)
+    store = torch.from_numpy(codes).to(dev)
+    fps = torch.tensor([v.meta["fps"] for v in videos], dtype=torch.float64, device=dev)
+    off, q = torch.from_numpy(offsets).to(dev), torch.from_numpy(quantum).to(dev)
+    rng = np.random.default_rng(0)
+    res: dict = {"device": device, "threads": torch.get_num_threads(), "batch": batch, "window": length,
+                 "store_mib": codes.nbytes / 2**20}
+    for mode in ("pair", "scene"):
+        v, s, a, t = (torch.from_numpy(x).to(dev) for x in _scale_windows(videos, rng, batch, length))
+        times = []
+        for _ in range(repeats + 1):
+            t0 = _stamp(dev)
+            out, _ = FT.window_features(store, off, v, s, length, fps, fcfg, slots, mode=mode, agent=a, target=t,
+                                        quantum=q)
+            times.append(_stamp(dev) - t0)
+        best = min(times[1:])  # the first call warms the allocator / kernels
+        worst = 0.0
+        for i in range(min(16, batch)):  # the numpy features of the same windows, float32 both sides
+            vid = videos[int(v[i])]
+            cm = F.interpolate_gaps(vid.positions(slots), fcfg.max_gap)
+            full = (F.scene_from_cm(cm, vid.meta["fps"]) if mode == "scene" else
+                    F.all_pair_features(cm, vid.meta["fps"], [(int(a[i]), int(t[i]))], slots)[0])
+            ref = full[int(s[i]) : int(s[i]) + length]
+            got = out[i, : len(ref)].cpu().numpy()
+            if not (np.isnan(got) == np.isnan(ref)).all():
+                raise AssertionError(f"{mode}: the NaN pattern differs from numpy's features")
+            both = np.isfinite(ref)
+            worst = max(worst, float(np.abs(got - ref)[both].max(initial=0.0)))
+        res[mode] = {"seconds": best, "frames_per_s": batch * length / best, "max_abs_diff_vs_numpy": worst,
+                     "n_features": int(out.shape[-1])}
+    t0, n = time.perf_counter(), 0
+    for vid in sorted(videos, key=lambda x: x.n_frames)[:4]:
+        cm = F.interpolate_gaps(vid.positions(slots), fcfg.max_gap)
+        mice = [m - 1 for m in vid.meta["mice"]]
+        F.all_pair_features(cm, vid.meta["fps"], [(x, y) for x in mice for y in mice], slots)
+        n += vid.n_frames * len(mice) ** 2
+    res["numpy_pair_frames_per_s"] = n / (time.perf_counter() - t0)
+    return res
+
+
+def scale_precision(data_dir: Path, n_videos: int = 3) -> dict:
+    """Largest feature error from stored positions: int16 at the poscache step vs float16 cm, against float64."""
+    from mabe import poscache, prepare
+
+    slots = list(data.DEFAULT_SLOTS)
+    out: dict = {"int16": {}, "float16": {}}
+    for task in sorted(prepare._tasks(Path(data_dir), ["train"]), key=lambda t: prepare._file_size(
+            t["tracking_path"]))[:n_videos]:
+        trk = data.read_tracking(task["tracking_path"], slots, data.MAX_MICE)
+        centre = (task["width"] / 2, task["height"] / 2)
+        cm = F.to_cm(trk.xy.astype(np.float64), task["pix_per_cm"], centre)
+        codes, q, m, s_ = poscache.encode_positions(trk.xy, np.ones(data.MAX_MICE, bool), task["pix_per_cm"], centre)
+        stored = {"int16": poscache.decode_positions(codes, q, m, s_, data.MAX_MICE, len(slots), np.float64),
+                  "float16": cm.astype(np.float16).astype(np.float64)}
+        mice = np.flatnonzero(trk.mice).tolist()
+        pairs = [(a, b) for a in mice for b in mice]
+
+        def feats(x: np.ndarray, fps: float = task["fps"], pairs: list = pairs) -> tuple[np.ndarray, np.ndarray]:
+            x = F.interpolate_gaps(x, 10)
+            return (F.scene_from_cm(x, fps).astype(np.float64),
+                    F.all_pair_features(x, fps, pairs, slots).astype(np.float64))
+
+        ref_scene, ref_pair = feats(cm)
+        n = data.MAX_MICE * len(slots)
+        for kind, x in stored.items():
+            sc, pr = feats(x)
+            d = np.abs(sc - ref_scene)
+            blocks = {"positions_cm": d[:, : 2 * n], "speed_cm_s": d[:, 2 * n : 3 * n], "acc_cm_s2": d[:, 3 * n :],
+                      "pair_any": np.abs(pr - ref_pair)}
+            for k, v in blocks.items():
+                out[kind][k] = max(out[kind].get(k, 0.0), float(np.nanmax(v, initial=0.0)))
+    return out
+
+
+def scale_step(batch: int, length: int, n_features: int, repeats: int = 2) -> dict:
+    """One forward + backward + AdamW step of the reference model (conv1d_bilstm) on the CPU, best of ``repeats``."""
+    torch.manual_seed(0)
+    model = models.create("conv1d_bilstm", n_features, 8, ModelConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, length, n_features)
+    y = (torch.rand(batch, length, 8) < 0.1).float()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "params": sum(p.numel() for p in model.parameters())}
+
+
+def project_real(seed: int = 0) -> dict:
+    """Bytes a frame of the whole real preset's train videos, from its plan: the float32 feature cache (pair
+    mode) and the position cache on disk, and the device-resident stores of both."""
+    from mabe import synth
+
+    specs = [s for s in synth.plan_dataset("real", seed) if s.split == "train"]
+    P, n_act = F.n_pair_features(len(data.DEFAULT_SLOTS)), len(data.ACTIONS)
+    frames = old = new = dev_old = dev_new = 0
+    for s in specs:
+        T, M = s.n_frames, s.n_mice
+        tracked = {data.BODYPART_SYNONYMS.get(p, p) for p in s.parts} & set(data.DEFAULT_SLOTS)
+        frames += T
+        old += T * (288 * 4 + M * M * (P * 4 + n_act)) + M * M * n_act  # scene + pair + labels (+ labeled)
+        new += T * M * len(tracked) * 4  # int16 x, y of present mice and tracked slots (labels: intervals)
+        # device, pair mode: fp16 pair rows of every ordered pair (an upper bound) + uint8 labels; after:
+        # the int16 (4, 18, 2) store of every frame
+        dev_old += T * M * M * (P * 2 + n_act)
+        dev_new += T * data.MAX_MICE * len(data.DEFAULT_SLOTS) * 2 * 2
+    largest = max(specs, key=lambda s: s.n_frames)
+    return {"videos": len(specs), "frames": frames, "largest_video_frames": largest.n_frames,
+            "old_bytes_per_frame": old / frames, "new_bytes_per_frame": new / frames, "old_gib": old / 2**30,
+            "new_gib": new / 2**30, "device_old_bytes_per_frame": dev_old / frames,
+            "device_new_bytes_per_frame": dev_new / frames}
+
+
+def scale(
+    videos: int = 24, workdir: str | Path = "/tmp/mabe_bench_scale", before: str | None = None,
+    workers: Sequence[int] = (1, 2), steps: int = 40, batch: int = 384, window: int = 100, repeats: int = 3,
+    threads: Sequence[int] = (1,), step: bool = True, train_real: bool = True, seed: int = 0,
+    verbose: bool = True,
+) -> dict:
+    """Issue 13 at scale on the first ``videos`` train videos of ``mabe synth --preset real`` (the share of its
+    frames is reported, and the whole preset projected from it and from its plan), each step in a child
+    process: synth; prepare with this code (and ``before``'s: a src folder or a git revision, the float32
+    feature cache) at each worker count; training on the hard preset (the 30 videos issue 13's "before"
+    was measured on) with each tree, and on the share with this code (features per batch and in memory),
+    with the tiny preset's run as the start-up; per-batch feature speed and precision; a reference step."""
+    import shutil
+
+    from mabe import synth
+
+    say = print if verbose else (lambda *a, **k: None)
+    work = Path(workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    here = Path(__file__).resolve().parents[1]  # the src folder this mabe runs from
+    trees = {"after": here} | ({"before": before_tree(before, work)} if before else {})
+    plan = project_real(seed)
+    res: dict = {"machine": f"{platform.machine()} ({os.cpu_count()} cores)", "python": platform.python_version(),
+                 "torch": torch.__version__, "load_average_start": os.getloadavg(), "real": plan,
+                 "args": {"videos": videos, "before": before, "workers": list(workers), "steps": steps,
+                          "batch": batch, "window": window, "threads": list(threads), "seed": seed},
+                 "trees": {k: str(v) for k, v in trees.items()}}
+    t_all = time.perf_counter()
+    py, env = sys.executable, _child_env(here)
+
+    def synth_(out: Path, *a: str) -> dict:
+        return run_child([py, "-m", "mabe", "synth", str(out), "--seed", str(seed), *a], env)
+
+    say(f"scale: synth {videos} videos of the real preset ...")
+    syn = synth_(work / "data", "--preset", "real", "--videos", str(videos), "--test-videos", "0",
+                 "--workers", str(max(workers)))
+    specs = synth.plan_dataset("real", seed, videos, 0)
+    frames = sum(s.n_frames for s in specs)
+    share = frames / plan["frames"]
+    res["share"] = {"videos": videos, "frames": frames, "of_real": share,
+                    "largest_video_frames": max(s.n_frames for s in specs),
+                    "mice": sorted(int(s.n_mice) for s in specs)}
+    res["synth"] = {"seconds": syn["seconds"], "workers": max(workers),
+                    "projected_real_min": syn["seconds"] / share / 60}
+    synth_(work / "hard", "--preset", "hard", "--test-videos", "0")
+    synth_(work / "tiny", "--preset", "tiny")
+    hard_frames = sum(s.n_frames for s in synth.plan_dataset("hard", seed) if s.split == "train")
+    res["hard_frames"] = hard_frames
+    labs = [s.lab for s in specs]
+    train_real = train_real and any(labs.count(x) >= 2 for x in labs)  # validation needs a lab with 2 videos
+
+    for name, src in trees.items():
+        r: dict = {"prepare": {}}
+        for w in workers:
+            say(f"scale: prepare ({name}, {w} worker(s)) ...")
+            cache = work / f"cache_{name}_w{w}"
+            r["prepare"][str(w)] = scale_prepare(src, work / "data", cache, w, frames)
+            if w != workers[0]:
+                shutil.rmtree(cache)  # the same bytes again: disk space
+        main_cache = work / f"cache_{name}_w{workers[0]}"
+        say(f"scale: train on the hard preset ({name}) ...")
+        hard_cache = work / f"cache_hard_{name}"
+        r["prepare_hard"] = scale_prepare(src, work / "hard", hard_cache, 1, hard_frames)
+        tiny_cache = work / f"cache_tiny_{name}"
+        r["prepare_tiny"] = scale_prepare(src, work / "tiny", tiny_cache, 1, 1)
+        modes = {"": ()} if name == "before" else {"never": ("train.features_in_memory=never",),
+                                                   "always": ("train.features_in_memory=always",)}
+        for mode, extra in modes.items():
+            key = "train" + (f"_{mode}" if mode else "")
+            r["tiny" + (f"_{mode}" if mode else "")] = t0 = scale_train(src, work / "tiny", tiny_cache,
+                                                                         work / f"runs_tiny_{name}{mode}", 2, extra)
+            r[key] = tr = scale_train(src, work / "hard", hard_cache, work / f"runs_hard_{name}{mode}", steps, extra)
+            tr["start_mib"] = t0["peak_rss_mib"]
+            tr["bytes_per_video_frame"] = (tr["peak_rss_mib"] - t0["peak_rss_mib"]) * 2**20 / hard_frames
+            tr["projected_real_gib"] = (t0["peak_rss_mib"] * 2**20 + tr["bytes_per_video_frame"] * plan["frames"]) / 2**30
+            if name == "after" and train_real:
+                say(f"scale: train on the real share ({mode}) ...")
+                rr = scale_train(src, work / "data", main_cache, work / f"runs_real_{mode}", steps, extra)
+                rr["start_mib"] = t0["peak_rss_mib"]
+                rr["bytes_per_video_frame"] = (rr["peak_rss_mib"] - t0["peak_rss_mib"]) * 2**20 / frames
+                rr["projected_real_gib"] = (t0["peak_rss_mib"] * 2**20 + rr["bytes_per_video_frame"]
+                                            * plan["frames"]) / 2**30
+                r[f"real_{mode}"] = rr
+        if name == "before":
+            shutil.rmtree(hard_cache, ignore_errors=True)
+        res[name] = r
+
+    say("scale: per-batch features, precision, a reference step ...")
+    res["precision"] = scale_precision(work / "data")
+    old_threads = torch.get_num_threads()
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            res[f"batches_cpu_{n}t"] = scale_batches(work / f"cache_after_w{workers[0]}", batch, window, repeats, "cpu")
+        if torch.cuda.is_available():
+            res["batches_cuda"] = scale_batches(work / f"cache_after_w{workers[0]}", batch, window, repeats, "cuda")
+        if step:
+            torch.set_num_threads(threads[0])
+            res["train_step_cpu"] = scale_step(batch, window, res[f"batches_cpu_{threads[0]}t"]["pair"]["n_features"])
+            ft = res[f"batches_cpu_{threads[0]}t"]["pair"]["seconds"]
+            res["feature_share_of_step_cpu"] = ft / (res["train_step_cpu"]["seconds"] + ft)
+    finally:
+        torch.set_num_threads(old_threads)
+    res["targets"] = _scale_targets(res)
+    res["load_average_end"] = os.getloadavg()
+    res["wall_s"] = time.perf_counter() - t_all
+    return res
+
+
+def _scale_targets(res: dict) -> dict:
+    a, b = res["after"], res.get("before")
+    first = next(iter(a["prepare"].values()))
+    best = max(p["frames_per_s"] for p in a["prepare"].values())
+    # the real preset's largest video is in the share (default 24 videos): the peak while preparing is
+    # per process (one video at a time each), so the whole preset's peak is the share's
+    peak = max(p["tree_peak_mib"] for p in a["prepare"].values()) / 1024
+    train = [a[k]["projected_real_gib"] for k in ("real_never", "train_never") if k in a]
+    out = {"disk_bytes_per_frame": first["bytes_per_frame"] <= SCALE_DISK_BYTES,
+           "prepare_frames_per_s": best >= SCALE_PREPARE_FPS,
+           "prepare_peak_gib": peak <= SCALE_PREPARE_GIB
+           if res["share"]["largest_video_frames"] >= res["real"]["largest_video_frames"] else None,
+           "train_real_gib": train[0] <= SCALE_TRAIN_GIB if train else None}
+    if b and "train" in b:
+        out["cpu_throughput_in_memory"] = a["train_always"]["windows_per_s"] >= b["train"]["windows_per_s"]
+        out["cpu_throughput_per_batch"] = a["train_never"]["windows_per_s"] >= b["train"]["windows_per_s"]
+    return out
+
+
+def print_scale(res: dict) -> None:
+    """The scale benchmark's tables (``scale``'s result)."""
+    sh, plan = res["share"], res["real"]
+    a, b = res["after"], res.get("before", {})
+    nan = float("nan")
+    print(f"\nscale: {sh['videos']} videos of the real preset, {sh['frames']:,} frames = {sh['of_real']:.2%} of its "
+          f"{plan['frames']:,} train frames (largest video {sh['largest_video_frames']:,}; the preset's "
+          f"{plan['largest_video_frames']:,}); {res['machine']}, load {res['load_average_start'][0]:.1f} -> "
+          f"{res['load_average_end'][0]:.1f}")
+    print(f"  synth ({res['synth']['workers']} workers): {res['synth']['seconds']:.1f} s (whole preset projected: "
+          f"{res['synth']['projected_real_min']:.0f} min)")
+    print(f"  {'':36} {'before':>12} {'after':>12} {'ratio':>7}")
+
+    def row(name: str, o: float, n: float, fmt: str = "{:12,.1f}") -> None:
+        print(f"  {name:36} {fmt.format(o)} {fmt.format(n)} {n / o if o else nan:7.3f}")
+
+    for w, p in a["prepare"].items():
+        q = b.get("prepare", {}).get(w, {})
+        row(f"prepare {w} worker(s): s", q.get("seconds", nan), p["seconds"])
+        row(f"prepare {w} worker(s): frames/s", q.get("frames_per_s", nan), p["frames_per_s"], "{:12,.0f}")
+        row(f"prepare {w} worker(s): peak RSS MiB (tree)", q.get("tree_peak_mib", nan), p["tree_peak_mib"], "{:12,.0f}")
+    p0 = next(iter(a["prepare"].values()))
+    q0 = next(iter(b.get("prepare", {}).values()), {})
+    row("disk B/frame (share)", q0.get("bytes_per_frame", nan), p0["bytes_per_frame"])
+    row("disk B/frame (whole preset, plan)", plan["old_bytes_per_frame"], plan["new_bytes_per_frame"])
+    row("device B/frame (pair, plan)", plan["device_old_bytes_per_frame"], plan["device_new_bytes_per_frame"])
+    bt = b.get("train", {})
+    for mode in ("never", "always"):
+        t = a.get(f"train_{mode}")
+        if not t:
+            continue
+        label = "per batch" if mode == "never" else "in memory"
+        row(f"hard: train windows/s ({label})", bt.get("windows_per_s", nan), t["windows_per_s"])
+        row(f"hard: epoch s ({label})", bt.get("epoch_time_s", nan), t["epoch_time_s"])
+        row(f"hard: train peak RSS MiB ({label})", bt.get("peak_rss_mib", nan), t["peak_rss_mib"], "{:12,.0f}")
+        row(f"hard: RSS B/video frame ({label})", bt.get("bytes_per_video_frame", nan), t["bytes_per_video_frame"],
+            "{:12,.0f}")
+        row(f"hard -> real GiB projected ({label})", bt.get("projected_real_gib", nan), t["projected_real_gib"])
+    for mode in ("never", "always"):
+        t = a.get(f"real_{mode}")
+        if t:
+            print(f"  real share, {'per batch' if mode == 'never' else 'in memory'}: peak RSS {t['peak_rss_mib']:,.0f} "
+                  f"MiB ({t['bytes_per_video_frame']:,.0f} B/video frame above start-up {t['start_mib']:,.0f} MiB) -> "
+                  f"whole preset {t['projected_real_gib']:.1f} GiB; {t['windows_per_s']:,.0f} windows/s, epoch "
+                  f"{t['epoch_time_s']:.1f} s")
+    for key in [k for k in res if k.startswith("batches_")]:
+        bb = res[key]
+        for mode in ("pair", "scene"):
+            m = bb[mode]
+            print(f"  features per batch ({bb['device']}, {bb['threads']} thread(s), {mode}, {bb['batch']} x "
+                  f"{bb['window']}): {m['seconds'] * 1e3:8.1f} ms, {m['frames_per_s']:,.0f} frames/s, max |diff| vs "
+                  f"numpy {m['max_abs_diff_vs_numpy']:.1e}")
+        print(f"  numpy whole-video pair features: {bb['numpy_pair_frames_per_s']:,.0f} pair-frames/s")
+    for kind, d in res["precision"].items():
+        print(f"  stored as {kind:7}: max |feature error| vs float64 positions: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in d.items()))
+    if "train_step_cpu" in res:
+        print(f"  reference model step (cpu, {res['args']['batch']} x {res['args']['window']}): "
+              f"{res['train_step_cpu']['seconds']:.2f} s; features per batch = {res['feature_share_of_step_cpu']:.1%} "
+              "of step + features")
+    print("  targets: " + ", ".join(f"{k} {'met' if v else ('n/a' if v is None else 'MISSED')}"
+                                    for k, v in res["targets"].items()))
+    print(f"  ({res['wall_s'] / 60:.1f} min)")
+
+
 # ----------------------------------------------------------------------------- environment
 
 

@@ -94,21 +94,30 @@ def encode_positions(
     the stored mouse slots (0-based) and keypoint slots (indices): present mice, slots tracked in any frame."""
     if not (math.isfinite(pix_per_cm) and pix_per_cm > 0):
         raise ValueError(f"pix_per_cm must be a positive number, got {pix_per_cm}")
+    xy_px = np.asarray(xy_px)
     m_idx = np.flatnonzero(np.asarray(mice, dtype=bool)).tolist()
-    sub = np.asarray(xy_px)[:, m_idx]
-    tracked = ~np.isnan(sub).all(axis=(0, 1, 3)) if sub.size else np.zeros(sub.shape[2], bool)
+    # a slot is tracked when some frame of a stored mouse has a coordinate of it: one mouse at a time,
+    # reduced over frames (contiguous rows), without copying the grid
+    T, S = xy_px.shape[0], xy_px.shape[2]
+    tracked = np.zeros(S, bool)
+    for m in m_idx:
+        tracked |= ~np.isnan(xy_px[:, m]).reshape(T, S * 2).all(axis=0).reshape(S, 2).all(axis=1)
     s_idx = np.flatnonzero(tracked).tolist()
     # float32 in place, few passes (this is most of the writer's time): cm values below 2^15 steps keep
     # 8 spare bits of float32 mantissa, so the rounding to a step is the float64 one but for exact ties
-    cm = np.array(sub[:, :, s_idx], dtype=np.float32, copy=True)
+    cm = xy_px[:, np.asarray(m_idx, np.int64)[:, None], np.asarray(s_idx, np.int64)[None, :]].astype(
+        np.float32, copy=False)  # one fancy-index copy, already (T, Mv, Sv, 2)
     cm -= np.asarray(centre_px, dtype=np.float32)
     cm *= np.float32(1.0 / pix_per_cm)
-    nan = np.isnan(cm)
-    big = float(np.fmax.reduce(np.abs(cm).reshape(-1), initial=0.0)) if cm.size else 0.0  # fmax skips NaN
+    big = 0.0
+    if cm.size:  # fmax / fmin skip NaN; two reductions, no |cm| temporary
+        big = max(float(np.fmax.reduce(cm, axis=None, initial=-np.inf)),
+                  -float(np.fmin.reduce(cm, axis=None, initial=np.inf)), 0.0)
     q = quantum_for(big)
     cm *= np.float32(1.0 / q)  # q is a power of two: exact
     np.rint(cm, out=cm)
-    cm[nan] = MISSING
+    # |codes| <= 32767 after the scaling: MISSING (-32768) is only ever a missing point
+    np.nan_to_num(cm, copy=False, nan=float(MISSING))
     return cm.astype(np.int16), q, m_idx, s_idx
 
 
