@@ -19,6 +19,9 @@ Pipelines:
 - ``blend_net`` / ``blend_cpu_net`` / ``blend_all`` (``--network``): the product blend, ``mabe blend`` (weights
   and thresholds fitted on the gbdt's out-of-fold and the network's validation predictions of the same
   videos) + ``mabe submit --thresholds``, of gbdt + network, gbdt + cpu_net, and all three.
+- ``cpu_net_aug`` (``--network``): ``cpu_net`` with the geometric augmentation of ``--aug-set`` (default: reflection
+  0.5, time stretch 0.2, keypoint dropout 0.05), thresholds fitted on its validation videos: the augmentation's
+  effect, both sides in the same run.
 - ``gbdt_thr_val`` (``--network``): ``mabe blend --weights 1,0``: the gbdt alone with its thresholds fitted
   on the videos the blends fit on (cpu_net's validation videos), to tell the blend's effect from the
   effect of fitting thresholds on fewer videos.
@@ -55,6 +58,7 @@ from mabe.config import FeatureConfig, PostprocessConfig
 from mabe.features import SCALAR_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
+AUG_DEFAULT = ("augment.reflect=0.5", "augment.time_stretch=0.2", "augment.keypoint_dropout=0.05")
 
 
 def _cpu() -> float:
@@ -285,6 +289,8 @@ def main() -> None:
                     help="config overrides of the network runs (e.g. train.epochs=5 on a loaded machine)")
     ap.add_argument("--net-threads", type=int, default=None,
                     help="train.num_threads of the network runs (default: their config's)")
+    ap.add_argument("--aug-set", nargs="+", default=list(AUG_DEFAULT),
+                    help="config overrides of the cpu_net_aug pipeline (augment.x=y)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
@@ -304,6 +310,8 @@ def main() -> None:
             todo.append(("network", run_network, (d, base / "network", "demo.yaml", sets)))
             todo.append(("blend", run_blend, (base / "gbdt", base / "network", base / "blend")))
             todo.append(("cpu_net", run_network, (d, base / "cpu_net", "cpu_net.yaml", sets)))
+            todo.append(("cpu_net_aug", run_network, (d, base / "cpu_net_aug", "cpu_net.yaml",
+                                                      sets + tuple(args.aug_set))))
             todo.append(("blend_net", run_product_blend, (base / "gbdt", [base / "network"], base / "blend_net")))
             todo.append(("blend_cpu_net", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "blend_cpu_net")))
             todo.append(("gbdt_thr_val", run_product_blend, (base / "gbdt", [base / "cpu_net"], base / "gbdt_thr_val",

@@ -125,6 +125,12 @@ class AugmentConfig:
     noise_std: float = 0.01  # Gaussian noise on normalised features
     temporal_jitter: int = 2  # shift each window start by up to +-this many frames
     mixup_alpha: float = 0.0  # 0 disables mixup
+    # geometric augmentation of the positions before the features are computed (training only; per batch,
+    # so not with train.features_in_memory=always; every one 0 = off):
+    rotate_degrees: float = 0.0  # rotate each window about the arena centre by an angle uniform in +-this
+    reflect: float = 0.0  # probability of mirroring a window (x -> -x, left/right body parts swapped)
+    time_stretch: float = 0.0  # s: replay each window at a speed uniform in [1 - s, 1 + s] (labels follow)
+    keypoint_dropout: float = 0.0  # probability that a tracked point of a frame is set missing
 
 
 @dataclass
@@ -270,6 +276,10 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "augment.noise_std": (0, None),
     "augment.temporal_jitter": (0, None),
     "augment.mixup_alpha": (0, None),
+    "augment.rotate_degrees": (0, 180),
+    "augment.reflect": (0, 1),
+    "augment.time_stretch": (0, 0.5),
+    "augment.keypoint_dropout": (0, 0.5),
     "train.epochs": (1, None),
     "train.batch_size": (1, None),
     "train.lr": (1e-12, 10),
@@ -426,6 +436,18 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: windows.fold={cfg.windows.fold} must be below windows.folds={cfg.windows.folds}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
+    a = cfg.augment
+    moving = [k for k in ("rotate_degrees", "reflect", "time_stretch", "keypoint_dropout") if getattr(a, k) > 0]
+    if moving and cfg.train.features_in_memory == "always":
+        raise ConfigError(f"{where}: augment.{moving[0]}={getattr(a, moving[0])} changes the positions of every "
+                          "batch, so the features cannot be computed once: set train.features_in_memory to auto "
+                          "or never, or turn the geometric augmentation off")
+    if moving and cfg.train.data_path == "loader":
+        raise ConfigError(f"{where}: augment.{moving[0]} (geometric augmentation) runs in the resident batch path; "
+                          "train.data_path=loader does not apply it: use auto or gpu")
+    if (a.rotate_degrees > 0 or a.reflect > 0) and not cfg.features.arena_centre:
+        raise ConfigError(f"{where}: augment.rotate_degrees / augment.reflect act about the arena centre, the "
+                          "origin of the positions only with features.arena_centre=true")
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

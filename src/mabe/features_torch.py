@@ -19,7 +19,7 @@ does the gather, the computation, the crop and the resampling (``features.target
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ __all__ = [
     "pair_features",
     "pair_features_of",
     "resample_rows",
+    "row_positions",
     "n_resampled_rows",
     "source_length",
     "gather_positions",
@@ -422,16 +423,17 @@ def gather_positions(
 
 def resample_rows(
     feat: torch.Tensor, start_row: torch.Tensor, length: int, ratio: torch.Tensor, src_start: torch.Tensor,
-    n_frames: torch.Tensor,
+    n_frames: torch.Tensor, speed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, L, F) features of each window's source frames (from ``src_start``) -> (B, length, F) at rows
     ``start_row + 0..length-1`` resampled as ``features.resample``: linear in time, the nearer value when a
-    neighbour is NaN. Rows past the video's last are clamped to it (the caller marks them padding)."""
+    neighbour is NaN. Rows past the video's last are clamped to it (the caller marks them padding).
+    ``speed`` (B,): rows ``start_row + i * speed`` instead (fractional rows; 1 gives the rows above exactly)."""
     B, L = feat.shape[:2]
     n = n_frames.long()
-    rows = start_row[:, None].long() + torch.arange(length, device=feat.device)[None, :]
     n_rows = n_resampled_rows(n, ratio)
-    rows = torch.minimum(rows, (n_rows - 1).clamp(min=0)[:, None])
+    rows = row_positions(start_row, length, speed)
+    rows = torch.minimum(rows, (n_rows - 1).clamp(min=0).to(rows.dtype)[:, None])
     pos = rows.double() * ratio.double()[:, None]  # the source position of each row, as numpy computes it
     i0 = torch.minimum(torch.floor(pos).long(), n[:, None] - 1)
     i1 = torch.minimum(i0 + 1, n[:, None] - 1)
@@ -447,11 +449,22 @@ def resample_rows(
     return torch.where(torch.isnan(out), torch.where(use_a, a, b), out)
 
 
+def row_positions(start_row: torch.Tensor, length: int, speed: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) first rows -> (B, length) the window's rows: ``start_row + i`` (int64), or with ``speed`` (B,)
+    rows per step (time stretch) ``start_row + i * speed`` (float64; exact integers at speed 1)."""
+    i = torch.arange(length, device=start_row.device)[None, :]
+    if speed is None:
+        return start_row.long()[:, None] + i
+    return start_row.double()[:, None] + i.double() * speed.double()[:, None]
+
+
 def window_features(
     store: torch.Tensor, offsets: torch.Tensor, video: torch.Tensor, start_row: torch.Tensor, length: int,
     fps: torch.Tensor, fcfg: FeatureConfig, slots: Sequence[str], *, mode: str = "pair",
     agent: torch.Tensor | None = None, target: torch.Tensor | None = None, ratio: torch.Tensor | None = None,
     max_ratio: float = 1.0, dtype: torch.dtype = torch.float32, quantum: torch.Tensor | None = None,
+    positions: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+    speed: torch.Tensor | None = None, max_speed: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of windows -> (features (B, length, F), valid (B, length) bool), F = the scene or pair vector.
 
@@ -463,27 +476,43 @@ def window_features(
     maximum, which fixes the gather length). No host synchronisation: CUDA-graph capturable.
     Pair mode needs ``agent`` / ``target`` (B,) 0-based mouse slots. Rows past a video's end are
     padding (valid False, features of the last row); normalisation and NaN -> 0 are the caller's.
+
+    Augmentation hooks (training): ``positions(xy, mice)`` maps the gathered (B, L, K, S, 2) cm positions
+    (NaN = missing; ``mice`` (B, K) their mouse slots in pair mode, None in scene mode) before the gap fill;
+    ``speed`` (B,) replays each window ``speed`` times faster (rows ``start_row + i * speed``, derivatives at
+    ``speed * fps``; ``max_speed`` its maximum, for the gather length).
     """
     h = halo(fcfg)
     n_frames = (offsets[1:] - offsets[:-1])[video]
     r = torch.ones_like(fps, dtype=torch.float64) if ratio is None else ratio.double()
     rw, fw = r[video], fps[video]
-    resampled = ratio is not None  # decided by the caller, not by a host sync on the values
-    L = source_length(length, max_ratio if resampled else 1.0, h)
+    resampled = ratio is not None or speed is not None  # decided by the caller, not by a host sync on the values
+    reach = (max_ratio if ratio is not None else 1.0) * (max_speed if speed is not None else 1.0)
+    L = source_length(length, reach if resampled else 1.0, h)
     src = _source_start(start_row, rw, n_frames, h) if resampled else start_row.long() - h
+    if speed is not None:
+        fw = fw * speed.to(fw.dtype)  # a window replayed faster: the same motion in less time
     if mode == "scene":
-        cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum), fcfg.max_gap)
+        mice = None
+    elif agent is None or target is None:
+        raise ValueError("pair mode needs agent and target mouse slots")
+    else:
+        mice = torch.stack([agent, target], dim=1).long()
+    raw = gather_positions(store, offsets, video, src, L, dtype, quantum, mice)  # pair: only its two mice
+    if positions is not None:
+        raw = positions(raw, mice)
+    cm = interpolate_gaps(raw, fcfg.max_gap)
+    if mode == "scene":
         feat = scene_from_cm(pad_mice(cm, fcfg.n_mice), fw, fcfg.smooth_window)
     else:
-        if agent is None or target is None:
-            raise ValueError("pair mode needs agent and target mouse slots")
-        mice = torch.stack([agent, target], dim=1).long()  # only the two mice the pair reads
-        cm = interpolate_gaps(gather_positions(store, offsets, video, src, L, dtype, quantum, mice), fcfg.max_gap)
         feat = pair_features_of(cm, fw, agent == target, slots, fcfg.smooth_window)
     n_rows = n_resampled_rows(n_frames, rw) if resampled else n_frames
-    valid = start_row[:, None] + torch.arange(length, device=store.device)[None, :] < n_rows[:, None]
+    if speed is None:
+        valid = start_row[:, None] + torch.arange(length, device=store.device)[None, :] < n_rows[:, None]
+    else:
+        valid = row_positions(start_row, length, speed) <= (n_rows - 1).double()[:, None]
     if resampled:
-        out = resample_rows(feat, start_row, length, rw, src, n_frames)
+        out = resample_rows(feat, start_row, length, rw, src, n_frames, speed)
     else:
         idx = (h + torch.arange(length, device=store.device))[None, :].minimum(
             (n_rows - 1 - start_row + h)[:, None].clamp(min=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -104,11 +105,12 @@ class PositionTracks:
                                                     for k, v in self.norm.items()}
         return t
 
-    def batch(self, arrays: dict, windows: torch.Tensor, length: int, shift: torch.Tensor | None = None
-              ) -> dict[str, torch.Tensor]:
-        """``windows.gather`` of (B, 2) windows over ``arrays`` (``tensors()``): features computed, standardised."""
+    def batch(self, arrays: dict, windows: torch.Tensor, length: int, shift: torch.Tensor | None = None,
+              augment: Any = None) -> dict[str, torch.Tensor]:
+        """``windows.gather`` of (B, 2) windows over ``arrays`` (``tensors()``): features computed, standardised;
+        ``augment``: a ``training.augment.PositionAugment`` applied to the positions first (training)."""
         return batch(arrays, windows, length, self.fcfg, self.slots, mode=self.mode, max_ratio=self.max_ratio,
-                     shift=shift, norm=arrays.get("norm"))
+                     shift=shift, norm=arrays.get("norm"), augment=augment)
 
     def to_trackset(self, chunk: int = 1024, windows_per_batch: int = 16) -> windows.TrackSet:
         """The same tracks with every row's features computed once (standardised with ``norm`` when set, NaN -> 0):
@@ -242,22 +244,26 @@ def load_position_tracks(
 
 
 def _features(arrays: dict, track: torch.Tensor, start: torch.Tensor, length: int, fcfg: FeatureConfig,
-              slots: Sequence[str], mode: str, max_ratio: float, dtype: torch.dtype):
+              slots: Sequence[str], mode: str, max_ratio: float, dtype: torch.dtype, draw: Any = None):
     video = arrays["track_video"][track]
+    extra = {} if draw is None else {"positions": draw.positions, "speed": draw.speed, "max_speed": draw.max_speed}
     return FT.window_features(
         arrays["store"], arrays["video_offsets"], video, start, length, arrays["video_fps"], fcfg, slots, mode=mode,
         agent=arrays["agent"][track], target=arrays["target"][track], ratio=arrays["ratio"], max_ratio=max_ratio,
-        dtype=dtype, quantum=arrays["quantum"])
+        dtype=dtype, quantum=arrays["quantum"], **extra)
 
 
 def batch(
     arrays: dict, windows: torch.Tensor, length: int, fcfg: FeatureConfig, slots: Sequence[str], *, mode: str,
     max_ratio: float = 1.0, shift: torch.Tensor | None = None, norm: dict[str, torch.Tensor] | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, augment: Any = None,
 ) -> dict[str, torch.Tensor]:
     """``windows.gather`` over PositionTracks.tensors(): windows (B, 2) (track, start), optional start shift
     (clamped inside the track) -> x (B, W, F) standardised with ``norm`` (mean/std (F,); NaN -> 0) and 0 on
-    padding, y, valid (B, W) and, in pair mode, mask (B, W, C)."""
+    padding, y, valid (B, W) and, in pair mode, mask (B, W, C).
+
+    ``augment`` (``training.augment.PositionAugment``, training only): its draws change the positions before
+    the features; under a time stretch the labels follow (each output row takes the nearest row's label)."""
     offsets = arrays["offsets"]
     track, start = windows[:, 0], windows[:, 1]
     first = offsets[track]
@@ -265,11 +271,15 @@ def batch(
     if shift is not None:
         last = torch.where(n > length, n - length, 0)
         start = torch.minimum(torch.where(start + shift > 0, start + shift, 0), last)
-    x, valid = _features(arrays, track, start, length, fcfg, slots, mode, max_ratio, dtype)
+    draw = None if augment is None else augment.draw(len(track), arrays["store"].device)
+    x, valid = _features(arrays, track, start, length, fcfg, slots, mode, max_ratio, dtype, draw)
     if norm is not None:
         x = (x - norm["mean"].to(x)) / norm["std"].to(x)
     x = torch.where(valid[..., None], torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), 0)
-    t = start[:, None] + torch.arange(length, device=x.device)[None, :]
+    speed = None if draw is None else draw.speed
+    t = FT.row_positions(start, length, speed)
+    if speed is not None:
+        t = torch.floor(t + 0.5).long()  # the nearest row's label (exactly row i at speed 1)
     rows = first[:, None] + torch.minimum(t, n[:, None] - 1)
     y = arrays["Y"][rows]
     out = {"x": x, "valid": valid}

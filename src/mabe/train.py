@@ -9,8 +9,8 @@ is the setup (data, model, optimizer, schedule, counters, the step), ``run`` the
 pass over the batches, ``validate`` and ``save`` what their names say. The components (``mabe.training``)
 know nothing of this file; the launcher (torchrun relaunch, detach, resume) is ``mabe.launch``.
 
-Exactness on resume: the windows an epoch visits, their jitter, the augmentation noise and the
-mixup draws are pure functions of (seed, epoch, micro-batch); the global RNGs (dropout), the
+Exactness on resume: the windows an epoch visits, their jitter, the augmentation noise, the
+mixup draws and the geometric (position) draws are pure functions of (seed, epoch, micro-batch); the global RNGs (dropout), the
 optimizer, the schedule and every counter come from the checkpoint. On CPU a resumed run ends with
 exactly the metrics of an uninterrupted one.
 

@@ -20,6 +20,7 @@ import torch
 
 from mabe.config import Config
 from mabe.postracks import PositionTracks
+from mabe.training.augment import position_augment, positions_on
 from mabe.training.device import resolve_precision
 from mabe.windows import TrackSet, WindowDataset, epoch_plan
 
@@ -212,9 +213,10 @@ class DeviceStore:
         """Where window indices must live: the device when resident, the CPU when streaming."""
         return self.device if self.resident else torch.device("cpu")
 
-    def batch(self, windows: Any, length: int, shift: Any = None) -> dict[str, torch.Tensor]:
+    def batch(self, windows: Any, length: int, shift: Any = None, augment: Any = None) -> dict[str, torch.Tensor]:
         """``windows.gather`` of (B, 2) ``(track, start)`` windows and optional (B,) start shifts ->
         batch tensors on the training device (x in the storage dtype; cast it with the augmentation).
+        ``augment``: the micro-batch's ``PositionAugment`` (PositionTracks only: it acts on positions).
 
         Pass indices already on ``index_device`` (e.g. an epoch's plan uploaded once and sliced per
         step): numpy indices for a resident store cost a copy from pageable memory, which waits for
@@ -223,7 +225,12 @@ class DeviceStore:
         idx = self.index_device
         w = torch.as_tensor(windows, dtype=torch.int64).to(idx, non_blocking=True)
         s = None if shift is None else torch.as_tensor(shift, dtype=torch.int64).to(idx, non_blocking=True)
-        b = self.ts.batch(self.arrays, w, length, s)
+        if augment is None:
+            b = self.ts.batch(self.arrays, w, length, s)
+        elif isinstance(self.ts, PositionTracks):
+            b = self.ts.batch(self.arrays, w, length, s, augment)
+        else:
+            raise ValueError("geometric augmentation acts on positions: a feature matrix (TrackSet) has none")
         if isinstance(self.ts, PositionTracks) and b["x"].dtype != self.dtype:
             b["x"] = b["x"].to(self.dtype)
         if self.resident:
@@ -297,10 +304,16 @@ class Batches:
             idx = self.store.index_device  # the device, or the CPU when the store streams
             o = torch.from_numpy(order[:end]).to(idx)
             s = torch.from_numpy(shift[:end]).to(idx)
+            aug, seed = self.cfg.augment, self.cfg.train.seed
+            slots = getattr(self.ts, "slots", ())
             for j in range(start, n_micro):
                 sl = slice(j * B, (j + 1) * B)
-                yield j, self.store.batch(self.windows_t[o[sl]], self.length, s[sl])
+                pos = position_augment(aug, slots, seed, self.rank, epoch, j)  # None when off
+                yield j, self.store.batch(self.windows_t[o[sl]], self.length, s[sl], pos)
             return
+        if positions_on(self.cfg.augment):
+            raise ValueError("geometric augmentation (augment.rotate_degrees, reflect, time_stretch, "
+                             "keypoint_dropout) runs in the resident path only, not train.data_path=loader")
         self.dataset.set_plan(self.windows[order[start * B : end]], shift[start * B : end])
         loader = torch.utils.data.DataLoader(  # one item = one batch: features computed batch-wise
             self.dataset, batch_size=None, shuffle=False, num_workers=self.cfg.train.num_workers,

@@ -13,6 +13,7 @@ from mabe import prepare
 from mabe.config import Config
 from mabe.errors import MabeError
 from mabe.postracks import PositionTracks, load_position_tracks, norm_stats, resolve_actions
+from mabe.training.augment import positions_on
 from mabe.windows import TrackSet, run_split
 
 __all__ = ["load_tracksets", "track_stats", "features_in_memory"]
@@ -29,6 +30,8 @@ def features_in_memory(cfg: Config, n_bytes: int, device: Any) -> bool:
     mode = cfg.train.features_in_memory
     if mode != "auto":
         return mode == "always"
+    if positions_on(cfg.augment):  # the positions change every batch: features computed once would not
+        return False
     on_cpu = device is None or torch.device(device).type == "cpu"
     return on_cpu and n_bytes <= cfg.train.features_memory_gb * 2**30
 
@@ -67,6 +70,8 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
         say(f"data: features computed once into host memory ({n_bytes / 2**20:,.1f} MiB float32; "
             f"train.features_in_memory={cfg.train.features_in_memory}, limit {cfg.train.features_memory_gb:g} GB)")
     else:
+        why = (" (the geometric augmentation changes the positions every batch)"
+               if cfg.train.features_in_memory == "auto" and positions_on(cfg.augment) else "")
         say(f"data: features computed per batch from the int16 positions "
-            f"(train.features_in_memory={cfg.train.features_in_memory})")
+            f"(train.features_in_memory={cfg.train.features_in_memory}){why}")
     return train_ts, val_ts, stats

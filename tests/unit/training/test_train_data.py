@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mabe.config import load_config
+from mabe.config import ConfigError, load_config
 from mabe.postracks import PositionTracks
 from mabe.training.data import features_in_memory, load_tracksets
 from mabe.windows import TrackSet, window_index
@@ -55,3 +55,19 @@ def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_
 def test_a_limit_of_zero_keeps_positions_only(tmp_path, fake_cache, limit):
     ts, _, _ = load_tracksets(_cfg(tmp_path, features_memory_gb=limit), say=lambda _: None)
     assert isinstance(ts, PositionTracks)
+
+
+def test_geometric_augmentation_computes_features_per_batch_and_refuses_always(tmp_path, fake_cache):
+    aug = {"data": str(tmp_path / "data"), "cache": str(tmp_path / "cache"), "windows": {"val_fraction": 0.34},
+           "augment": {"reflect": 0.5}}
+    with pytest.raises(ConfigError, match=r"augment.reflect=0.5 changes the positions .*features_in_memory"):
+        load_config(None, dict(aug, train={"features_in_memory": "always"}))
+    cfg = load_config(None, aug)  # auto, on the CPU, small enough to fit: per batch all the same
+    assert cfg.train.features_in_memory == "auto" and not features_in_memory(cfg, 1, "cpu")
+    assert features_in_memory(_cfg(tmp_path), 1, "cpu")  # the same without the augmentation: once
+    said = []
+    train_ts, _, _ = load_tracksets(cfg, say=said.append)
+    assert isinstance(train_ts, PositionTracks)
+    assert any("per batch" in s and "geometric augmentation" in s for s in said)
+    with pytest.raises(ConfigError, match=r"augment.reflect=1.5 is out of range \[0, 1\]"):
+        load_config(None, dict(aug, augment={"reflect": 1.5}))
