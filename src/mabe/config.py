@@ -112,6 +112,9 @@ class ModelConfig:
     norm: Literal["batch", "sync_batch", "group", "none"] = "batch"
     tcn_channels: int = 64  # dilated_tcn: channels of every block
     tcn_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # dilated_tcn: one block each
+    # append to every frame's features a one-hot of its lab (over the training labs, kept in the checkpoint)
+    # and log2(video fps / 30); a lab the model was not trained on gets all-zero lab columns (with a warning)
+    lab_conditioning: bool = False
 
 
 @dataclass

@@ -36,14 +36,15 @@ def features_in_memory(cfg: Config, n_bytes: int, device: Any) -> bool:
     return on_cpu and n_bytes <= cfg.train.features_memory_gb * 2**30
 
 
-def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print, device: Any = None
-                   ) -> tuple[PositionTracks | TrackSet, PositionTracks | TrackSet, dict]:
+def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], Any] = print, device: Any = None,
+                   labs: list[str] | None = None) -> tuple[PositionTracks | TrackSet, PositionTracks | TrackSet, dict]:
     """Cache (prepared if missing) -> split by video -> train and val tracks, normalised with ``stats``.
 
     PositionTracks (features per batch, where the step runs) or, when ``features_in_memory`` says so
     for ``device``, TrackSets holding the same features computed once. ``stats``: normalisation to
     apply (a resumed run's); None computes it on the training tracks only. ``say``: where the
-    one-line summaries go (the run log).
+    one-line summaries go (the run log). ``model.lab_conditioning``: both get ``labs`` (a resumed run's), by
+    default the training tracks' labs, sorted.
     """
     cache_dir = prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
     _, index = prepare.open_cache(cache_dir)
@@ -59,6 +60,12 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
     val_ts = load_position_tracks(cache_dir, cfg.task, val_videos, actions, index_df=index)
     stats = stats if stats is not None else track_stats(train_ts)
     train_ts.norm = val_ts.norm = stats
+    if cfg.model.lab_conditioning:
+        labs = sorted(set(train_ts.lab_id.tolist())) if labs is None else list(labs)
+        train_ts.labs = val_ts.labs = labs
+        say(f"data: lab conditioning: {len(labs)} lab column(s) ({', '.join(labs)}) + log2(video fps / 30)"
+            + (f"; labs not trained on (all-zero lab columns): {', '.join(val_ts.unseen_labs)}"
+               if val_ts.unseen_labs else ""))
     say(f"data: {cache_dir} | train {len(train_videos)} videos, {train_ts.n_tracks} tracks, "
         f"{train_ts.n_rows:,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
         f"{val_ts.n_rows:,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
