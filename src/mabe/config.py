@@ -162,7 +162,8 @@ class TrainConfig:
     # the features of the training / validation tracks: computed per batch from the cache's int16 positions
     # where the step runs (never; ~0.3 KB a video frame in memory), or once into a float32 matrix in host
     # memory (always; n_rows x F x 4 B, the CPU speed of a stored-feature cache); auto = once when training
-    # on the CPU and both matrices together take at most features_memory_gb
+    # on the CPU and both matrices together take at most features_memory_gb (with the geometric augmentation
+    # on, augment.rotate_degrees etc.: the validation matrix only; training is per batch)
     features_in_memory: Literal["auto", "always", "never"] = "auto"
     features_memory_gb: float = 4.0
     num_workers: int = 2  # DataLoader workers for data_path=loader
