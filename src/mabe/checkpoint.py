@@ -28,7 +28,7 @@ __all__ = [
     "BATCH_KEY", "EPOCH_STATE_KEY", "BEST_METRIC_KEY", "BEST_EPOCH_KEY", "EARLY_STOP_KEY",
     "CONFIG_KEY", "NORM_KEY", "OUTPUTS_KEY", "MODE_KEY", "IN_FEATURES_KEY", "N_OUTPUTS_KEY",
     "VERSION_KEY", "KIND_KEY", "METRICS_KEY",
-    "WORLD_KEY", "RANK_RNG_KEY", "EMA_KEY", "inference_weights",
+    "WORLD_KEY", "RANK_RNG_KEY", "EMA_KEY", "LABS_KEY", "inference_weights",
     "save", "load", "clean_partial", "rng_state", "set_rng_state", "resolve", "load_for_inference", "export",
     "export_from_args",
 ]
@@ -58,6 +58,7 @@ KIND_KEY = "kind"  # "train" | "export"
 METRICS_KEY = "metrics"  # validation metrics of the saved epoch
 WORLD_KEY = "world_size"  # processes that wrote it (DDP); absent in older files = 1
 RANK_RNG_KEY = "rng_ranks"  # DDP: every rank's RNG_KEY-style state, rank order (None for one process)
+LABS_KEY = "labs"  # model.lab_conditioning: the training labs, one input column each; None or absent = off
 EMA_KEY = "ema"  # train.ema_decay > 0: {"decay", "updates", "weights": state_dict}; None or absent = no EMA
 
 _REQUIRED = (MODEL_KEY, CONFIG_KEY, OUTPUTS_KEY, MODE_KEY, IN_FEATURES_KEY, N_OUTPUTS_KEY, NORM_KEY)
@@ -163,7 +164,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
     """Checkpoint / exported file / run -> (model in eval mode on ``device``, meta).
 
     meta: ``config`` (Config), ``outputs``, ``mode``, ``norm`` (numpy mean/std), ``in_features``,
-    ``n_outputs``, ``epoch``, ``best_metric``, ``path``.
+    ``n_outputs``, ``labs`` (model.lab_conditioning's training labs, else None), ``epoch``, ``best_metric``, ``path``.
     """
     path = resolve(path)
     state = load(path)
@@ -178,6 +179,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
         "norm": {k: v.numpy() for k, v in state[NORM_KEY].items()},
         "in_features": int(state[IN_FEATURES_KEY]),
         "n_outputs": int(state[N_OUTPUTS_KEY]),
+        "labs": state.get(LABS_KEY),
         "epoch": state.get(EPOCH_KEY),
         "best_metric": state.get(BEST_METRIC_KEY),
         "metrics": state.get(METRICS_KEY),
@@ -192,7 +194,7 @@ def export(run_or_ckpt: str | Path, out: str | Path) -> Path:
     src = resolve(run_or_ckpt)
     state = load(src)
     keep = (MODEL_KEY, CONFIG_KEY, OUTPUTS_KEY, MODE_KEY, IN_FEATURES_KEY, N_OUTPUTS_KEY, NORM_KEY,
-            EPOCH_KEY, BEST_METRIC_KEY, METRICS_KEY)
+            EPOCH_KEY, BEST_METRIC_KEY, METRICS_KEY, LABS_KEY)
     slim = {k: state[k] for k in keep if k in state}
     slim[MODEL_KEY] = inference_weights(state)  # an exported file only predicts: the EMA where there is one
     slim[KIND_KEY] = "export"

@@ -116,6 +116,9 @@ class ModelConfig:
     norm: Literal["batch", "sync_batch", "group", "none"] = "batch"
     tcn_channels: int = 64  # dilated_tcn: channels of every block
     tcn_dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # dilated_tcn: one block each
+    # append to every frame's features a one-hot of its lab (over the training labs, kept in the checkpoint)
+    # and log2(video fps / 30); a lab the model was not trained on gets all-zero lab columns (with a warning)
+    lab_conditioning: bool = False
 
 
 @dataclass
@@ -163,7 +166,8 @@ class TrainConfig:
     # the features of the training / validation tracks: computed per batch from the cache's int16 positions
     # where the step runs (never; ~0.3 KB a video frame in memory), or once into a float32 matrix in host
     # memory (always; n_rows x F x 4 B, the CPU speed of a stored-feature cache); auto = once when training
-    # on the CPU and both matrices together take at most features_memory_gb
+    # on the CPU and both matrices together take at most features_memory_gb (with the geometric augmentation
+    # on, augment.rotate_degrees etc.: the validation matrix only; training is per batch)
     features_in_memory: Literal["auto", "always", "never"] = "auto"
     features_memory_gb: float = 4.0
     num_workers: int = 2  # DataLoader workers for data_path=loader

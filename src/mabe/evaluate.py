@@ -270,10 +270,20 @@ def trackset_for_model(meta: dict, data_root: str | Path, split: str) -> Positio
     ts = load_position_tracks(cache_dir, cfg.task, videos, actions, drop_unlabeled=split != "test",
                               index_df=index_df)
     norm = {k: np.asarray(v, dtype=np.float32) for k, v in meta["norm"].items()}
-    if norm["mean"].shape != (ts.n_features,):
+    if norm["mean"].shape != (ts.n_base_features,):
         raise MabeError(f"{meta['path']}: normalisation stats have {norm['mean'].shape[0]} features, the tracks "
-                        f"{ts.n_features}")
+                        f"{ts.n_base_features}")
     ts.norm = norm
+    where = meta.get("path", "the model")
+    if cfg.model.lab_conditioning:
+        if not meta.get("labs"):
+            raise MabeError(f"{where}: model.lab_conditioning is on but the file lists no training labs")
+        ts.labs = list(meta["labs"])
+        if ts.unseen_labs:  # the rule: no lab column set, the fps column as for any lab
+            warnings.warn(f"{where}: lab(s) {', '.join(ts.unseen_labs)} were not among the model's training "
+                          f"labs ({', '.join(ts.labs)}): predicted with all-zero lab columns", stacklevel=2)
+    if "in_features" in meta and ts.n_features != meta["in_features"]:
+        raise MabeError(f"{where}: the model reads {meta['in_features']} features, the tracks give {ts.n_features}")
     return ts
 
 

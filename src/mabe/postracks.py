@@ -58,10 +58,35 @@ class PositionTracks:
     slots: list[str] = field(default_factory=lambda: list(data.DEFAULT_SLOTS))  # the store's keypoint slots
     norm: dict[str, np.ndarray] | None = field(default=None)  # mean / std (F,) applied by batch
     to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
+    # model.lab_conditioning: the training labs; batch appends one-hot lab + log2(video fps / 30) columns
+    labs: list[str] | None = field(default=None)
 
     @property
     def n_tracks(self) -> int:
         return len(self.offsets) - 1
+
+    @property
+    def n_condition(self) -> int:
+        """Columns ``batch`` appends after the features: one per training lab + the fps (0 without ``labs``)."""
+        return 0 if self.labs is None else len(self.labs) + 1
+
+    @property
+    def unseen_labs(self) -> list[str]:
+        """The tracks' labs that are not among ``labs`` (their lab columns are all zero)."""
+        return [] if self.labs is None else sorted(set(self.lab_id.tolist()) - set(self.labs))
+
+    def condition(self) -> np.ndarray | None:
+        """(n_tracks, n_condition) float32: each track's one-hot lab (zeros for an unseen lab) and
+        log2(video fps / 30); None without ``labs``."""
+        if self.labs is None:
+            return None
+        col = {lab: i for i, lab in enumerate(self.labs)}
+        out = np.zeros((self.n_tracks, self.n_condition), np.float32)
+        idx = np.array([col.get(lab, -1) for lab in self.lab_id], np.int64)
+        seen = idx >= 0
+        out[np.flatnonzero(seen), idx[seen]] = 1.0
+        out[:, -1] = np.log2(self.video_fps[self.track_video] / 30.0)
+        return out
 
     @property
     def n_rows(self) -> int:
@@ -69,6 +94,11 @@ class PositionTracks:
 
     @property
     def n_features(self) -> int:
+        return self.n_base_features + self.n_condition
+
+    @property
+    def n_base_features(self) -> int:
+        """The position features (what ``norm`` standardises), without the conditioning columns."""
         S = len(self.slots)
         return F.n_pair_features(S) if self.mode == "pair" else self.fcfg.n_mice * S * 4
 
@@ -101,6 +131,8 @@ class PositionTracks:
             "store", "video_offsets", "quantum", "video_fps", "track_video", "agent", "target", "offsets", "Y",
             "label_mask")}
         t["ratio"] = None if self.ratio is None else torch.from_numpy(self.ratio).to(device)
+        cond = self.condition()
+        t["condition"] = None if cond is None else torch.from_numpy(cond).to(device)
         t["norm"] = None if self.norm is None else {k: torch.from_numpy(np.asarray(v, np.float32)).to(device)
                                                     for k, v in self.norm.items()}
         return t
@@ -127,7 +159,7 @@ class PositionTracks:
             X[rows[valid]] = x[valid]
         return windows.TrackSet(self.mode, list(self.names), X, self.Y, self.label_mask, self.offsets, self.lab_id,
                                 self.video_id, self.agent_id, self.target_id, self.fps, norm=self.norm,
-                                to_video=self.to_video)
+                                to_video=self.to_video, labs=self.labs)
 
 
 def _check_actions(actions: Iterable[str], where: str) -> list[str]:
@@ -260,7 +292,8 @@ def batch(
 ) -> dict[str, torch.Tensor]:
     """``windows.gather`` over PositionTracks.tensors(): windows (B, 2) (track, start), optional start shift
     (clamped inside the track) -> x (B, W, F) standardised with ``norm`` (mean/std (F,); NaN -> 0) and 0 on
-    padding, y, valid (B, W) and, in pair mode, mask (B, W, C).
+    padding, y, valid (B, W) and, in pair mode, mask (B, W, C). ``arrays["condition"]`` (n_tracks, K), when
+    set (``PositionTracks.labs``): appended to x's features on every valid frame.
 
     ``augment`` (``training.augment.PositionAugment``, training only): its draws change the positions before
     the features; under a time stretch the labels follow (each output row takes the nearest row's label)."""
@@ -275,6 +308,9 @@ def batch(
     x, valid = _features(arrays, track, start, length, fcfg, slots, mode, max_ratio, dtype, draw)
     if norm is not None:
         x = (x - norm["mean"].to(x)) / norm["std"].to(x)
+    cond = arrays.get("condition")
+    if cond is not None:  # the track's lab and fps, the same on every frame (not standardised)
+        x = torch.cat([x, cond[track].to(x.dtype)[:, None, :].expand(-1, length, -1)], dim=2)
     x = torch.where(valid[..., None], torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), 0)
     speed = None if draw is None else draw.speed
     t = FT.row_positions(start, length, speed)

@@ -99,7 +99,8 @@ class Recipe:
                 prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
             torch.distributed.barrier()
         saved_stats = {k: v.numpy() for k, v in state[ckpt.NORM_KEY].items()} if state else None
-        self.train_ts, self.val_ts, self.stats = load_tracksets(cfg, saved_stats, log.print, device)
+        saved_labs = state.get(ckpt.LABS_KEY) if state else None
+        self.train_ts, self.val_ts, self.stats = load_tracksets(cfg, saved_stats, log.print, device, saved_labs)
         if state is not None and list(state[ckpt.OUTPUTS_KEY]) != self.train_ts.names:
             raise TrainingError(f"the checkpoint predicts {state[ckpt.OUTPUTS_KEY]}, the data gives {self.train_ts.names}")
         W, B, accum = cfg.windows.sequence_length, tc.batch_size, tc.grad_accum

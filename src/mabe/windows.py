@@ -70,6 +70,7 @@ class TrackSet:
     # Resampled caches (features.target_fps): per track None, or (frames (T_t,) original video_frame
     # of each row, n_video_frames, video_fps), so predictions can be mapped back to video frames.
     to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
+    labs: list[str] | None = field(default=None)  # model.lab_conditioning: the training labs (X holds their columns)
 
     @property
     def n_tracks(self) -> int:

@@ -362,3 +362,37 @@ def test_the_trainer_hands_per_batch_features_over_in_the_configured_dtype(tmp_p
     train_ts, _, _ = load_tracksets(cfg, say=lambda _: None)
     store = DeviceStore(train_ts, "cpu", dtype)
     assert store.batch(np.array([[0, 0], [1, 3]]), 16)["x"].dtype == getattr(torch, dtype)
+
+
+def test_lab_conditioning_feeds_the_lab_to_the_model_and_zeroes_an_unseen_lab(tmp_path, cache):
+    cfg = _cfg(tmp_path, epochs=1, model={"lab_conditioning": True})
+    run = tmp_path / "runs" / "labs"
+    TRAIN(cfg, run)
+    state = ckpt.load(run / "checkpoints" / "best.pt")
+    assert state[ckpt.LABS_KEY] == ["Lab0", "Lab1"]
+    assert state[ckpt.IN_FEATURES_KEY] == 90 + 2 + 1  # pair features + one column per lab + the fps
+    model, meta = ckpt.load_for_inference(run)
+    assert meta["labs"] == ["Lab0", "Lab1"]
+    ts = trackset_for_model(meta, cfg.data, "val")
+    arrays = ts.tensors()
+    w = torch.tensor([[t, 0] for t in range(ts.n_tracks)])
+    b = ts.batch(arrays, w, 16)
+    lab_cols = b["x"][:, :, 90:92]
+    want = torch.tensor([[lab == "Lab0", lab == "Lab1"] for lab in ts.lab_id], dtype=torch.float32)
+    assert torch.equal(lab_cols[:, 0], want) and torch.equal(lab_cols, want[:, None, :].expand_as(lab_cols))
+    assert torch.equal(b["x"][:, :, 92], torch.zeros(len(w), 16))  # log2(30 / 30)
+    # the lab input reaches the model: the same frames read as the other lab predict differently
+    other = b["x"].clone()
+    other[:, :, 90:92] = other[:, :, 90:92].flip(-1)
+    with torch.no_grad():
+        assert not torch.allclose(model(b["x"]), model(other))
+    # a lab the model was not trained on: said, and its lab columns are all zero (the fps column stays)
+    meta["labs"] = ["Lab0"]
+    meta["in_features"] = 90 + 1 + 1
+    with pytest.warns(UserWarning, match=r"lab\(s\) Lab1 were not among the model's training labs \(Lab0\): "
+                                         r"predicted with all-zero lab columns"):
+        ts1 = trackset_for_model(meta, cfg.data, "val")
+    x1 = ts1.batch(ts1.tensors(), w, 16)["x"]
+    seen = torch.from_numpy(ts1.lab_id == "Lab0")
+    assert (x1[~seen][:, :, 90] == 0).all() and (x1[seen][:, :, 90] == 1).all()
+    assert ts1.n_features == 92 and ts1.unseen_labs == ["Lab1"]

@@ -81,6 +81,7 @@ def checkpoint_state(
         ckpt.IN_FEATURES_KEY: ts.n_features, ckpt.N_OUTPUTS_KEY: ts.n_outputs,
         ckpt.VERSION_KEY: mabe.__version__, ckpt.KIND_KEY: "train", ckpt.METRICS_KEY: metrics or {},
         ckpt.WORLD_KEY: world, ckpt.RANK_RNG_KEY: rank_rngs, ckpt.EMA_KEY: ema,
+        ckpt.LABS_KEY: getattr(ts, "labs", None),
     }
 
 

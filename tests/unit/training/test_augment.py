@@ -249,6 +249,11 @@ def test_time_stretch_at_speed_1_is_the_identity_and_a_stretch_by_2_halves_the_r
     one, ov = FT.window_features(store, offsets, video, start, 64, fps, fcfg, SLOTS, speed=torch.ones(3),
                                  max_speed=1.5, **kw)
     assert torch.equal(one, plain) and torch.equal(ov, pv)  # speed 1: the very same rows
+    rkw = dict(kw, ratio=torch.tensor([2.5], dtype=torch.float64), max_ratio=2.5)  # resampled (75 -> 30 fps)
+    plain_r, pv_r = FT.window_features(store, offsets, video, start // 3, 40, fps * 2.5, fcfg, SLOTS, **rkw)
+    one_r, ov_r = FT.window_features(store, offsets, video, start // 3, 40, fps * 2.5, fcfg, SLOTS,
+                                     speed=torch.ones(3), max_speed=1.2, **rkw)
+    assert torch.equal(one_r, plain_r) and torch.equal(ov_r, pv_r)
     for speed in (0.5, 2.0):  # stretched by 2 (slow motion), squeezed by 2 (fast)
         out, valid = FT.window_features(store, offsets, video, start, 64, fps, fcfg, SLOTS,
                                         speed=torch.full((3,), speed), max_speed=2.0, **kw)

@@ -66,8 +66,10 @@ def test_geometric_augmentation_computes_features_per_batch_and_refuses_always(t
     assert cfg.train.features_in_memory == "auto" and not features_in_memory(cfg, 1, "cpu")
     assert features_in_memory(_cfg(tmp_path), 1, "cpu")  # the same without the augmentation: once
     said = []
-    train_ts, _, _ = load_tracksets(cfg, say=said.append)
+    train_ts, val_ts, _ = load_tracksets(cfg, say=said.append)
     assert isinstance(train_ts, PositionTracks)
-    assert any("per batch" in s and "geometric augmentation" in s for s in said)
+    assert any("training features computed per batch" in s and "geometric augmentation" in s for s in said)
+    assert isinstance(val_ts, TrackSet)  # never augmented: its features once, where they fit
+    assert features_in_memory(cfg, 1, "cpu", augmented=False)
     with pytest.raises(ConfigError, match=r"augment.reflect=1.5 is out of range \[0, 1\]"):
         load_config(None, dict(aug, augment={"reflect": 1.5}))
