@@ -707,7 +707,9 @@ def run_child(cmd: list[str], env: dict | None = None, poll_s: float = 0.05) -> 
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{out[-4000:]}")
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "tree_peak_mib": peak[0] / 2**20, "output": out}
+    # the tree holds at least its largest process (a peak between two samples is missed by the sampler)
+    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+            "tree_peak_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024), "output": out}
 
 
 def _child_env(src: Path) -> dict:
@@ -920,7 +922,7 @@ def scale(
     videos: int = 24, workdir: str | Path = "/tmp/mabe_bench_scale", before: str | None = None,
     workers: Sequence[int] = (1, 2), steps: int = 40, batch: int = 384, window: int = 100, repeats: int = 3,
     threads: Sequence[int] = (1,), step: bool = True, train_real: bool = True, seed: int = 0,
-    train_preset: str = "hard", startup: bool = True, verbose: bool = True,
+    train_preset: str = "hard", startup: bool = True, train_rounds: int = 2, verbose: bool = True,
 ) -> dict:
     """Issue 13 at scale on the first ``videos`` train videos of ``mabe synth --preset real`` (the share of its
     frames is reported, and the whole preset projected from it and from its plan), each step in a child
@@ -978,30 +980,45 @@ def scale(
             r["prepare"][str(w)] = scale_prepare(src, work / "data", cache, w, frames)
             if w != workers[0]:
                 shutil.rmtree(cache)  # the same bytes again: disk space
-        main_cache = work / f"cache_{name}_w{workers[0]}"
-        say(f"scale: train on the {train_preset} preset ({name}) ...")
-        hard_cache = work / f"cache_hard_{name}"
-        r["prepare_hard"] = scale_prepare(src, work / "hard", hard_cache, 1, hard_frames)
-        tiny_cache = work / f"cache_tiny_{name}"
+        r["prepare_hard"] = scale_prepare(src, work / "hard", work / f"cache_hard_{name}", 1, hard_frames)
         if startup:
-            r["prepare_tiny"] = scale_prepare(src, work / "tiny", tiny_cache, 1, 1)
-        modes = {"": ()} if name == "before" else {"never": ("train.features_in_memory=never",),
-                                                   "always": ("train.features_in_memory=always",)}
-        for mode, extra in modes.items():
-            key = "train" + (f"_{mode}" if mode else "")
-            t0 = None
-            if startup:
-                r["tiny" + (f"_{mode}" if mode else "")] = t0 = scale_train(
-                    src, work / "tiny", tiny_cache, work / f"runs_tiny_{name}{mode}", 2, extra)
-            r[key] = _above(scale_train(src, work / "hard", hard_cache, work / f"runs_hard_{name}{mode}", steps,
-                                        extra), t0, hard_frames, plan["frames"])
-            if name == "after" and train_real:
-                say(f"scale: train on the real share ({mode}) ...")
-                r[f"real_{mode}"] = _above(scale_train(src, work / "data", main_cache, work / f"runs_real_{mode}",
-                                                       steps, extra), t0, frames, plan["frames"])
-        if name == "before":
-            shutil.rmtree(hard_cache, ignore_errors=True)
+            r["prepare_tiny"] = scale_prepare(src, work / "tiny", work / f"cache_tiny_{name}", 1, 1)
         res[name] = r
+    # training: every tree and mode once per round, rounds interleaved (the load of a shared machine drifts);
+    # the best windows/s and the largest peak RSS of the rounds are kept
+    runs = [(name, mode, extra) for name in trees for mode, extra in (
+        {"": ()} if name == "before" else {"never": ("train.features_in_memory=never",),
+                                           "always": ("train.features_in_memory=always",)}).items()]
+    start: dict = {}
+    for name, mode, extra in runs if startup else ():
+        sfx = f"_{mode}" if mode else ""
+        res[name]["tiny" + sfx] = start[(name, mode)] = scale_train(
+            trees[name], work / "tiny", work / f"cache_tiny_{name}", work / f"runs_tiny_{name}{mode}", 2, extra)
+    for rnd in range(max(train_rounds, 1)):
+        for name, mode, extra in runs:
+            say(f"scale: train on the {train_preset} preset ({name} {mode}, round {rnd + 1}) ...")
+            key = "train" + (f"_{mode}" if mode else "")
+            runs_dir = work / f"runs_hard_{name}{mode}_{rnd}"
+            t = scale_train(trees[name], work / "hard", work / f"cache_hard_{name}", runs_dir, steps, extra)
+            shutil.rmtree(runs_dir, ignore_errors=True)
+            old = res[name].get(key)
+            if old is not None:
+                t["windows_per_s_rounds"] = old.get("windows_per_s_rounds", [old["windows_per_s"]]) + [t["windows_per_s"]]
+                t["windows_per_s"] = max(t["windows_per_s_rounds"])
+                t["epoch_time_s"] = min(t["epoch_time_s"], old["epoch_time_s"])
+                t["peak_rss_mib"] = max(t["peak_rss_mib"], old["peak_rss_mib"])
+            res[name][key] = t
+    for name, mode, _ in runs:
+        key = "train" + (f"_{mode}" if mode else "")
+        res[name][key] = _above(res[name][key], start.get((name, mode)), hard_frames, plan["frames"])
+    if train_real:
+        for mode, extra in (("never", ("train.features_in_memory=never",)),
+                            ("always", ("train.features_in_memory=always",))):
+            say(f"scale: train on the real share ({mode}) ...")
+            res["after"][f"real_{mode}"] = _above(scale_train(here, work / "data", work / f"cache_after_w{workers[0]}",
+                                                              work / f"runs_real_{mode}", steps, extra),
+                                                  start.get(("after", mode)), frames, plan["frames"])
+    shutil.rmtree(work / "cache_hard_before", ignore_errors=True)
 
     say("scale: per-batch features, precision, a reference step ...")
     res["precision"] = scale_precision(work / "data")
@@ -1044,8 +1061,8 @@ def _scale_targets(res: dict) -> dict:
     train = [a[k]["projected_real_gib"] for k in ("real_never", "train_never") if "projected_real_gib" in a.get(k, {})]
     out = {"disk_bytes_per_frame": first["bytes_per_frame"] <= SCALE_DISK_BYTES,
            "prepare_frames_per_s": best >= SCALE_PREPARE_FPS,
-           "prepare_peak_gib": peak <= SCALE_PREPARE_GIB
-           if res["share"]["largest_video_frames"] >= res["real"]["largest_video_frames"] else None,
+           "prepare_peak_gib": peak <= SCALE_PREPARE_GIB  # the share holds a video as long as the preset's longest
+           if res["share"]["largest_video_frames"] >= 0.99 * res["real"]["largest_video_frames"] else None,
            "train_real_gib": train[0] <= SCALE_TRAIN_GIB if train else None}
     if b and "train" in b and "train_always" in a:
         out["cpu_throughput_in_memory"] = a["train_always"]["windows_per_s"] >= b["train"]["windows_per_s"]

@@ -144,11 +144,11 @@ def test_scale_quick_run_measures_every_step_of_both_paths(tmp_path, capsys):
     from mabe import synth
 
     res = bench.scale(videos=1, workdir=tmp_path / "w", workers=(1,), steps=1, batch=4, window=16, repeats=1,
-                      step=False, train_real=False, train_preset="tiny", startup=False, verbose=False)
+                      step=False, train_real=False, train_preset="tiny", startup=False, train_rounds=1, verbose=False)
     plan = synth.plan_dataset("real", 0, 1, 0)
     assert res["share"]["frames"] == sum(s.n_frames for s in plan) and 0 < res["share"]["of_real"] < 0.01
     p = res["after"]["prepare"]["1"]
-    assert p["frames_per_s"] > 0 and p["tree_peak_mib"] >= p["peak_rss_mib"] * 0.5 > 0
+    assert p["frames_per_s"] > 0 and p["tree_peak_mib"] >= p["peak_rss_mib"] > 0
     assert 0 < p["bytes_per_frame"] <= bench.SCALE_DISK_BYTES  # int16 positions of 2 mice, not float32 features
     for mode in ("never", "always"):
         t = res["after"][f"train_{mode}"]
