@@ -40,10 +40,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-step", dest="step", action="store_false", help="skip the reference-model step")
     ap.add_argument("--no-train-real", dest="train_real", action="store_false",
                     help="skip training on the real share (only the hard preset)")
+    ap.add_argument("--train-rounds", type=int, default=2,
+                    help="rounds of the training runs, interleaved between the trees; the best windows/s kept")
     ap.add_argument("--json", type=Path, help="write every number here")
     args = ap.parse_args(argv)
     res = bench.scale(args.videos, args.workdir, args.before, args.workers, args.steps, args.batch, args.window,
-                      args.repeats, args.threads, args.step, args.train_real)
+                      args.repeats, args.threads, args.step, args.train_real, train_rounds=args.train_rounds)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=float))
     bench.print_scale(res)

@@ -407,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lstm-precisions", default=None, metavar="LIST",
                    help="fast path: LSTM precisions to time and check, comma-separated from fp32,bf16,fp16 "
                         "(default: all three on CUDA, fp32 on CPU); the fastest that passes is reported")
+    p.add_argument("--scale", action="store_true",
+                   help="instead: issue 13's scale benchmark (synth a share of the real preset, prepare, train; "
+                        "child processes, ~30 min on 2 cores; benchmarks/bench_scale.py has every option)")
+    p.add_argument("--scale-videos", type=int, default=None,
+                   help="--scale: train videos of the real preset (default 24: 5.2%% of its frames)")
+    p.add_argument("--before", default=None,
+                   help="--scale: the code to compare against, a git revision (of the repository here) or a src folder")
+    p.add_argument("--workdir", type=Path, default=None, help="--scale: scratch folder (removed first)")
     p.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     p.set_defaults(func=cmd_bench)
 

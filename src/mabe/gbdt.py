@@ -420,7 +420,7 @@ def _actions_of(cache_dir: Path, videos: pd.DataFrame) -> list[str]:
     """Actions listed in behaviors_labeled of any of ``videos`` (sorted, as data.ACTIONS)."""
     seen = np.zeros(len(data.ACTIONS), dtype=bool)
     for lab, vid in zip(videos["lab_id"], videos["video_id"]):
-        seen |= np.asarray(prepare.load_video(cache_dir, lab, vid)["labeled"]).any(0)
+        seen |= prepare.read_video(cache_dir, lab, vid).labeled_mask().any(0)  # the triples: no features needed
     return [a for a, s in zip(data.ACTIONS, seen) if s]
 
 

@@ -268,7 +268,7 @@ def load_position_tracks(
         mode=task.mode, names=names, store=store, video_offsets=video_offsets, quantum=quantum, video_fps=video_fps,
         ratio=ratio, track_video=np.array(k, np.int64), agent=np.array(a, np.int64), target=np.array(t, np.int64),
         offsets=np.concatenate([[0], np.cumsum(track_rows)]).astype(np.int64),
-        Y=np.concatenate(ys).astype(np.int64 if task.mode == "scene" else np.uint8),
+        Y=np.concatenate(ys).astype(np.int64 if task.mode == "scene" else np.uint8, copy=False),  # no third copy
         label_mask=np.stack(masks).astype(bool), lab_id=np.array(lab, dtype=object), video_id=np.array(vid, np.int64),
         agent_id=np.array(aid, np.int8), target_id=np.array(tid, np.int8), fps=np.array(row_fps, np.float64),
         fcfg=fcfg, slots=slots, to_video=to_video if any(b is not None for b in to_video) else None,

@@ -132,3 +132,74 @@ def test_cli_bench_parses():
                                       "--no-cuda-graphs", "--storage-dtype", "float16"])
     assert args.small and args.batch_sizes == "8,16" and args.no_cuda_graphs and args.storage_dtype == "float16"
     assert args.steps is None and args.func.__name__ == "cmd_bench"
+
+
+# ----------------------------------------------------------------------------- --scale (issue 13)
+
+
+@pytest.mark.slow  # ~6 child processes (synth, prepare, train): ~1-2 min on 2 busy cores
+def test_scale_quick_run_measures_every_step_of_both_paths(tmp_path, capsys):
+    """The scale benchmark on one real-preset video, training rows from the tiny preset, no start-up runs:
+    every number is there, the cache is the compact one, and the tables print (not timed)."""
+    from mabe import synth
+
+    res = bench.scale(videos=1, workdir=tmp_path / "w", workers=(1,), steps=1, batch=4, window=16, repeats=1,
+                      step=False, train_real=False, train_preset="tiny", startup=False, train_rounds=1, verbose=False)
+    plan = synth.plan_dataset("real", 0, 1, 0)
+    assert res["share"]["frames"] == sum(s.n_frames for s in plan) and 0 < res["share"]["of_real"] < 0.01
+    p = res["after"]["prepare"]["1"]
+    assert p["frames_per_s"] > 0 and p["tree_peak_mib"] >= p["peak_rss_mib"] > 0
+    assert 0 < p["bytes_per_frame"] <= bench.SCALE_DISK_BYTES  # int16 positions of 2 mice, not float32 features
+    for mode in ("never", "always"):
+        t = res["after"][f"train_{mode}"]
+        assert t["windows_per_s"] > 0 and t["epoch_time_s"] > 0 and t["peak_rss_mib"] > 0
+        assert f"features_in_memory={mode}" in t["data"], t["data"]
+    b = res["batches_cpu_1t"]
+    for mode in ("pair", "scene"):
+        assert b[mode]["frames_per_s"] > 0 and b[mode]["max_abs_diff_vs_numpy"] < 1e-2
+    assert res["precision"]["int16"]["positions_cm"] < res["precision"]["float16"]["positions_cm"]
+    assert res["targets"]["disk_bytes_per_frame"] is True and res["targets"]["train_real_gib"] is None
+    assert "before" not in res
+    bench.print_scale(res)
+    out = capsys.readouterr().out
+    assert "disk B/frame (share)" in out and "features per batch" in out and "targets:" in out
+
+
+def test_scale_before_tree_takes_a_src_or_a_checkout(tmp_path):
+    src = tmp_path / "co" / "src"
+    (src / "mabe").mkdir(parents=True)
+    assert bench.before_tree(str(src), tmp_path) == src
+    assert bench.before_tree(str(tmp_path / "co"), tmp_path) == src
+    with pytest.raises(ValueError, match="neither a source folder nor a git revision"):
+        bench.before_tree("no-such-revision-xyz", tmp_path)
+
+
+def test_run_child_counts_the_whole_process_tree(tmp_path):
+    """A child whose own child holds 200 MiB: the tree peak sees it, the wait4 peak of one process may not."""
+    import sys
+
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(200 * 2**20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1.0)'])")
+    r = bench.run_child([sys.executable, "-c", code])
+    assert r["tree_peak_mib"] >= 200 and r["seconds"] > 0
+
+
+def test_main_from_args_scale_runs_the_scale_benchmark(tmp_path, monkeypatch, capsys):
+    from mabe.cli import build_parser
+
+    seen = {}
+
+    def fake_scale(videos, workdir, before, steps):
+        seen.update(videos=videos, workdir=workdir, before=before, steps=steps)
+        return {"fake": True}
+
+    monkeypatch.setattr(bench, "scale", fake_scale)
+    monkeypatch.setattr(bench, "run", lambda **k: pytest.fail("--scale ran the step benchmark"))
+    monkeypatch.setattr(bench, "print_scale", lambda res: print("scale tables"))
+    args = build_parser().parse_args(["bench", "--scale", "--scale-videos", "3", "--before", "HEAD~1", "--workdir",
+                                      str(tmp_path / "w"), "--steps", "5", "--json", str(tmp_path / "s.json")])
+    assert args.func.__name__ == "cmd_bench"
+    args.func(args)
+    assert seen == {"videos": 3, "workdir": tmp_path / "w", "before": "HEAD~1", "steps": 5}
+    assert json.loads((tmp_path / "s.json").read_text()) == {"fake": True}
+    assert "scale tables" in capsys.readouterr().out

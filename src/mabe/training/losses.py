@@ -90,19 +90,30 @@ def loss_weights(task: TaskConfig, ts: TrackSet, device: torch.device
     return class_weight, pos_weight
 
 
-def prob_loss(ts: TrackSet, probs: np.ndarray, weight: np.ndarray | None, pos_weight: np.ndarray | None) -> float:
+def prob_loss(ts: TrackSet, probs: np.ndarray, weight: np.ndarray | None, pos_weight: np.ndarray | None,
+              chunk_rows: int = 1 << 16) -> float:
     """The training loss evaluated on averaged per-frame probabilities (the validation loss)."""
     eps = 1e-7
     if ts.mode == "scene":
         p = probs[np.arange(len(ts.Y)), ts.Y].clip(eps, 1.0)
         w = weight[ts.Y] if weight is not None else np.ones(len(p))
         return float(-(w * np.log(p)).sum() / w.sum())
-    mask = np.repeat(ts.label_mask, ts.lengths, axis=0)
-    p = probs.clip(eps, 1 - eps)
-    y = ts.Y.astype(np.float32)
     pw = pos_weight if pos_weight is not None else 1.0
-    per = -(pw * y * np.log(p) + (1 - y) * np.log(1 - p))
-    return float((per * mask).sum() / max(mask.sum(), 1))
+    total, cells = 0.0, 0
+    # one track at a time, in row chunks: a few float32 copies of (rows, C) for the whole validation set
+    # would be ~1 KB a row (GBs on the real set)
+    for t, (lo, hi) in enumerate(zip(ts.offsets[:-1], ts.offsets[1:])):
+        m = ts.label_mask[t]
+        if not m.any():
+            continue
+        for a in range(int(lo), int(hi), chunk_rows):
+            b = min(a + chunk_rows, int(hi))
+            p = probs[a:b].clip(eps, 1 - eps)
+            y = ts.Y[a:b].astype(np.float32)
+            per = -(pw * y * np.log(p) + (1 - y) * np.log(1 - p))
+            total += float(per[:, m].sum(dtype=np.float64))
+        cells += int(hi - lo) * int(m.sum())
+    return total / max(cells, 1)
 
 
 def mixed_loss(

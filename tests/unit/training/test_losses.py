@@ -227,6 +227,9 @@ def test_prob_loss_pair_is_the_pos_weighted_bce_over_labelled_cells():
     for pos_weight, pwv in ((pw, pw), (None, 1.0)):
         per = -(pwv * y * np.log(p) + (1 - y) * np.log(1 - p))
         assert losses.prob_loss(ts, probs, None, pos_weight) == pytest.approx(per[m].mean(), rel=1e-5)
+        for chunk in (1, 2):  # computed a track and a chunk of rows at a time: the same number
+            assert losses.prob_loss(ts, probs, None, pos_weight, chunk_rows=chunk) == pytest.approx(
+                per[m].mean(), rel=1e-5)
     none = TrackSet.from_tracks("pair", ["a", "b"], [np.zeros((2, 1))], [ys[0]], np.zeros((1, 2), bool))
     assert losses.prob_loss(none, probs[:2], None, pw) == 0.0  # nothing labelled: 0, not nan
     one = TrackSet.from_tracks("pair", ["a", "b"], [np.zeros((1, 1))], [ys[0][:1]], np.array([[1, 0]], bool))
