@@ -39,7 +39,7 @@ case "$MODULE" in
   train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/unit/training/test_losses.py tests/unit/training/test_augment.py tests/integration/test_train_behaviour.py" ;;
   training/losses)   TESTS="tests/unit/training/test_losses.py tests/unit/training/test_components.py tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py" ;;
   training/schedule) TESTS="tests/unit/training/test_schedule.py tests/unit/training/test_components.py" ;;
-  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py" ;;
+  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py tests/unit/training/test_step_contract.py tests/unit/training/test_step_graph_cpu.py" ;;
   *)           TESTS="tests" ;;
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
