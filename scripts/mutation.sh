@@ -32,7 +32,7 @@ SRC=src/mabe/$MODULE.py
 # the tests that exercise each module (the whole suite would work too, only slower)
 case "$MODULE" in
   postprocess) TESTS="tests/unit/test_postprocess.py tests/unit/test_postprocess_behaviour.py tests/unit/test_postprocess_edges.py tests/unit/test_submit.py" ;;
-  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
+  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_metric_io.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   windows)     TESTS="tests/unit/test_windows.py tests/unit/test_windows_edges.py tests/unit/training/test_augment.py tests/unit/test_norm.py" ;;
   features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py" ;;
   submit)      TESTS="tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
