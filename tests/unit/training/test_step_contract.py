@@ -386,7 +386,8 @@ def test_compile_parts_compiles_through_a_wrapper_and_warns_without_compile_stem
             calls.append(kwargs)
 
     assert tstep.compile_parts(Wrapped(Compilable()), dynamic=False) is True
-    assert calls == [{"dynamic": False}]
+    assert tstep.compile_parts(Compilable()) is True  # no wrapper: the model itself
+    assert calls == [{"dynamic": False}, {}]
     with pytest.warns(UserWarning) as rec:
         assert tstep.compile_parts(Wrapped(Net())) is False
     assert [str(w.message) for w in rec] == ["Net has no compile_stem(): not compiled"]

@@ -74,7 +74,15 @@ class FakeCuda:
                 fake.replays += 1
                 s = fake.step
                 s.optimizer.zero_grad(set_to_none=True)  # a replay's backward writes the static grads afresh
-                s._static_loss.copy_(s._run(s._static, capturing=True))
+                groups = s.optimizer.param_groups
+                now = [g["lr"] for g in groups]
+                for g, t in zip(groups, fake.lr_at_capture):  # the graph reads the tensors it captured
+                    g["lr"] = t
+                try:
+                    s._static_loss.copy_(s._run(s._static, capturing=True))
+                finally:
+                    for g, v in zip(groups, now):
+                        g["lr"] = v
 
         self.CUDAGraph = Graph
 
@@ -89,6 +97,7 @@ class FakeCuda:
         assert isinstance(g, self.CUDAGraph)
         s = self.step
         self.recompile_flag.append(bool(torch._dynamo.config.error_on_recompile))
+        self.lr_at_capture = [grp["lr"] for grp in s.optimizer.param_groups]
         tensors = [*s.model.parameters(), *s.model.buffers(), s.loss_sum, s.n_finite, s.n_steps, s.skipped,
                    s.streak, s.worst, *[v for st in s.optimizer.state.values() for v in st.values()
                                         if isinstance(v, torch.Tensor)]]
@@ -146,9 +155,10 @@ def test_the_graph_path_trains_like_the_eager_step_and_honours_lr_changes_after_
     for b, c in zip(net.buffers(), ref_net.buffers()):
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-7)
     assert fake.replays == 6 and s.graph is not None  # calls 3..8
-    assert [g["lr"] for g in opt.param_groups] == s._lr_tensors  # still the captured tensors
-    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == () for t in s._lr_tensors)
-    assert [float(t) for t in s._lr_tensors] == pytest.approx([4e-3, 4e-3])
+    assert all(g["lr"] is t for g, t in zip(opt.param_groups, fake.lr_at_capture))  # still the captured tensors
+    assert all(t is u for t, u in zip(s._lr_tensors, fake.lr_at_capture)) and len(fake.lr_at_capture) == 2
+    assert all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == () for t in fake.lr_at_capture)
+    assert [float(t) for t in fake.lr_at_capture] == pytest.approx([4e-3, 4e-3])
     assert s.stats()["steps"] == 8 and s.stats()["n_finite"] == 8
     # warm-up on the side stream (ordered both ways with the main stream), then one synchronised capture
     assert fake.log[:5] == ["new stream on cpu", "current stream of cpu", "side waits for main", "run on side",
