@@ -32,14 +32,14 @@ SRC=src/mabe/$MODULE.py
 # the tests that exercise each module (the whole suite would work too, only slower)
 case "$MODULE" in
   postprocess) TESTS="tests/unit/test_postprocess.py tests/unit/test_postprocess_behaviour.py tests/unit/test_postprocess_edges.py tests/unit/test_submit.py" ;;
-  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
+  metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_metric_io.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   windows)     TESTS="tests/unit/test_windows.py tests/unit/test_windows_edges.py tests/unit/training/test_augment.py tests/unit/test_norm.py" ;;
   features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py" ;;
   submit)      TESTS="tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/unit/training/test_losses.py tests/unit/training/test_augment.py tests/integration/test_train_behaviour.py" ;;
   training/losses)   TESTS="tests/unit/training/test_losses.py tests/unit/training/test_components.py tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py" ;;
   training/schedule) TESTS="tests/unit/training/test_schedule.py tests/unit/training/test_components.py" ;;
-  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py" ;;
+  training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py tests/unit/training/test_step_contract.py tests/unit/training/test_step_graph_cpu.py" ;;
   *)           TESTS="tests" ;;
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
