@@ -708,7 +708,7 @@ def run_child(cmd: list[str], env: dict | None = None, poll_s: float = 0.05) -> 
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{out[-4000:]}")
     # the tree holds at least its largest process (a peak between two samples is missed by the sampler)
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+    return {"seconds": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
             "tree_peak_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024), "output": out}
 
 
@@ -753,7 +753,8 @@ def scale_prepare(src: Path, data_dir: Path, cache: Path, workers: int, frames: 
                   _child_env(src))
     size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     line = next((ln for ln in r["output"].splitlines() if "frames/s" in ln), "")
-    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "bytes": size,
+    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "cpu_s": r["cpu_s"],
+            "frames_per_cpu_s": frames / max(r["cpu_s"], 1e-9), "bytes": size,
             "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"], "tree_peak_mib": r["tree_peak_mib"],
             "log": line.strip()}
 
@@ -1091,6 +1092,9 @@ def print_scale(res: dict) -> None:
         row(f"prepare {w} worker(s): s", q.get("seconds", nan), p["seconds"])
         row(f"prepare {w} worker(s): frames/s", q.get("frames_per_s", nan), p["frames_per_s"], "{:12,.0f}")
         row(f"prepare {w} worker(s): peak RSS MiB (tree)", q.get("tree_peak_mib", nan), p["tree_peak_mib"], "{:12,.0f}")
+        if "frames_per_cpu_s" in p:  # wall time on a loaded machine is mostly waiting for a core
+            row(f"prepare {w} worker(s): frames/CPU-s", q.get("frames_per_cpu_s", nan), p["frames_per_cpu_s"],
+                "{:12,.0f}")
     p0 = next(iter(a["prepare"].values()))
     q0 = next(iter(b.get("prepare", {}).values()), {})
     row("disk B/frame (share)", q0.get("bytes_per_frame", nan), p0["bytes_per_frame"])
