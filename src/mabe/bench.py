@@ -753,8 +753,10 @@ def scale_prepare(src: Path, data_dir: Path, cache: Path, workers: int, frames: 
                   _child_env(src))
     size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     line = next((ln for ln in r["output"].splitlines() if "frames/s" in ln), "")
-    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "cpu_s": r["cpu_s"],
-            "frames_per_cpu_s": frames / max(r["cpu_s"], 1e-9), "bytes": size,
+    # CPU seconds: of the prepare process only with 1 worker (pool workers are the forkserver's children,
+    # which wait4 does not count)
+    cpu = {"cpu_s": r["cpu_s"], "frames_per_cpu_s": frames / max(r["cpu_s"], 1e-9)} if workers == 1 else {}
+    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], **cpu, "bytes": size,
             "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"], "tree_peak_mib": r["tree_peak_mib"],
             "log": line.strip()}
 
