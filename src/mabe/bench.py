@@ -47,8 +47,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mabe import data, models
+from mabe import data, models, poscache, prepare, synth
 from mabe import features as F
+from mabe import features_torch as FT
 from mabe.config import AugmentConfig, FeatureConfig, ModelConfig
 from mabe.training.augment import augment as augment_batch
 from mabe.training.batches import DeviceStore, format_bytes
@@ -795,9 +796,6 @@ def scale_batches(cache: Path, batch: int, length: int, repeats: int, device: st
     """``features_torch.window_features`` on ``batch`` windows drawn from a position cache (int16 store decoded
     per batch), pair and scene mode: best seconds, frames/s, largest difference from numpy's features of the
     same windows; and numpy's whole-video pair features (what the float32 cache's prepare computed)."""
-    from mabe import features_torch as FT
-    from mabe import poscache
-
     slots = list(data.DEFAULT_SLOTS)
     fcfg = FeatureConfig()
     videos = [poscache.read_video(p.parent) for p in sorted(Path(cache).glob("*/videos/*/*/meta.json"))]
@@ -846,8 +844,6 @@ def scale_batches(cache: Path, batch: int, length: int, repeats: int, device: st
 
 def scale_precision(data_dir: Path, n_videos: int = 3) -> dict:
     """Largest feature error from stored positions: int16 at the poscache step vs float16 cm, against float64."""
-    from mabe import poscache, prepare
-
     slots = list(data.DEFAULT_SLOTS)
     out: dict = {"int16": {}, "float16": {}}
     for task in sorted(prepare._tasks(Path(data_dir), ["train"]), key=lambda t: prepare._file_size(
@@ -899,8 +895,6 @@ def scale_step(batch: int, length: int, n_features: int, repeats: int = 2) -> di
 def project_real(seed: int = 0) -> dict:
     """Bytes a frame of the whole real preset's train videos, from its plan: the float32 feature cache (pair
     mode) and the position cache on disk, and the device-resident stores of both."""
-    from mabe import synth
-
     specs = [s for s in synth.plan_dataset("real", seed) if s.split == "train"]
     P, n_act = F.n_pair_features(len(data.DEFAULT_SLOTS)), len(data.ACTIONS)
     frames = old = new = dev_old = dev_new = 0
@@ -935,8 +929,6 @@ def scale(
     with the tiny preset's run as the start-up; per-batch feature speed and precision; a reference step.
     ``train_preset`` (hard) and ``startup`` (the tiny runs) make a quick check possible (the unit test)."""
     import shutil
-
-    from mabe import synth
 
     say = print if verbose else (lambda *a, **k: None)
     work = Path(workdir)
