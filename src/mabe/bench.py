@@ -47,8 +47,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mabe import data, models
+from mabe import data, models, poscache, prepare, synth
 from mabe import features as F
+from mabe import features_torch as FT
 from mabe.config import AugmentConfig, FeatureConfig, ModelConfig
 from mabe.training.augment import augment as augment_batch
 from mabe.training.batches import DeviceStore, format_bytes
@@ -708,7 +709,7 @@ def run_child(cmd: list[str], env: dict | None = None, poll_s: float = 0.05) -> 
     if proc.returncode != 0:
         raise RuntimeError(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{out[-4000:]}")
     # the tree holds at least its largest process (a peak between two samples is missed by the sampler)
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024,
+    return {"seconds": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024,
             "tree_peak_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024), "output": out}
 
 
@@ -753,7 +754,10 @@ def scale_prepare(src: Path, data_dir: Path, cache: Path, workers: int, frames: 
                   _child_env(src))
     size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
     line = next((ln for ln in r["output"].splitlines() if "frames/s" in ln), "")
-    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], "bytes": size,
+    # CPU seconds: of the prepare process only with 1 worker (pool workers are the forkserver's children,
+    # which wait4 does not count)
+    cpu = {"cpu_s": r["cpu_s"], "frames_per_cpu_s": frames / max(r["cpu_s"], 1e-9)} if workers == 1 else {}
+    return {"workers": workers, "seconds": r["seconds"], "frames_per_s": frames / r["seconds"], **cpu, "bytes": size,
             "bytes_per_frame": size / frames, "peak_rss_mib": r["peak_rss_mib"], "tree_peak_mib": r["tree_peak_mib"],
             "log": line.strip()}
 
@@ -792,9 +796,6 @@ def scale_batches(cache: Path, batch: int, length: int, repeats: int, device: st
     """``features_torch.window_features`` on ``batch`` windows drawn from a position cache (int16 store decoded
     per batch), pair and scene mode: best seconds, frames/s, largest difference from numpy's features of the
     same windows; and numpy's whole-video pair features (what the float32 cache's prepare computed)."""
-    from mabe import features_torch as FT
-    from mabe import poscache
-
     slots = list(data.DEFAULT_SLOTS)
     fcfg = FeatureConfig()
     videos = [poscache.read_video(p.parent) for p in sorted(Path(cache).glob("*/videos/*/*/meta.json"))]
@@ -843,8 +844,6 @@ def scale_batches(cache: Path, batch: int, length: int, repeats: int, device: st
 
 def scale_precision(data_dir: Path, n_videos: int = 3) -> dict:
     """Largest feature error from stored positions: int16 at the poscache step vs float16 cm, against float64."""
-    from mabe import poscache, prepare
-
     slots = list(data.DEFAULT_SLOTS)
     out: dict = {"int16": {}, "float16": {}}
     for task in sorted(prepare._tasks(Path(data_dir), ["train"]), key=lambda t: prepare._file_size(
@@ -896,8 +895,6 @@ def scale_step(batch: int, length: int, n_features: int, repeats: int = 2) -> di
 def project_real(seed: int = 0) -> dict:
     """Bytes a frame of the whole real preset's train videos, from its plan: the float32 feature cache (pair
     mode) and the position cache on disk, and the device-resident stores of both."""
-    from mabe import synth
-
     specs = [s for s in synth.plan_dataset("real", seed) if s.split == "train"]
     P, n_act = F.n_pair_features(len(data.DEFAULT_SLOTS)), len(data.ACTIONS)
     frames = old = new = dev_old = dev_new = 0
@@ -932,8 +929,6 @@ def scale(
     with the tiny preset's run as the start-up; per-batch feature speed and precision; a reference step.
     ``train_preset`` (hard) and ``startup`` (the tiny runs) make a quick check possible (the unit test)."""
     import shutil
-
-    from mabe import synth
 
     say = print if verbose else (lambda *a, **k: None)
     work = Path(workdir)
@@ -1091,6 +1086,9 @@ def print_scale(res: dict) -> None:
         row(f"prepare {w} worker(s): s", q.get("seconds", nan), p["seconds"])
         row(f"prepare {w} worker(s): frames/s", q.get("frames_per_s", nan), p["frames_per_s"], "{:12,.0f}")
         row(f"prepare {w} worker(s): peak RSS MiB (tree)", q.get("tree_peak_mib", nan), p["tree_peak_mib"], "{:12,.0f}")
+        if "frames_per_cpu_s" in p:  # wall time on a loaded machine is mostly waiting for a core
+            row(f"prepare {w} worker(s): frames/CPU-s", q.get("frames_per_cpu_s", nan), p["frames_per_cpu_s"],
+                "{:12,.0f}")
     p0 = next(iter(a["prepare"].values()))
     q0 = next(iter(b.get("prepare", {}).values()), {})
     row("disk B/frame (share)", q0.get("bytes_per_frame", nan), p0["bytes_per_frame"])

@@ -69,7 +69,10 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 def auto_pos_weight(ts: TrackSet, cap: float) -> np.ndarray:
     """Per-action BCE pos_weight from the training frames: sqrt(neg / pos) over labelled cells, <= cap."""
-    per_track = np.add.reduceat(ts.Y, ts.offsets[:-1], axis=0, dtype=np.int64)  # (n_tracks, A) positives
+    # (n_tracks, A) positives, a track at a time: reduceat with dtype=int64 casts the whole of Y first
+    # (8 B a cell: GBs on the real set), a reduction with a dtype casts in small buffers
+    per_track = np.stack([ts.Y[a:b].sum(axis=0, dtype=np.int64) for a, b in zip(ts.offsets[:-1], ts.offsets[1:])]
+                         ).reshape(ts.n_tracks, ts.Y.shape[1])
     pos = (per_track * ts.label_mask).sum(axis=0).astype(np.float64)
     cells = (ts.lengths[:, None] * ts.label_mask).sum(axis=0).astype(np.float64)
     ratio = np.divide(cells - pos, pos, out=np.full(pos.shape, cap**2), where=pos > 0)

@@ -275,3 +275,25 @@ def test_mixed_pair_loss_mixes_the_targets_over_cells_labelled_in_both():
     per = -(pw * t * p.log() + (1 - t) * (1 - p).log())
     both = mask & mask[perm]
     assert float(got) == pytest.approx(float(per[both].mean()), rel=1e-5)
+
+
+def test_pos_weight_and_validation_loss_do_not_copy_the_whole_label_matrix():
+    """At the real set's scale a float or int64 copy of every (row, action) cell is GBs: both work in pieces
+    (numpy's allocations traced; a whole int64 / float32 copy would be 8x / 4x the uint8 labels)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, c = 20_000, 16
+    ys = [(rng.random((n, c)) < 0.05).astype(np.uint8) for _ in range(3)]
+    ts = TrackSet.from_tracks("pair", [str(i) for i in range(c)], [np.zeros((n, 1), np.float32)] * 3, ys,
+                              rng.random((3, c)) < 0.7)
+    probs = rng.random((ts.n_rows, c), dtype=np.float32)
+    for fn in (lambda: losses.auto_pos_weight(ts, 10.0),
+               lambda: losses.prob_loss(ts, probs, None, np.ones(c, np.float32), chunk_rows=2_000)):
+        tracemalloc.start()
+        try:
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < ts.Y.nbytes, (peak, ts.Y.nbytes)
