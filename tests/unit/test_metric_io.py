@@ -250,3 +250,35 @@ def test_negative_frame_numbers_are_frames_like_any_other():
     sub = _submission([(7, "mouse1", "mouse2", "sniff", -24, -18), (7, "mouse1", "self", "rear", -30, -10)])
     r = metric.score(sol, sub)
     assert r.per_action[["action", "tp", "fp", "fn"]].values.tolist() == [["rear", 15, 5, 5], ["sniff", 4, 2, 6]]
+
+
+def test_the_clash_message_names_two_overlapping_rows_of_the_offending_pair_only():
+    labeled = json.dumps(["mouse1,mouse2,sniff", "mouse1,mouse2,chase", "mouse1,mouse2,rest", "mouse2,mouse1,sniff"])
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", 0, 10)], labeled=labeled)
+    sub = _submission([(7, "mouse2", "mouse1", "sniff", 0, 20),  # another pair, covering the frame
+                       (7, "mouse1", "mouse2", "chase", 2, 6),   # ends where the clash starts: no overlap
+                       (7, "mouse1", "mouse2", "sniff", 6, 9),
+                       (7, "mouse1", "mouse2", "rest", 6, 8)])
+    with pytest.raises(metric.InvalidSubmission) as e:
+        metric.score(sol, sub)
+    assert str(e.value) == ("submission: video 7, agent mouse1, target mouse2: two actions on frame 6 ('sniff' in row 2 "
+                            "and 'rest' in row 3); only one action per (agent, target) pair and frame is allowed")
+
+
+def test_clashes_at_negative_frames_are_found_and_touching_ones_are_not():
+    labeled = json.dumps(["mouse1,mouse2,sniff", "mouse1,mouse2,chase"])
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", -40, -30)], labeled=labeled)
+    touching = _submission([(7, "mouse1", "mouse2", "sniff", -40, -30), (7, "mouse1", "mouse2", "chase", -30, -25)])
+    assert metric.score(sol, touching).per_action["tp"].tolist() == [0, 10]  # chase, sniff
+    with pytest.raises(metric.InvalidSubmission, match="two actions on frame -31 "):
+        metric.score(sol, _submission([(7, "mouse1", "mouse2", "sniff", -40, -30),
+                                       (7, "mouse1", "mouse2", "chase", -31, -25)]))
+
+
+def test_counts_are_integers_and_names_with_spaces_survive():
+    sol = _solution([("Lab A", 7, "mouse1", "mouse2", "sniff face", 0, 10)],
+                    labeled=json.dumps(["mouse1,mouse2,sniff face"]))
+    r = metric.score(sol, _submission([(7, "mouse1", "mouse2", "sniff face", 5, 12)]))
+    assert r.per_action[["lab_id", "action", "tp", "fp", "fn"]].values.tolist() == [["Lab A", "sniff face", 5, 2, 5]]
+    assert [str(r.per_action[c].dtype) for c in ("tp", "fp", "fn")] == ["int64"] * 3
+    assert r.per_lab["lab_id"].tolist() == ["Lab A"] and str(r.per_lab["label_frames"].dtype) == "int64"
