@@ -233,6 +233,7 @@ def test_a_warning_lists_at_most_five_examples_of_malformed_ids():
         metric.score(SOL, _submission(rows))
     assert str(rec[0].message).startswith("submission: 7 submission row(s) have an agent_id / target_id that is "
                                           "neither mouseN nor (target) self, e.g. 'm0', 'm1', 'm2', 'm3', 'm4'; they")
+    assert rec[0].filename != metric.__file__  # attributed to the caller of score()
 
 
 def test_an_empty_submission_against_several_intervals_misses_them_all():
