@@ -96,7 +96,7 @@ BREAKS = [
           "val = predictions.load(fit)", "val = predictions.load(args.predictions)",
           ["tests/unit/test_postprocess_behaviour.py::test_submit_fits_thresholds_on_the_validation_predictions_not_the_submitted_ones"]),
     Break("no-smoothing", "smoothing", "src/mabe/postprocess.py",
-          "code = decide(smooth(probs, cfg.smooth_window), thr)", "code = decide(probs, thr)",
+          "code = decide(smooth(probs, window), thr)", "code = decide(probs, thr)",
           ["tests/unit/test_postprocess_behaviour.py::test_smoothing_bridges_a_one_frame_dip_and_drops_a_one_frame_spike"]),
     Break("overlap-per-row", "overlap rule", "src/mabe/submit.py",
           'action = pd.factorize(sub["action"])[0]', "action = np.arange(n)",

@@ -1,5 +1,6 @@
-"""metric.py: reading solutions and submissions, the messages of every refusal word for word, and the printed
-tables (found by mutation testing, round 2; docs/testing.md). The scoring rules are pinned in
+"""metric.py: reading solutions and submissions, the messages of every refusal word for word, the printed
+tables, and a few inputs the reference tests never generate (negative frames, an empty submission against
+several intervals) (found by mutation testing, round 2; docs/testing.md). The scoring rules are pinned in
 test_metric.py (set-based reference) and test_metric_edges.py.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -184,3 +186,100 @@ def test_the_tables_use_at_least_100_columns_so_long_action_names_stay_on_one_li
         metric.print_result(metric.score(sol, _submission([])))
     out = capsys.readouterr().out
     assert any(long in line for line in out.splitlines())
+
+
+# ----------------------------------------------------------------------------- score's own refusals, edge inputs
+
+SOL = _solution([("A", 7, "mouse1", "mouse2", "sniff", 0, 10)])
+
+
+def test_score_refusals_name_the_side_the_row_and_the_rule_word_for_word():
+    with pytest.raises(metric.InvalidSolution) as e:
+        metric.score(SOL.iloc[:0], _submission([]))
+    assert str(e.value) == "solution has no rows (no labelled intervals)"
+    with pytest.raises(metric.InvalidSolution) as e:
+        metric.score(SOL.assign(start_frame=[4.5]), _submission([]))
+    assert str(e.value) == f"solution: row 0 has a non-integer start_frame ({np.float64(4.5)!r})"
+    with pytest.raises(metric.InvalidSolution) as e:
+        metric.score(SOL.assign(start_frame=pd.Series(["0"], dtype=object)), _submission([]))
+    assert str(e.value) == "solution: column start_frame must be integer frame numbers, got dtype object"
+    with pytest.raises(metric.InvalidSolution) as e:
+        metric.score(SOL.assign(start_frame=[12]), _submission([]))
+    assert str(e.value) == ("solution: 1 row(s) have start_frame > stop_frame; first: row 0 of video 7 "
+                            "(start_frame=12, stop_frame=10)")
+    with pytest.raises(metric.InvalidSubmission) as e:
+        metric.score(SOL, _submission([(7, "mouse1", "mouse2", "sniff", 0, 3), (8, "mouse1", "mouse2", "sniff", 9, 2)]))
+    assert str(e.value) == ("submission: 1 row(s) have start_frame > stop_frame; first: row 1 of video 8 "
+                            "(start_frame=9, stop_frame=2)")
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", 0, 10)], labeled=json.dumps(
+        ["mouse1,mouse2,sniff", "mouse1,mouse2,chase"]))
+    with pytest.raises(metric.InvalidSubmission) as e:
+        metric.score(sol, _submission([(7, "mouse1", "mouse2", "sniff", 0, 5), (7, "mouse1", "mouse2", "chase", 4, 8)]))
+    assert str(e.value) == ("submission: video 7, agent mouse1, target mouse2: two actions on frame 4 ('sniff' in row 0 "
+                            "and 'chase' in row 1); only one action per (agent, target) pair and frame is allowed")
+
+
+def test_the_video_named_under_several_labs_is_the_first_such_video():
+    sol = pd.concat([_solution([("A", v, "mouse1", "mouse2", "sniff", 0, 10)]) for v in (5, 9, 10)]
+                    + [_solution([("B", v, "mouse1", "mouse2", "sniff", 20, 30)]) for v in (9, 10)], ignore_index=True)
+    with pytest.raises(metric.InvalidSolution) as e:
+        metric.score(sol, _submission([]))
+    assert str(e.value) == "solution: video 9 appears under several labs ['A', 'B']"  # not 5 (one lab), not 10
+
+
+def test_a_warning_lists_at_most_five_examples_of_malformed_ids():
+    rows = [(7, f"m{i}", "mouse2", "sniff", 20 + 2 * i, 21 + 2 * i) for i in range(7)]
+    with pytest.warns(UserWarning) as rec:
+        metric.score(SOL, _submission(rows))
+    assert str(rec[0].message).startswith("submission: 7 submission row(s) have an agent_id / target_id that is "
+                                          "neither mouseN nor (target) self, e.g. 'm0', 'm1', 'm2', 'm3', 'm4'; they")
+    assert rec[0].filename != metric.__file__  # attributed to the caller of score()
+
+
+def test_an_empty_submission_against_several_intervals_misses_them_all():
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", 0, 10), ("A", 7, "mouse1", "self", "rear", 3, 5),
+                     ("B", 8, "mouse1", "mouse2", "sniff", 0, 4)])
+    r = metric.score(sol, _submission([]))
+    assert r.per_action[["lab_id", "action", "tp", "fp", "fn"]].values.tolist() == [
+        ["A", "rear", 0, 0, 2], ["A", "sniff", 0, 0, 10], ["B", "sniff", 0, 0, 4]]
+    assert r.final == 0.0
+
+
+def test_negative_frame_numbers_are_frames_like_any_other():
+    """The official scorer builds Python ranges of frames: negative numbers are frames too, and keys must not mix."""
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", -30, -20), ("A", 7, "mouse1", "self", "rear", -25, -5)])
+    sub = _submission([(7, "mouse1", "mouse2", "sniff", -24, -18), (7, "mouse1", "self", "rear", -30, -10)])
+    r = metric.score(sol, sub)
+    assert r.per_action[["action", "tp", "fp", "fn"]].values.tolist() == [["rear", 15, 5, 5], ["sniff", 4, 2, 6]]
+
+
+def test_the_clash_message_names_two_overlapping_rows_of_the_offending_pair_only():
+    labeled = json.dumps(["mouse1,mouse2,sniff", "mouse1,mouse2,chase", "mouse1,mouse2,rest", "mouse2,mouse1,sniff"])
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", 0, 10)], labeled=labeled)
+    sub = _submission([(7, "mouse2", "mouse1", "sniff", 0, 20),  # another pair, covering the frame
+                       (7, "mouse1", "mouse2", "chase", 2, 6),   # ends where the clash starts: no overlap
+                       (7, "mouse1", "mouse2", "sniff", 6, 9),
+                       (7, "mouse1", "mouse2", "rest", 6, 8)])
+    with pytest.raises(metric.InvalidSubmission) as e:
+        metric.score(sol, sub)
+    assert str(e.value) == ("submission: video 7, agent mouse1, target mouse2: two actions on frame 6 ('sniff' in row 2 "
+                            "and 'rest' in row 3); only one action per (agent, target) pair and frame is allowed")
+
+
+def test_clashes_at_negative_frames_are_found_and_touching_ones_are_not():
+    labeled = json.dumps(["mouse1,mouse2,sniff", "mouse1,mouse2,chase"])
+    sol = _solution([("A", 7, "mouse1", "mouse2", "sniff", -40, -30)], labeled=labeled)
+    touching = _submission([(7, "mouse1", "mouse2", "sniff", -40, -30), (7, "mouse1", "mouse2", "chase", -30, -25)])
+    assert metric.score(sol, touching).per_action["tp"].tolist() == [0, 10]  # chase, sniff
+    with pytest.raises(metric.InvalidSubmission, match="two actions on frame -31 "):
+        metric.score(sol, _submission([(7, "mouse1", "mouse2", "sniff", -40, -30),
+                                       (7, "mouse1", "mouse2", "chase", -31, -25)]))
+
+
+def test_counts_are_integers_and_names_with_spaces_survive():
+    sol = _solution([("Lab A", 7, "mouse1", "mouse2", "sniff face", 0, 10)],
+                    labeled=json.dumps(["mouse1,mouse2,sniff face"]))
+    r = metric.score(sol, _submission([(7, "mouse1", "mouse2", "sniff face", 5, 12)]))
+    assert r.per_action[["lab_id", "action", "tp", "fp", "fn"]].values.tolist() == [["Lab A", "sniff face", 5, 2, 5]]
+    assert [str(r.per_action[c].dtype) for c in ("tp", "fp", "fn")] == ["int64"] * 3
+    assert r.per_lab["lab_id"].tolist() == ["Lab A"] and str(r.per_lab["label_frames"].dtype) == "int64"

@@ -392,3 +392,38 @@ def test_compile_parts_compiles_through_a_wrapper_and_warns_without_compile_stem
         assert tstep.compile_parts(Wrapped(Net())) is False
     assert [str(w.message) for w in rec] == ["Net has no compile_stem(): not compiled"]
     assert rec[0].filename != tstep.__file__  # attributed to the caller, not to step.py
+
+
+def test_make_train_step_defaults_and_what_it_passes_on():
+    net = Net()
+    s = tstep.make_train_step(net, mse, make_optimizer(net.parameters(), 1e-2))
+    assert s.describe().startswith("precision fp32 (") and s.warmup == 3 and len(s.buffers) == 2
+    assert tstep.make_train_step(net, mse, make_optimizer(net.parameters(), 1e-2), protect_buffers=False).buffers == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # compile is CUDA only: on CPU nothing is compiled and nothing warns
+        s = tstep.make_train_step(net, mse, make_optimizer(net.parameters(), 1e-2), compile=True)
+    assert not s.compiled
+
+
+def test_trainstep_without_graphs_asked_never_warns_about_ddp():
+    class FakeDDP(nn.parallel.DistributedDataParallel):
+        def __init__(self, inner):
+            nn.Module.__init__(self)
+            self.module = inner
+
+    net = Net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = tstep.TrainStep(FakeDDP(net), mse, make_optimizer(net.parameters(), 1e-2))
+    assert not s.graphs
+
+
+def test_the_counters_are_exact_int64_and_float64():
+    net = Net()
+    s = tstep.make_train_step(net, mse, make_optimizer(net.parameters(), 1e-2))
+    big = 2**24 + 1  # not a float32
+    s.set_stats(loss_sum=0.1, n_finite=big, steps=big, skipped=big)
+    st = s.stats()
+    assert (st["loss_sum"], st["n_finite"], st["steps"], st["skipped"]) == (0.1, big, big, big)
+    assert s.loss_sum.dtype == torch.float64
+    assert {t.dtype for t in (s.n_finite, s.n_steps, s.skipped, s.streak, s.worst)} == {torch.int64}

@@ -256,3 +256,18 @@ def test_a_reseed_after_capture_is_refused_on_the_graph_path(monkeypatch):
         torch.manual_seed(5)
         s(batch(2))  # back to the captured seed: replays again
     assert fake.replays == 2
+
+
+def test_an_lr_tensor_already_on_the_device_is_captured_as_it_is(monkeypatch):
+    net = Net()
+    opt = make_optimizer(net.parameters(), 1e-2)
+    lr = torch.tensor(1e-2)
+    opt.param_groups[0]["lr"] = lr
+    s, fake = graph_step(monkeypatch, net, opt, warmup=1)
+    s(batch(0))
+    s(batch(1))
+    assert fake.lr_at_capture[0] is lr and opt.param_groups[0]["lr"] is lr
+    lr.fill_(0.0)  # set_lr's way: in place, so the captured graph sees it
+    before = params_of(net)
+    s(batch(2))
+    assert all(torch.equal(p, q) for p, q in zip(params_of(net), before))
