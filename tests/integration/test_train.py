@@ -105,6 +105,33 @@ def test_sigterm_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, cache, mo
     assert _rows(run) == _rows(tmp_path / "runs" / "ref")
 
 
+def test_geometric_augmentation_stops_mid_epoch_and_resumes_exactly(tmp_path, cache, monkeypatch):
+    """The position draws are functions of (seed, rank, epoch, micro-batch): a run stopped mid-epoch and
+    resumed ends with the metrics of an uninterrupted one, and the augmentation did change the run."""
+    geo = {"rotate_degrees": 30.0, "reflect": 0.5, "time_stretch": 0.2, "keypoint_dropout": 0.05}
+    cfg = load_config(None, tiny_run(tmp_path, train={"epochs": 2}, augment=geo))
+    T.train(cfg, tmp_path / "runs" / "ref")
+    assert "training features computed per batch" in (tmp_path / "runs" / "ref" / "log.txt").read_text()
+    calls = {"n": 0}
+    real = T.augment
+
+    def augment_then_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "augment", augment_then_signal)
+    run = tmp_path / "runs" / "stopped"
+    assert T.train(cfg, run)["state"] == "stopped"
+    assert ckpt.load(run / "checkpoints" / "last.pt")[ckpt.BATCH_KEY] == 5
+    monkeypatch.setattr(T, "augment", real)
+    T.train(cfg, run, resume=True)
+    assert _rows(run) == _rows(tmp_path / "runs" / "ref")
+    T.train(_cfg(tmp_path, epochs=2), tmp_path / "runs" / "plain")
+    assert _rows(tmp_path / "runs" / "plain") != _rows(tmp_path / "runs" / "ref")
+
+
 def test_scene_mode_runs(tmp_path, cache):
     cfg = _cfg(tmp_path, epochs=1)
     cfg.task.mode = "scene"
