@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models.registry import norm_layer as _norm, register
+from mabe.models.registry import norm_layer as _norm
+from mabe.models.registry import register
 
 _LSTM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

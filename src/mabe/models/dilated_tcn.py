@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from mabe.config import ModelConfig
-from mabe.models.registry import norm_layer as _norm, register
+from mabe.models.registry import norm_layer as _norm
+from mabe.models.registry import register
 
 
 class DualDilatedBlock(nn.Module):

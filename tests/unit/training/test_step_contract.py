@@ -244,8 +244,8 @@ def test_bf16_precision_autocasts_the_forward_on_cpu():
 def test_a_warning_from_the_optimizer_reaches_the_caller_and_only_the_capturable_note_is_silenced():
     class Loud(torch.optim.SGD):
         def step(self, closure=None):
-            warnings.warn(tstep._CAPTURABLE_WARNING + ", but the tensors are on the CPU")
-            warnings.warn("something else the caller must see")
+            warnings.warn(tstep._CAPTURABLE_WARNING + ", but the tensors are on the CPU", stacklevel=2)
+            warnings.warn("something else the caller must see", stacklevel=2)
             return super().step(closure)
 
     net = Net()
