@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the annotated ones)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("prepare", help="compute features for every video into the on-disk cache")
+    p = sub.add_parser("prepare", help="write every video's positions and labels into the compact on-disk cache "
+                                       "(features are computed from it where the model runs)")
     p.add_argument("data", type=Path, help="MABe-layout directory")
     _add_config_args(p)
     p.add_argument("--cache", type=Path, default=None, help="cache root (default: config's cache)")
