@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("demo", help="the main job: synthesise data, prepare, train, evaluate, submit, score")
+    p = sub.add_parser("demo", help="the main job on hard synthetic data: gbdt recipe, network, honest scores, submission")
     p.add_argument("--workdir", type=Path, default=Path("demo"), help="where data, cache and runs go")
     p.add_argument("--config", "-c", type=Path, default=None, help="training config (default: the shipped demo config)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
