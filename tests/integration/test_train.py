@@ -34,6 +34,22 @@ def cache(fake_cache):
     return fake_cache
 
 
+def _sigterm_at_micro(monkeypatch, n: int):
+    """Make the recipe receive SIGTERM while augmenting micro-batch ``n`` (1-based); returns the real augment
+    (set it back before resuming)."""
+    calls = {"n": 0}
+    real = T.augment
+
+    def augment_then_signal(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "augment", augment_then_signal)
+    return real
+
+
 def test_features_per_batch_train_as_features_computed_once(tmp_path, cache):
     """The two ways of serving the same features (per batch from positions, the default on a GPU or for
     large sets; once into host memory, the CPU default) give the same run, epoch for epoch, resume included."""
@@ -83,16 +99,7 @@ def test_run_writes_its_files_and_resume_equals_uninterrupted(tmp_path, cache):
 def test_sigterm_mid_epoch_stops_cleanly_and_resumes_exactly(tmp_path, cache, monkeypatch):
     cfg = _cfg(tmp_path, epochs=2, grad_accum=2)
     T.train(cfg, tmp_path / "runs" / "ref")
-    calls = {"n": 0}
-    real = T.augment
-
-    def augment_then_signal(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:  # mid-epoch 1, inside an accumulation group
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "augment", augment_then_signal)
+    real = _sigterm_at_micro(monkeypatch, 5)  # mid-epoch 1, inside an accumulation group
     run = tmp_path / "runs" / "stopped"
     out = T.train(cfg, run)
     assert out["state"] == "stopped"
@@ -112,16 +119,7 @@ def test_geometric_augmentation_stops_mid_epoch_and_resumes_exactly(tmp_path, ca
     cfg = load_config(None, tiny_run(tmp_path, train={"epochs": 2}, augment=geo))
     T.train(cfg, tmp_path / "runs" / "ref")
     assert "training features computed per batch" in (tmp_path / "runs" / "ref" / "log.txt").read_text()
-    calls = {"n": 0}
-    real = T.augment
-
-    def augment_then_signal(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "augment", augment_then_signal)
+    real = _sigterm_at_micro(monkeypatch, 5)
     run = tmp_path / "runs" / "stopped"
     assert T.train(cfg, run)["state"] == "stopped"
     assert ckpt.load(run / "checkpoints" / "last.pt")[ckpt.BATCH_KEY] == 5
@@ -203,16 +201,7 @@ def test_sigterm_mid_epoch_resumes_exactly_with_the_shared_step(tmp_path, cache,
     """grad_accum 1 (the one step, counters on the device): stop after micro-batch 5, resume, same rows."""
     cfg = _cfg(tmp_path, epochs=2)
     T.train(cfg, tmp_path / "runs" / "ref")
-    calls = {"n": 0}
-    real = T.augment
-
-    def augment_then_signal(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(T, "augment", augment_then_signal)
+    real = _sigterm_at_micro(monkeypatch, 5)
     run = tmp_path / "runs" / "stopped"
     assert T.train(cfg, run)["state"] == "stopped"
     state = ckpt.load(run / "checkpoints" / "last.pt")
