@@ -50,7 +50,7 @@ from torch import nn
 from mabe import data, models, poscache, prepare, synth
 from mabe import features as F
 from mabe import features_torch as FT
-from mabe.config import AugmentConfig, FeatureConfig, ModelConfig
+from mabe.config import AugmentConfig, ConfigError, FeatureConfig, ModelConfig
 from mabe.training.augment import augment as augment_batch
 from mabe.training.batches import DeviceStore, format_bytes
 from mabe.training.device import (
@@ -736,7 +736,9 @@ def before_tree(before: str, workdir: Path) -> Path:
     try:
         blob = subprocess.run(["git", "archive", before, "src"], check=True, capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
-        raise ValueError(f"--before {before!r}: neither a source folder nor a git revision here ({err})") from None
+        # ConfigError (a ValueError the CLI reports in one line): a bad argument, not a crash
+        raise ConfigError(f"--before {before!r}: neither a source folder nor a git revision here (a folder "
+                          f"holding mabe/ or src/mabe/, or a revision of this repository; {err})") from None
     import io as _io
     import tarfile
 

@@ -53,7 +53,8 @@ def plan(cfg: Config, folds: int) -> dict:
     """Labelled train videos of ``cfg.data`` -> cv.json's content: ``folds``, ``runs`` (fold run names),
     ``fold_of_video`` ("lab/video" -> fold), ``actions`` and the base ``config``."""
     if folds < 2:
-        raise MabeError(f"mabe cv needs --folds >= 2, got {folds}")
+        raise MabeError("a new cv needs --folds K with K >= 2" + (f", got {folds}" if folds else
+                        " (continue an existing one with `mabe cv --resume NAME`)"))
     if cfg.task.mode != "pair":
         raise MabeError("mabe cv writes out-of-fold predictions files, which need task.mode=pair")
     cache_dir = prepare.ensure_cache(cfg, Path(cfg.data), ["train"])
@@ -155,7 +156,7 @@ def run_cv(cfg: Config | None, cv_dir: str | Path, folds: int | None = None, say
 def main_from_args(args: Any) -> int:
     """``mabe cv [--config C] --data D --name NAME --folds K [--set k=v]`` or ``mabe cv --resume NAME``."""
     if getattr(args, "resume", None):
-        base = load_config(args.config, None) if getattr(args, "config", None) else Config()
+        base = load_config(getattr(args, "config", None), getattr(args, "overrides", None))  # --set runs=...
         out = run_cv(None, runs.resolve_run(str(args.resume), base.runs))
     else:
         cfg = load_config(args.config, args.overrides)
