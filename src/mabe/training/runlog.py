@@ -157,12 +157,16 @@ class StopRequest:
 
     def agree(self) -> bool:
         """Whether any rank was asked to stop (every rank must call it at the same point)."""
-        if self.world > 1:
-            flag = torch.tensor([1.0 if self.requested else 0.0], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() > 0:
-                self.requested = True
-        return self.requested and self._announce()
+        if self.world == 1:
+            return self.requested and self._announce()
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        # answer what was reduced, never the local flag read again: a signal that lands during the
+        # collective would make this rank leave alone (the others reduced a 0); it counts next check
+        if flag.item() == 0:
+            return False
+        self.requested = True
+        return self._announce()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested and signum == signal.SIGINT:
