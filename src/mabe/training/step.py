@@ -49,6 +49,7 @@ are only read.
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -65,6 +66,16 @@ __all__ = ["FP16_LOSS_SCALE", "compile_parts", "check_reseed", "TrainStep", "mak
 FP16_LOSS_SCALE = 1024.0
 
 
+def _warn(message: str) -> None:
+    """``warnings.warn`` attributed to the first frame outside this module: the line that built or called
+    the step, however many calls inside step.py lie between (make_train_step -> TrainStep.__init__ ->
+    compile_parts); a fixed ``stacklevel`` named make_train_step's line for a step it built."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level)
+
+
 def compile_parts(model: nn.Module, **kwargs: Any) -> bool:
     """torch.compile the parts of ``model`` where it helps: the conv stem and the head, through the
     model's ``compile_stem`` (Dynamo graph-breaks at nn.LSTM, which is one cuDNN call anyway).
@@ -72,7 +83,7 @@ def compile_parts(model: nn.Module, **kwargs: Any) -> bool:
     CUDA graphs, which would nest inside ours."""
     target = getattr(model, "module", model)  # DistributedDataParallel
     if not hasattr(target, "compile_stem"):
-        warnings.warn(f"{type(target).__name__} has no compile_stem(): not compiled", stacklevel=2)
+        _warn(f"{type(target).__name__} has no compile_stem(): not compiled")
         return False
     target.compile_stem(**kwargs)
     return True
@@ -140,16 +151,15 @@ class TrainStep:
         self.accum = max(int(accum), 1)
         self.graphs = bool(cuda_graphs) and self.device.type == "cuda"
         if self.graphs and self.accum > 1:
-            warnings.warn("cuda_graphs captures one optimizer step per call: not with gradient accumulation; "
-                          "running the step eagerly", stacklevel=2)
+            _warn("cuda_graphs captures one optimizer step per call: not with gradient accumulation; "
+                  "running the step eagerly")
             self.graphs = False
         if self.graphs and not (self.fused and capturable):
-            warnings.warn("cuda_graphs needs a fused, capturable AdamW (make_optimizer(..., fused=True, "
-                          "capturable=True)); running the step eagerly", stacklevel=2)
+            _warn("cuda_graphs needs a fused, capturable AdamW (make_optimizer(..., fused=True, "
+                  "capturable=True)); running the step eagerly")
             self.graphs = False
         if cuda_graphs and isinstance(model, nn.parallel.DistributedDataParallel):
-            warnings.warn("cuda_graphs with DistributedDataParallel is not supported here; running eagerly",
-                          stacklevel=2)
+            _warn("cuda_graphs with DistributedDataParallel is not supported here; running eagerly")
             self.graphs = False
         self.compiled = compile_parts(model) if compile and self.device.type == "cuda" else False
         self.warmup = max(int(warmup), 1)
@@ -198,7 +208,7 @@ class TrainStep:
         check_reseed(self._seed, self._generator_seed())
         if not self._fits(batch):
             if not self._warned_shape:
-                warnings.warn("a batch with other shapes than the captured one: running it eagerly", stacklevel=2)
+                _warn("a batch with other shapes than the captured one: running it eagerly")
                 self._warned_shape = True
             return self._side_stream_run(batch)
         self._sync_lr()
@@ -393,9 +403,8 @@ class TrainStep:
         """Capture did not work: warn, drop the graph and run this step and every later one eagerly.
         Nothing of the failed capture ran (kernels recorded under capture are not executed), so the
         parameters, optimizer state and counters are as before this call."""
-        warnings.warn(f"CUDA graph capture of the training step failed ({type(err).__name__}: "
-                      f"{str(err).splitlines()[0] if str(err) else ''}); running the step eagerly",
-                      stacklevel=3)
+        _warn(f"CUDA graph capture of the training step failed ({type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''}); running the step eagerly")
         self.graph, self.graphs = None, False
         self._static, self._static_loss = {}, None
         self.optimizer.zero_grad(set_to_none=True)  # grads allocated in the abandoned graph's pool

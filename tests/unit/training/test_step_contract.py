@@ -9,6 +9,7 @@ reference step in test_step.py; the CUDA-graph call path (CPU stand-in) is in te
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -128,6 +129,22 @@ def test_graphs_with_a_ddp_model_warn_and_run_eagerly():
     assert [str(w.message) for w in rec] == [
         "cuda_graphs with DistributedDataParallel is not supported here; running eagerly"]
     assert not s.graphs
+
+
+def test_the_step_s_construction_warnings_name_the_callers_line():
+    """Through make_train_step or TrainStep directly, the warning points at the line that built the step
+    (it pointed at make_train_step inside step.py)."""
+    class FakeDDP(nn.parallel.DistributedDataParallel):
+        def __init__(self, inner):
+            nn.Module.__init__(self)
+            self.module = inner
+
+    net = Net()
+    for build in (tstep.make_train_step, tstep.TrainStep):
+        with pytest.warns(UserWarning, match="DistributedDataParallel") as rec:
+            line = inspect.currentframe().f_lineno + 1
+            build(FakeDDP(net), mse, make_optimizer(net.parameters(), 1e-2), cuda_graphs=True)
+        assert (rec[0].filename, rec[0].lineno) == (__file__, line), build.__name__
 
 
 # ----------------------------------------------------------------------------- counters
@@ -391,7 +408,7 @@ def test_compile_parts_compiles_through_a_wrapper_and_warns_without_compile_stem
     with pytest.warns(UserWarning) as rec:
         assert tstep.compile_parts(Wrapped(Net())) is False
     assert [str(w.message) for w in rec] == ["Net has no compile_stem(): not compiled"]
-    assert rec[0].filename != tstep.__file__  # attributed to the caller, not to step.py
+    assert rec[0].filename == __file__  # attributed to the caller, not to step.py
 
 
 def test_make_train_step_defaults_and_what_it_passes_on():
