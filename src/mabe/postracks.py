@@ -146,19 +146,23 @@ class PositionTracks:
         return batch(arrays, windows, length, self.fcfg, self.slots, mode=self.mode, max_ratio=self.max_ratio,
                      shift=shift, norm=arrays.get("norm"), augment=augment)
 
-    def to_trackset(self, chunk: int = 1024, windows_per_batch: int = 16, dtype: Any = np.float32) -> windows.TrackSet:
+    def to_trackset(self, chunk: int = 1024, windows_per_batch: int = 16, dtype: Any = np.float32,
+                    out: np.ndarray | None = None) -> windows.TrackSet:
         """The same tracks with every row's features computed once (standardised with ``norm`` when set, NaN -> 0):
         a ``windows.TrackSet`` in host memory, n_rows x n_features in ``dtype`` (the CPU path when it fits).
 
         ``dtype`` float16 halves the bytes: each chunk is computed in float32 and rounded once (relative error
         <= 2**-11 on standardised features); values beyond float16's range saturate at +-65504 instead of
         becoming inf (at most n_rows / 65504**2 training rows can lie that many standard deviations from
-        the mean). The TrackSet's ``stored_error`` is the largest |stored - float32| of the matrix."""
+        the mean). The TrackSet's ``stored_error`` is the largest |stored - float32| of the matrix. ``out``: an
+        (n_rows, n_features) array of ``dtype`` to fill (a slice of a larger matrix: no second copy)."""
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float16):
             raise ValueError(f"in-memory features are float32 or float16, not {dtype}")
         arrays = self.tensors()
-        X = np.empty((self.n_rows, self.n_features), dtype)
+        X = np.empty((self.n_rows, self.n_features), dtype) if out is None else out
+        if X.shape != (self.n_rows, self.n_features) or X.dtype != dtype:
+            raise ValueError(f"out is {X.dtype} {X.shape}, the features {dtype} {(self.n_rows, self.n_features)}")
         half = dtype == np.float16
         err = torch.zeros((), dtype=torch.float32)
         wins = windows.window_index(self.lengths, chunk, chunk)  # the last one ends on the last row

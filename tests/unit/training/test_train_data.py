@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from mabe import prepare
 from mabe.config import ConfigError, load_config
-from mabe.postracks import PositionTracks
-from mabe.training.data import features_in_memory, load_tracksets, memory_dtype
+from mabe.errors import MabeError
+from mabe.postracks import PositionTracks, load_position_tracks
+from mabe.training.data import features_in_memory, in_memory, load_tracksets, memory_dtype
 from mabe.windows import TrackSet, window_index
 
 
@@ -94,6 +96,34 @@ def test_float16_features_saturate_instead_of_overflowing(tmp_path, fake_cache):
     assert X.stored_error == pytest.approx(float(want), rel=1e-6)
     with pytest.raises(ValueError, match="float32 or float16"):
         ts.to_trackset(dtype=np.int16)
+
+
+def test_features_once_video_group_by_video_group_equal_the_whole_sets(tmp_path, fake_cache):
+    """``in_memory`` (positions dropped, features computed a run of videos at a time from positions read again)
+    gives ``to_trackset``'s matrix exactly, whatever the run size; a cache whose tracks changed is an error."""
+    cfg = _cfg(tmp_path, features_in_memory="never")
+    ts, _, stats = load_tracksets(cfg, say=lambda _: None)
+    cache = prepare.ensure_cache(cfg, tmp_path / "data", ["train"])
+    index = prepare.open_cache(cache)[1]
+
+    def load(videos):
+        part = load_position_tracks(cache, cfg.task, videos, ts.names, index_df=index)
+        part.norm = stats
+        return part
+
+    ref = ts.to_trackset(dtype=np.float16)
+    assert len(set(ts.video_id.tolist())) >= 2
+    for group in (1, 10**9):  # a video per run; every video in one
+        again = load(sorted(set(ts.video_id.tolist())))
+        got = in_memory(again, load, np.float16, group_rows=group)
+        assert again.store.size == 0  # the positions were dropped
+        np.testing.assert_array_equal(got.X, ref.X)
+        assert got.stored_error == ref.stored_error and got.X.dtype == np.float16
+        for k in ("Y", "offsets", "label_mask", "video_id", "agent_id", "target_id"):
+            np.testing.assert_array_equal(getattr(got, k), getattr(ref, k))
+    short = load(sorted(set(ts.video_id.tolist())))
+    with pytest.raises(MabeError, match="changed in the cache"):
+        in_memory(short, lambda v: load(v[:1]), np.float16, group_rows=10**9)  # one video's tracks for all
 
 
 @pytest.mark.parametrize("limit", [0.0])
