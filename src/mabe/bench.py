@@ -32,6 +32,7 @@ import gc
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -50,7 +51,7 @@ from torch import nn
 from mabe import data, models, poscache, prepare, synth
 from mabe import features as F
 from mabe import features_torch as FT
-from mabe.config import AugmentConfig, ConfigError, FeatureConfig, ModelConfig
+from mabe.config import AugmentConfig, ConfigError, FeatureConfig, ModelConfig, TrainConfig
 from mabe.training.augment import augment as augment_batch
 from mabe.training.batches import DeviceStore, format_bytes
 from mabe.training.device import (
@@ -777,8 +778,12 @@ def scale_train(src: Path, data_dir: Path, cache: Path, runs: Path, steps: int, 
     with open(runs / "b" / "metrics.csv") as f:
         row = list(csv.DictReader(f))[-1]
     data_line = " / ".join(ln.split("data: ", 1)[-1] for ln in r["output"].splitlines() if "data: " in ln)
-    return {"seconds": r["seconds"], "peak_rss_mib": r["peak_rss_mib"], "epoch_time_s": float(row["epoch_time_s"]),
-            "windows_per_s": float(row["windows_per_s"]), "data": data_line}
+    out = {"seconds": r["seconds"], "cpu_s": r["cpu_s"], "peak_rss_mib": r["peak_rss_mib"],
+           "epoch_time_s": float(row["epoch_time_s"]), "windows_per_s": float(row["windows_per_s"]), "data": data_line}
+    held = re.search(r"features computed once into host memory \(([\d,.]+) MiB (\w+)", r["output"])
+    if held:  # what the in-memory path holds (train + validation features), in its stored dtype
+        out["features_mib"], out["features_dtype"] = float(held.group(1).replace(",", "")), held.group(2)
+    return out
 
 
 def _scale_windows(videos: list, rng: np.random.Generator, n: int, length: int):
@@ -1045,6 +1050,8 @@ def _above(run: dict, start: dict | None, frames: int, real_frames: int) -> dict
         run["start_mib"] = start["peak_rss_mib"]
         run["bytes_per_video_frame"] = (run["peak_rss_mib"] - start["peak_rss_mib"]) * 2**20 / frames
         run["projected_real_gib"] = (start["peak_rss_mib"] * 2**20 + run["bytes_per_video_frame"] * real_frames) / 2**30
+    if "features_mib" in run:  # the in-memory features of the whole set, linear in its frames
+        run["features_real_gib"] = run["features_mib"] * real_frames / frames / 1024
     return run
 
 
@@ -1061,6 +1068,11 @@ def _scale_targets(res: dict) -> dict:
            "prepare_peak_gib": peak <= SCALE_PREPARE_GIB  # the share holds a video as long as the preset's longest
            if res["share"]["largest_video_frames"] >= 0.99 * res["real"]["largest_video_frames"] else None,
            "train_real_gib": train[0] <= SCALE_TRAIN_GIB if train else None}
+    mem = a.get("real_always", {})
+    if "projected_real_gib" in mem:  # the in-memory path on the whole preset: within RAM, and what auto picks
+        out["train_real_in_memory_gib"] = mem["projected_real_gib"] <= SCALE_TRAIN_GIB
+    if "features_real_gib" in mem:
+        out["auto_in_memory_real"] = mem["features_real_gib"] <= TrainConfig().features_memory_gb
     if b and "train" in b and "train_always" in a:
         out["cpu_throughput_in_memory"] = a["train_always"]["windows_per_s"] >= b["train"]["windows_per_s"]
         out["cpu_throughput_per_batch"] = a["train_never"]["windows_per_s"] >= b["train"]["windows_per_s"]
@@ -1115,7 +1127,10 @@ def print_scale(res: dict) -> None:
             print(f"  real share, {'per batch' if mode == 'never' else 'in memory'}: peak RSS {t['peak_rss_mib']:,.0f} "
                   f"MiB ({t['bytes_per_video_frame']:,.0f} B/video frame above start-up {t['start_mib']:,.0f} MiB) -> "
                   f"whole preset {t['projected_real_gib']:.1f} GiB; {t['windows_per_s']:,.0f} windows/s, epoch "
-                  f"{t['epoch_time_s']:.1f} s")
+                  f"{t['epoch_time_s']:.1f} s"
+                  + (f"; features held {t['features_mib']:,.0f} MiB {t['features_dtype']} -> whole preset "
+                     f"{t['features_real_gib']:.2f} GiB (auto's limit {TrainConfig().features_memory_gb:g})"
+                     if "features_real_gib" in t else ""))
     for key in [k for k in res if k.startswith("batches_")]:
         bb = res[key]
         for mode in ("pair", "scene"):

@@ -164,18 +164,23 @@ class TrainConfig:
     lstm_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
     # the features of the training / validation tracks: computed per batch from the cache's int16 positions
-    # where the step runs (never; ~0.3 KB a video frame in memory), or once into a float32 matrix in host
-    # memory (always; n_rows x F x 4 B, the CPU speed of a stored-feature cache); auto = once when training
-    # on the CPU and both matrices together take at most features_memory_gb (with the geometric augmentation
-    # on, augment.rotate_degrees etc.: the validation matrix only; training is per batch)
+    # where the step runs (never; ~0.3 KB a video frame in memory), or once into a matrix in host memory
+    # (always; n_rows x F, float16 on the CPU with storage_dtype auto: 2 B a cell, the CPU speed of a
+    # stored-feature cache); auto = once when training on the CPU and both matrices together take at most
+    # features_memory_gb, in bytes of the dtype they are stored in (with the geometric augmentation on,
+    # augment.rotate_degrees etc.: the validation matrix only; training is per batch). 9 GB of float16
+    # holds the real preset's ~24 M pair rows x 90 features beside its labels within 16 GB of host RAM
     features_in_memory: Literal["auto", "always", "never"] = "auto"
-    features_memory_gb: float = 4.0
+    features_memory_gb: float = 9.0
     num_workers: int = 2  # DataLoader workers for data_path=loader
     # intra-op CPU threads (torch.set_num_threads); None = torch's default. Capped at the CPUs this
     # process may use (divided among the ranks of one machine), so it never oversubscribes
     num_threads: int | None = None
-    # dtype of the batches' features (computed per batch from the cache's int16 positions; auto: float32;
-    # a TrackSet's feature matrix, e.g. `mabe bench`'s, is stored in it: auto picks fp16/bf16 on CUDA bf16)
+    # dtype of the batches' features (computed per batch from the cache's int16 positions; auto: float32);
+    # of features computed once into host memory (features_in_memory): auto = float16 on the CPU (half
+    # the bytes, relative rounding <= 2**-11 of standardised features; cast to float32 per batch), float32
+    # for a GPU; a feature matrix resident on the device (e.g. `mabe bench`'s) is stored in it: auto keeps
+    # the CPU's, picks fp16/bf16 on CUDA bf16
     storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     fused_adamw: bool = True  # one fused AdamW kernel (CUDA, and CPU); skips non-finite steps on the device
     compile: bool = False  # torch.compile the conv stem and head (not the LSTM); CUDA only

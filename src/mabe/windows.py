@@ -57,7 +57,7 @@ class TrackSet:
 
     mode: str  # "scene" | "pair"
     names: list[str]
-    X: np.ndarray  # (N, F) float32
+    X: np.ndarray  # (N, F) float32, or float16 (``PositionTracks.to_trackset``; consumers cast per batch)
     Y: np.ndarray  # (N, C) uint8 multi-label (pair) or (N,) int64 class (scene)
     label_mask: np.ndarray  # (n_tracks, C) bool: the track's labelled outputs
     offsets: np.ndarray  # (n_tracks + 1,) int64
@@ -71,6 +71,7 @@ class TrackSet:
     # of each row, n_video_frames, video_fps), so predictions can be mapped back to video frames.
     to_video: list[tuple[np.ndarray, int, float] | None] | None = field(default=None)
     labs: list[str] | None = field(default=None)  # model.lab_conditioning: the training labs (X holds their columns)
+    stored_error: float = 0.0  # largest |X - its float32 features| (X rounded to float16 when computed; else 0)
 
     @property
     def n_tracks(self) -> int:
@@ -120,14 +121,16 @@ class TrackSet:
             fps=np.asarray(fps if fps is not None else [30.0] * n, dtype=np.float64),
         )
 
-    def tensors(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-        """The arrays ``gather`` needs, as torch tensors on ``device`` (X stored as ``dtype``).
+    def tensors(self, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> dict:
+        """The arrays ``gather`` needs, as torch tensors on ``device`` (X stored as ``dtype``; None: X's own).
 
-        On CPU with float32 the tensors share memory with the numpy arrays (no copy).
+        On CPU in X's own dtype the tensors share memory with the numpy arrays (no copy): a float16 X
+        stays float16 (half the bytes), and a batch's x comes in it (the training step and
+        ``evaluate.predict_tracks`` cast it to float32).
         """
         X = torch.from_numpy(self.X)
         return {
-            "X": X.to(device=device, dtype=dtype),
+            "X": X.to(device=device, dtype=X.dtype if dtype is None else dtype),
             "Y": torch.from_numpy(self.Y).to(device),
             "offsets": torch.from_numpy(self.offsets).to(device),
             "label_mask": torch.from_numpy(self.label_mask).to(device),

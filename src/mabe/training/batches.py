@@ -57,7 +57,8 @@ def resolve_storage_dtype(name: str, X: np.ndarray, device: torch.device | str, 
     """The dtype a resident feature matrix is stored in.
 
     Explicit ``float32`` / ``bfloat16`` / ``float16`` pass through. ``auto``:
-    - CPU, or CUDA with fp32 compute: float32 (exact; on CPU the store is a zero-copy view);
+    - CPU: X's own dtype, float32 or float16 (``PositionTracks.to_trackset``'s): a zero-copy view;
+    - CUDA with fp32 compute: float32 (exact);
     - CUDA with bf16 compute: float16 when every finite |x| <= 65504, else bfloat16. Lossless enough:
       the convolutions read their input in bf16 under autocast anyway (8 significant bits), fp16 keeps
       11 (relative rounding error <= 2**-11 = 4.9e-4 on normalised features, 20x below the 0.01
@@ -68,7 +69,9 @@ def resolve_storage_dtype(name: str, X: np.ndarray, device: torch.device | str, 
             raise ValueError(f"storage dtype must be auto or one of {list(_STORAGE)}, got {name!r}")
         return _STORAGE[name]
     device = torch.device(device)
-    if device.type != "cuda" or resolve_precision(precision, device) != "bf16":
+    if device.type != "cuda":
+        return torch.float16 if X.dtype == np.float16 else torch.float32
+    if resolve_precision(precision, device) != "bf16":
         return torch.float32
     return torch.float16 if _absmax(X) <= _FP16_MAX else torch.bfloat16
 
@@ -108,7 +111,7 @@ class DeviceStore:
         self.nbytes = {"X": ts.X.size * itemsize, **side}
         self.nbytes["total"] = sum(self.nbytes.values())
         self.nbytes["fp32_total"] = ts.X.size * 4 + sum(side.values())
-        self.max_abs_error = 0.0
+        self.max_abs_error = float(ts.stored_error)  # X's own rounding (float16 when computed), if any
         self.resident = True
         reason = ""
         if self.device.type == "cuda":
@@ -129,8 +132,8 @@ class DeviceStore:
             where = f"resident on {self.device}"
         else:
             # host arrays (zero-copy views); batches are cast and pinned one at a time
-            self.arrays = ts.tensors("cpu", torch.float32)
-            self.max_abs_error = self._roundtrip_error_host(ts.X, chunk_rows)
+            self.arrays = ts.tensors("cpu")  # X in its own dtype; each batch cast below
+            self.max_abs_error += self._roundtrip_error_host(ts.X, chunk_rows)  # after X's own: a bound
             where = "streamed from pinned host memory"
             warnings.warn(
                 f"training data {reason}: streaming batches from pinned host memory instead (each batch "
@@ -177,17 +180,17 @@ class DeviceStore:
 
     def _upload(self, ts: TrackSet, chunk_rows: int) -> dict:
         dev, dt = self.device, self.dtype
-        if dev.type == "cpu" and dt == torch.float32:
-            return ts.tensors("cpu", torch.float32)  # zero copy
+        if dev.type == "cpu" and torch.from_numpy(ts.X[:0]).dtype == dt:  # X's own dtype
+            return ts.tensors("cpu")  # zero copy
         X = torch.empty((self.n_rows, self.n_features), dtype=dt, device=dev)
         err = torch.zeros((), dtype=torch.float32, device=dev)
         for i in range(0, self.n_rows, chunk_rows):
-            src = torch.from_numpy(np.ascontiguousarray(ts.X[i : i + chunk_rows])).to(dev)  # fp32 chunk
+            src = torch.from_numpy(np.ascontiguousarray(ts.X[i : i + chunk_rows])).to(dev).float()  # a chunk
             X[i : i + chunk_rows] = src  # cast to the storage dtype
             if dt != torch.float32:
                 d = (X[i : i + chunk_rows].float() - src).abs()
                 err = torch.maximum(err, torch.where(torch.isfinite(d), d, 0.0).max())
-        self.max_abs_error = float(err)  # one sync, at construction
+        self.max_abs_error += float(err)  # one sync, at construction; after X's own rounding: a bound
         return {
             "X": X,
             "Y": torch.from_numpy(ts.Y).to(dev),

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from mabe import prepare
 from mabe.config import ConfigError, load_config
-from mabe.postracks import PositionTracks
-from mabe.training.data import features_in_memory, load_tracksets
+from mabe.errors import MabeError
+from mabe.postracks import PositionTracks, load_position_tracks
+from mabe.training.data import features_in_memory, in_memory, load_tracksets, memory_dtype
 from mabe.windows import TrackSet, window_index
 
 
@@ -26,10 +28,16 @@ def test_features_in_memory_on_the_cpu_when_they_fit(tmp_path):
     assert not features_in_memory(_cfg(tmp_path, features_in_memory="never"), 1, "cpu")
 
 
-def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_cache):
+@pytest.mark.parametrize("storage, dtype, tol", [("auto", np.float16, 2e-3), ("float32", np.float32, 1e-4)])
+def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_cache, storage, dtype, tol):
+    """On the CPU the features computed once are float16 by default (float32 when asked): the batches are
+    those of the per-batch path within float16's rounding (2**-11 relative; exact-ish in float32)."""
     said = []
-    mem, mem_val, stats = load_tracksets(_cfg(tmp_path, features_in_memory="always"), say=said.append)
+    mem, mem_val, stats = load_tracksets(_cfg(tmp_path, features_in_memory="always", storage_dtype=storage),
+                                         say=said.append)
     per, per_val, stats2 = load_tracksets(_cfg(tmp_path, features_in_memory="never"), say=said.append)
+    assert mem.X.dtype == dtype and mem_val.X.dtype == dtype
+    assert any(f"MiB {np.dtype(dtype).name}" in s for s in said)
     assert isinstance(mem, TrackSet) and isinstance(per, PositionTracks) and isinstance(mem_val, TrackSet)
     assert any("computed once into host memory" in s for s in said) and any("per batch" in s for s in said)
     for k in ("mean", "std"):
@@ -47,8 +55,75 @@ def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_
         y = b.batch(b.tensors(), torch.from_numpy(w), 16, torch.from_numpy(shift))
         for k in ("valid", "y", "mask"):
             torch.testing.assert_close(x[k], y[k])
-        torch.testing.assert_close(x["x"], y["x"], rtol=1e-4, atol=1e-4)
+        assert x["x"].dtype == torch.from_numpy(a.X[:0]).dtype  # the stored dtype; consumers cast per batch
+        torch.testing.assert_close(x["x"].float(), y["x"], rtol=tol, atol=tol)
         assert (x["x"] != 0).any()
+        assert a.stored_error == (0.0 if dtype == np.float32 else pytest.approx(
+            float((torch.from_numpy(a.X).float() - _recomputed(b)).abs().max()), rel=1e-6))
+
+
+def _recomputed(ts: PositionTracks) -> torch.Tensor:
+    """Every row's float32 features of ``ts`` (what ``to_trackset`` rounds)."""
+    return torch.from_numpy(ts.to_trackset(dtype=np.float32).X)
+
+
+def test_the_limit_counts_bytes_of_the_stored_dtype(tmp_path, fake_cache):
+    """features_memory_gb is in bytes of what is stored: a set whose float16 features fit but float32 ones
+    would not is computed once on the CPU (float16), and per batch when float32 is asked for."""
+    per, per_val, _ = load_tracksets(_cfg(tmp_path, features_in_memory="never"), say=lambda _: None)
+    fp32 = (per.n_rows + per_val.n_rows) * per.n_features * 4
+    limit = 0.75 * fp32 / 2**30  # between the float16 and the float32 size
+    ts, val, _ = load_tracksets(_cfg(tmp_path, features_memory_gb=limit), say=lambda _: None)
+    assert isinstance(ts, TrackSet) and ts.X.dtype == np.float16 and val.X.dtype == np.float16
+    assert ts.X.nbytes + val.X.nbytes == fp32 // 2
+    ts, _, _ = load_tracksets(_cfg(tmp_path, features_memory_gb=limit, storage_dtype="float32"), say=lambda _: None)
+    assert isinstance(ts, PositionTracks)
+    assert memory_dtype(_cfg(tmp_path), "cpu") == np.float16 and memory_dtype(_cfg(tmp_path), "cuda") == np.float32
+    assert memory_dtype(_cfg(tmp_path, storage_dtype="float16"), "cuda") == np.float16
+    assert memory_dtype(_cfg(tmp_path, storage_dtype="bfloat16"), "cpu") == np.float32  # numpy has no bfloat16
+
+
+def test_float16_features_saturate_instead_of_overflowing(tmp_path, fake_cache):
+    """A feature beyond float16's range (here: a tiny std) is stored as +-65504, not inf, and the rounding
+    reported is the clamp's; the float32 features of the same tracks are unchanged."""
+    ts, _, stats = load_tracksets(_cfg(tmp_path, features_in_memory="never"), say=lambda _: None)
+    ts.norm = {"mean": stats["mean"], "std": stats["std"] * np.float32(1e-7)}  # ~1e7 standard deviations
+    ref = _recomputed(ts)
+    assert ref.abs().max() > 65504
+    X = ts.to_trackset(dtype=np.float16)
+    assert np.isfinite(X.X).all() and np.abs(X.X).max() == 65504
+    want = (ref.clamp(-65504, 65504).half().float() - ref).abs().max()
+    assert X.stored_error == pytest.approx(float(want), rel=1e-6)
+    with pytest.raises(ValueError, match="float32 or float16"):
+        ts.to_trackset(dtype=np.int16)
+
+
+def test_features_once_video_group_by_video_group_equal_the_whole_sets(tmp_path, fake_cache):
+    """``in_memory`` (positions dropped, features computed a run of videos at a time from positions read again)
+    gives ``to_trackset``'s matrix exactly, whatever the run size; a cache whose tracks changed is an error."""
+    cfg = _cfg(tmp_path, features_in_memory="never")
+    ts, _, stats = load_tracksets(cfg, say=lambda _: None)
+    cache = prepare.ensure_cache(cfg, tmp_path / "data", ["train"])
+    index = prepare.open_cache(cache)[1]
+
+    def load(videos):
+        part = load_position_tracks(cache, cfg.task, videos, ts.names, index_df=index)
+        part.norm = stats
+        return part
+
+    ref = ts.to_trackset(dtype=np.float16)
+    assert len(set(ts.video_id.tolist())) >= 2
+    for group in (1, 10**9):  # a video per run; every video in one
+        again = load(sorted(set(ts.video_id.tolist())))
+        got = in_memory(again, load, np.float16, group_rows=group)
+        assert again.store.size == 0  # the positions were dropped
+        np.testing.assert_array_equal(got.X, ref.X)
+        assert got.stored_error == ref.stored_error and got.X.dtype == np.float16
+        for k in ("Y", "offsets", "label_mask", "video_id", "agent_id", "target_id"):
+            np.testing.assert_array_equal(getattr(got, k), getattr(ref, k))
+    short = load(sorted(set(ts.video_id.tolist())))
+    with pytest.raises(MabeError, match="changed in the cache"):
+        in_memory(short, lambda v: load(v[:1]), np.float16, group_rows=10**9)  # one video's tracks for all
 
 
 @pytest.mark.parametrize("limit", [0.0])
