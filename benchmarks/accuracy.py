@@ -29,6 +29,12 @@ Pipelines:
   runs, thresholds fitted on the out-of-fold predictions of every train video, test = the mean of the folds.
 - ``blend_cv`` (``--network``): ``mabe blend`` fitted on the out-of-fold files of both families (gbdt and
   cv_net, every train video) + ``mabe submit --thresholds``.
+- ``stack_gbdt``: ``mabe stack`` (a second-stage LightGBM per action, its own k-fold, thresholds on its
+  out-of-fold file) fitted on the gbdt's out-of-fold file, applied to its test file (the mean of its folds).
+- ``stack_gbdt_pf``: the same stage 2 applied once per gbdt fold model's test predictions (``--apply`` per
+  fold, averaged), so that it sees at apply time the kind of input it was fitted on (one fold model's).
+- ``stack_cv`` / ``stack_cv_pf`` (``--network``): the same on gbdt + cv_net (``_pf``: every pair of a gbdt fold
+  model and a cv_net fold model). The stack rows read the gbdt / cv_net outputs of an earlier row or run.
 
     PYTHONPATH=src python benchmarks/accuracy.py --seeds 0 1 2 [--network] [--out bench_out]
     PYTHONPATH=src python benchmarks/accuracy.py --source indep --seeds 0 1 2   # benchmarks/indep_data.py
@@ -266,6 +272,51 @@ def run_cv_blend(gbdt_out: Path, cv_out: Path, out: Path) -> Path:
     return out / "submission.csv"
 
 
+def gbdt_fold_tests(gbdt_out: Path) -> list[Path]:
+    """``gbdt_out/test_fold<k>.npz``: the test split predicted by each fold model alone (kept once written)."""
+    from mabe import gbdt
+
+    folds, actions = gbdt.load_models(gbdt_out / "models")
+    choice = gbdt.load_choice(gbdt_out / "models")
+    out = [gbdt_out / f"test_fold{k}.npz" for k in range(len(folds))]
+    if all(p.is_file() for p in out):
+        return out
+    (cache_dir,) = [c for c in (gbdt_out / "cache").iterdir() if c.is_dir()]
+    _, index = prepare.open_cache(cache_dir)
+    videos = gbdt._videos(index, "test", labelled_only=False)
+    smooth = json.loads((gbdt_out / "models" / "models.json").read_text()).get("smooth_seconds", 0.0) or 0.0
+    for k, path in enumerate(out):
+        gbdt.predict_cache(cache_dir, videos, lambda lab, vid, m=folds[k]: [m], actions, path, with_labels=False,
+                           progress=False, smooth_s=smooth, choice=choice)
+    return out
+
+
+def cv_fold_tests(d: Path, cv_out: Path) -> list[Path]:
+    """``cv_out/test_fold<k>.npz``: ``mabe predict`` of each cv fold run alone on the test split."""
+    from mabe import runs
+
+    out = []
+    for k, run in enumerate(runs.cv_fold_dirs(cv_out / "runs" / "cv")):
+        path = cv_out / f"test_fold{k}.npz"
+        if not path.is_file():
+            _mabe("predict", str(run), "--data", str(d), "--split", "test", "--out", str(path), log=cv_out / "log.txt")
+        out.append(path)
+    return out
+
+
+def run_stack(fit: list[Path], groups: list[list[Path]], out: Path, sets: tuple[str, ...] = ()) -> Path:
+    """``mabe stack --fit FIT --apply G1 [--apply G2 ..]`` + ``mabe submit --thresholds``; ``groups`` may be a
+    callable returning them (files written on demand)."""
+    groups = groups() if callable(groups) else groups
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.txt"
+    _mabe("stack", "--fit", *map(str, fit), *(a for g in groups for a in ("--apply", *map(str, g))),
+          "--out", str(out / "test_predictions.npz"), "--quiet", *(a for o in sets for a in ("--set", o)), log=log)
+    _mabe("submit", str(out / "test_predictions.npz"), "--thresholds", str(out / "thresholds.json"),
+          "--out", str(out / "submission.csv"), log=log)
+    return out / "submission.csv"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -289,6 +340,9 @@ def main() -> None:
                     help="config overrides of the network runs (e.g. train.epochs=5 on a loaded machine)")
     ap.add_argument("--net-threads", type=int, default=None,
                     help="train.num_threads of the network runs (default: their config's)")
+    ap.add_argument("--stack-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="config overrides of the stack rows (stack.x=y)")
+    ap.add_argument("--stack-tag", default="", help="suffix of the stack rows' output folders (variants side by side)")
     ap.add_argument("--aug-set", nargs="+", default=list(AUG_DEFAULT),
                     help="config overrides of the cpu_net_aug pipeline (augment.x=y)")
     args = ap.parse_args()
@@ -305,6 +359,12 @@ def main() -> None:
         else:
             d, sol = make_split(base, seed, args.preset)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
+        g, c, tag, ss = base / "gbdt", base / "cv_net", args.stack_tag, tuple(args.stack_set)
+        todo.append(("stack_gbdt", run_stack, ([g / "oof_predictions.npz"], [[g / "test_predictions.npz"]],
+                                               base / f"stack_gbdt{tag}", ss)))
+        todo.append(("stack_gbdt_pf", run_stack, ([g / "oof_predictions.npz"],
+                                                  lambda g=g: [[p] for p in gbdt_fold_tests(g)],
+                                                  base / f"stack_gbdt_pf{tag}", ss)))
         if args.network:
             sets = (() if args.net_threads is None else (f"train.num_threads={args.net_threads}",)) + tuple(args.net_set)
             todo.append(("network", run_network, (d, base / "network", "demo.yaml", sets)))
@@ -322,6 +382,11 @@ def main() -> None:
             # out-of-fold predictions of every train video
             todo.append(("cv_net", run_cv_network, (d, base / "cv_net", "cpu_net.yaml", args.cv_folds, sets)))
             todo.append(("blend_cv", run_cv_blend, (base / "gbdt", base / "cv_net", base / "blend_cv")))
+            cv_fit = [g / "oof_predictions.npz", c / "runs" / "cv" / "oof_predictions.npz"]
+            todo.append(("stack_cv", run_stack, (cv_fit, [[g / "test_predictions.npz", c / "test.npz"]],
+                                                 base / f"stack_cv{tag}", ss)))
+            todo.append(("stack_cv_pf", run_stack, (cv_fit, lambda g=g, c=c, d=d: [
+                [a, b] for a in gbdt_fold_tests(g) for b in cv_fold_tests(d, c)], base / f"stack_cv_pf{tag}", ss)))
         todo = [t for t in todo if args.only is None or t[0] in args.only]
         for name, fn, fn_args in todo:
             if name == "baseline" and args.reuse_baseline and (base / "baseline" / "submission.csv").is_file():

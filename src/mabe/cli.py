@@ -186,6 +186,13 @@ def cmd_blend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stack(args: argparse.Namespace) -> int:
+    from mabe import stack
+
+    stack.main_from_args(args)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mabe import demo
 
@@ -361,6 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, metavar="W,W,..", help="fixed weights (no search); thresholds still fitted")
     _add_config_args(p)
     p.set_defaults(func=cmd_blend)
+
+    p = sub.add_parser("stack", help="second stage: a LightGBM per action on the members' out-of-fold probabilities",
+                       description="Fit a second stage (one LightGBM per action, pooled over labs, on each member's "
+                                   "probabilities and their rolling mean / max in seconds) on the --fit out-of-fold "
+                                   "files with its own k-fold by video, fit per-(lab, action) thresholds on its "
+                                   "out-of-fold predictions, apply it to the --apply files (each --apply group once, "
+                                   "the groups averaged) into OUT, and write OUT's folder thresholds.json, stack.json "
+                                   "and stack_oof_predictions.npz.")
+    p.add_argument("--fit", nargs="+", type=Path, required=True, metavar="OOF.npz",
+                   help="one labelled out-of-fold file per first-stage member (gbdt OUT/oof_predictions.npz, "
+                        "a mabe cv directory's oof_predictions.npz)")
+    p.add_argument("--apply", nargs="+", type=Path, required=True, action="append", metavar="TEST.npz",
+                   help="the same members' test predictions, in the --fit order; repeat the option for several "
+                        "groups (e.g. one per first-stage fold model): stage 2 is applied to each, then averaged")
+    p.add_argument("--out", type=Path, required=True, help="stacked predictions file to write (.npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_stack)
 
     p = sub.add_parser("score", help="the competition metric: SOLUTION vs SUBMISSION")
     p.add_argument("solution", type=Path, help="data directory (annotations + train.csv) or solution CSV")

@@ -28,6 +28,7 @@ __all__ = [
     "AugmentConfig",
     "PostprocessConfig",
     "GbdtConfig",
+    "StackConfig",
     "load_config",
     "config_to_dict",
     "config_from_dict",
@@ -244,6 +245,31 @@ class GbdtConfig:
 
 
 @dataclass
+class StackConfig:
+    """The second stage (``mabe stack``): one LightGBM per action on the first stage's out-of-fold
+    probabilities (and their rolling statistics), pooled over labs with the lab as a feature."""
+
+    folds: int = 4  # stage-2 k-fold by video (windows.assign_folds): its out-of-fold file fits the thresholds
+    fold_seed: int = 0
+    scales: list[float] = field(default_factory=lambda: [0.25, 1.0, 2.0, 4.0])  # centred mean / max windows, s
+    context_seconds: float = 1.0  # the other actions' centred mean over this many s as context (0 = off)
+    test_models: Literal["refit", "folds"] = "refit"  # test: one model refitted on every fit video, or the folds' mean
+    n_estimators: int = 100
+    learning_rate: float = 0.05
+    num_leaves: int = 15
+    min_child_samples: int = 100
+    feature_fraction: float = 0.7
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_bin: int = 63
+    pos_hz: float = 10.0  # training frames kept per second where any labelled action happens
+    neg_hz: float = 2.0  # ... and elsewhere
+    max_rows: int = 60000  # per action model; negatives are dropped first
+    n_jobs: int | None = None  # models fitted at once (1 thread each); None = every CPU this process may use
+    seed: int = 0
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -259,6 +285,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     gbdt: GbdtConfig = field(default_factory=GbdtConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -321,6 +348,20 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "gbdt.pos_balance": (0, None),
     "gbdt.smooth_seconds": (0, None),
     "gbdt.n_jobs": (1, None),
+    "stack.folds": (2, None),
+    "stack.context_seconds": (0, None),
+    "stack.n_estimators": (1, None),
+    "stack.learning_rate": (1e-6, 1),
+    "stack.num_leaves": (2, None),
+    "stack.min_child_samples": (1, None),
+    "stack.feature_fraction": (1e-3, 1),
+    "stack.bagging_fraction": (1e-3, 1),
+    "stack.lambda_l2": (0, None),
+    "stack.max_bin": (2, 255),
+    "stack.pos_hz": (1e-3, None),
+    "stack.neg_hz": (1e-3, None),
+    "stack.max_rows": (100, None),
+    "stack.n_jobs": (1, None),
     "postprocess.smooth_window": (1, None),
     "postprocess.threshold": (0, 1),
     "postprocess.min_length": (1, None),
@@ -443,6 +484,9 @@ def _check(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: windows.folds must be 0 (the val_fraction split) or >= 2, got 1")
     if cfg.windows.folds >= 2 and cfg.windows.fold >= cfg.windows.folds:
         raise ConfigError(f"{where}: windows.fold={cfg.windows.fold} must be below windows.folds={cfg.windows.folds}")
+    if not cfg.stack.scales or min(cfg.stack.scales) <= 0:
+        raise ConfigError(f"{where}: stack.scales must list at least one window in seconds, all > 0, got "
+                          f"{cfg.stack.scales}")
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"{where}: train.min_lr={cfg.train.min_lr} exceeds train.lr={cfg.train.lr}")
     a = cfg.augment
