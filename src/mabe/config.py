@@ -169,8 +169,8 @@ class TrainConfig:
     # (always; n_rows x F, float16 on the CPU with storage_dtype auto: 2 B a cell, the CPU speed of a
     # stored-feature cache); auto = once when training on the CPU and both matrices together take at most
     # features_memory_gb, in bytes of the dtype they are stored in (with the geometric augmentation on,
-    # augment.rotate_degrees etc.: the validation matrix only; training is per batch). 9 GB of float16
-    # holds the real preset's ~24 M pair rows x 90 features beside its labels within 16 GB of host RAM
+    # augment.rotate_degrees etc.: the validation matrix only; training is per batch). 9 GB: the real
+    # preset's float16 features (~46 M pair rows x 90, 7.7 GiB projected) fit, with 16 GB of host RAM in all
     features_in_memory: Literal["auto", "always", "never"] = "auto"
     features_memory_gb: float = 9.0
     num_workers: int = 2  # DataLoader workers for data_path=loader

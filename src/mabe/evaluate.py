@@ -171,7 +171,8 @@ def predict_tracks(
         sums.index_add_(0, rows[valid], p[valid])
         counts.index_add_(0, rows[valid], torch.ones_like(rows[valid], dtype=counts.dtype))
     model.train(was_training)
-    return (sums / counts.clamp(min=1)[:, None]).cpu().numpy()
+    sums /= counts.clamp_(min=1)[:, None]  # in place: no second (N, C) float32 array (4 B x C a row)
+    return sums.cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- competition score

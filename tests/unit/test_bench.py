@@ -154,6 +154,9 @@ def test_scale_quick_run_measures_every_step_of_both_paths(tmp_path, capsys):
         t = res["after"][f"train_{mode}"]
         assert t["windows_per_s"] > 0 and t["epoch_time_s"] > 0 and t["peak_rss_mib"] > 0
         assert f"features_in_memory={mode}" in t["data"], t["data"]
+    held = res["after"]["train_always"]  # what the in-memory path holds: float16 on the CPU
+    assert held["features_dtype"] == "float16" and held["features_mib"] > 0
+    assert "features_mib" not in res["after"]["train_never"]
     b = res["batches_cpu_1t"]
     for mode in ("pair", "scene"):
         assert b[mode]["frames_per_s"] > 0 and b[mode]["max_abs_diff_vs_numpy"] < 1e-2
