@@ -41,6 +41,7 @@ case "$MODULE" in
   training/schedule) TESTS="tests/unit/training/test_schedule.py tests/unit/training/test_components.py" ;;
   training/step) TESTS="tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py tests/unit/training/test_storage_dtype.py tests/unit/training/test_step_contract.py tests/unit/training/test_step_graph_cpu.py" ;;
   training/augment) TESTS="tests/unit/training/test_augment.py tests/unit/training/test_augment_edges.py tests/unit/training/test_train_data.py" ;;
+  features_torch) TESTS="tests/unit/test_features_torch.py tests/unit/test_features_torch_edges.py tests/unit/test_postracks.py tests/unit/test_poscache.py tests/unit/training/test_augment.py tests/unit/training/test_augment_edges.py" ;;
   *)           TESTS="tests" ;;
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
