@@ -116,13 +116,18 @@ class Stacked:
     labs: list[str]
     n_members: int
     cfg: StackConfig
-    models: dict[tuple[int, str], Any] = field(default_factory=dict)
+    models: dict[tuple[int, str], Any] = field(default_factory=dict)  # (fold, group of _group)
     fold_of: dict[tuple[str, int], int] = field(default_factory=dict)
     trained_on: dict[tuple[int, str], set[tuple[str, int]]] = field(default_factory=dict)
     oof: Predictions | None = None
     thresholds: dict = field(default_factory=dict)
     score: float = 0.0  # lab-mean out-of-fold F1 of the stage-2 out-of-fold file at its thresholds
     member_scores: list[float] = field(default_factory=list)  # the same for each member alone
+
+
+def _group(cfg: StackConfig, lab: str, action: str) -> str:
+    """The model key of a (lab, action) cell: the action (pooled over labs), or lab/action with per_lab."""
+    return f"{lab}/{action}" if cfg.per_lab else action
 
 
 def _lab_code(labs: list[str], lab: str) -> float:
@@ -133,6 +138,19 @@ def _member_mean(p: np.ndarray) -> np.ndarray:
     """(K, T) with NaN -> (T,) mean of the members present (0 where none is)."""
     ok = np.isfinite(p)
     return np.where(ok, p, 0).sum(0) / np.maximum(ok.sum(0), 1)
+
+
+def _base_logit(p: np.ndarray) -> np.ndarray:
+    """(K, T) member probabilities of one action -> (T,) logit of their mean: stage 2's starting point."""
+    q = np.clip(_member_mean(p), 1e-4, 1 - 1e-4)
+    return np.log(q / (1 - q)).astype(np.float32)
+
+
+def _predict(m: Any, X: np.ndarray, p: np.ndarray, cfg: StackConfig) -> np.ndarray:
+    """One stage-2 model on (T, F) features and the (K, T) member probabilities -> (T,) probabilities."""
+    if not cfg.residual:
+        return m.predict(X, num_threads=1)
+    return 1.0 / (1.0 + np.exp(-(m.predict(X, raw_score=True, num_threads=1) + _base_logit(p))))
 
 
 def _track_probs(al: Aligned, t: int, cols: np.ndarray) -> np.ndarray:
@@ -167,11 +185,10 @@ def fit_stack(al: Aligned, cfg: StackConfig | None = None, pp: PostprocessConfig
     fold_of = {vid: int(f) for vid, f in zip(videos, folds)}
     cols = np.arange(A)
     rng = np.random.default_rng(cfg.seed)
-    # training rows per action: features, label, the row's video fold and (lab, video)
-    xs: list[list[np.ndarray]] = [[] for _ in range(A)]
-    ys: list[list[np.ndarray]] = [[] for _ in range(A)]
-    fs: list[list[np.ndarray]] = [[] for _ in range(A)]
-    vs: list[list[tuple[str, int]]] = [[] for _ in range(A)]
+    # training rows per model group (the action, or (lab, action) with per_lab): features, label, the row's
+    # video fold and the (lab, video) of each track
+    rows: dict[str, tuple[list, list, list, list, list]] = {}
+    col_of: dict[str, int] = {}
     for t in tqdm(range(b.n_tracks), desc="stack features", unit="track", disable=not progress, file=sys.stderr,
                   dynamic_ncols=True):
         on = np.flatnonzero(b.labeled[t])
@@ -181,38 +198,47 @@ def fit_stack(al: Aligned, cfg: StackConfig | None = None, pp: PostprocessConfig
         y = b.labels[lo:hi]
         keep = gbdt._keep_rows(y[:, on], float(b.fps[t]), cfg, rng)
         vid = (str(b.lab_id[t]), int(b.video_id[t]))
-        X = track_features(_track_probs(al, t, cols), float(b.fps[t]), cfg, _lab_code(labs, vid[0]))
+        P = _track_probs(al, t, cols)
+        X = track_features(P, float(b.fps[t]), cfg, _lab_code(labs, vid[0]))
         for a in on:
-            xs[a].append(X[a][keep])
-            ys[a].append(y[keep, a])
-            fs[a].append(np.full(len(keep), fold_of[vid], dtype=np.int64))
-            vs[a].extend([vid])
+            g = _group(cfg, vid[0], actions[a])
+            col_of[g] = int(a)
+            xs, ys, fs, vs, bs = rows.setdefault(g, ([], [], [], [], []))
+            bs.append(_base_logit(P[:, :, a])[keep])
+            xs.append(X[a][keep])
+            ys.append(y[keep, a])
+            fs.append(np.full(len(keep), fold_of[vid], dtype=np.int64))
+            vs.append(vid)
     st = Stacked(actions=actions, labs=labs, n_members=K, cfg=cfg, fold_of=fold_of)
     jobs = []
-    for a in range(A):
-        if not xs[a]:
-            continue
-        X, y, f = np.concatenate(xs[a]), np.concatenate(ys[a]), np.concatenate(fs[a])
+    for g, (xs, ys, fs, vs, bs) in rows.items():
+        X, y, f, base = np.concatenate(xs), np.concatenate(ys), np.concatenate(fs), np.concatenate(bs)
         for fold in [*range(k), REFIT]:
             use = np.flatnonzero(f != fold) if fold != REFIT else np.arange(len(y))
             if 0 < y[use].sum() < len(use):
-                jobs.append((fold, a, X, y, use))
-                # which videos this model saw: every track row of action a outside the fold
-                st.trained_on[(fold, actions[a])] = {v for v in vs[a] if fold == REFIT or fold_of[v] != fold}
+                jobs.append((fold, g, X, y, use, base))
+                # which videos this model saw: every track row of the group outside the fold
+                st.trained_on[(fold, g)] = {v for v in vs if fold == REFIT or fold_of[v] != fold}
     params = gbdt._params(cfg)
+    if cfg.monotone:  # the own action's columns only raise the probability: no noisy non-monotone bins
+        n_own = K * (1 + 2 * len(cfg.scales))
+        params = {**params, "monotone_constraints": [1] * n_own + [0] * (n_features(K, A, cfg) - n_own),
+                  "monotone_constraints_method": "advanced"}
 
     def one(i: int) -> Any:
-        fold, a, X, y, use = jobs[i]
+        fold, g, X, y, use, base = jobs[i]
         sel = use[gbdt._cap(y[use], cfg.max_rows, np.random.default_rng([cfg.seed, i]))]
-        ds = lgb.Dataset(X[sel], label=y[sel].astype(np.float32), categorical_feature=[X.shape[1] - 1],
+        # weighted positives spread the probabilities of rare actions over the threshold grid (as in gbdt)
+        ds = lgb.Dataset(X[sel], label=y[sel].astype(np.float32), weight=gbdt.pos_weights(y[sel], cfg.pos_balance),
+                         init_score=base[sel] if cfg.residual else None, categorical_feature=[X.shape[1] - 1],
                          free_raw_data=True)
         return lgb.train(params, ds, num_boost_round=cfg.n_estimators)
 
     with ThreadPoolExecutor(max_workers=max(1, min(gbdt._threads(cfg), len(jobs) or 1))) as pool:
         bar = tqdm(total=len(jobs), desc="stack fit", unit="model", disable=not progress, file=sys.stderr,
                    dynamic_ncols=True)
-        for (fold, a, *_), booster in zip(jobs, pool.map(one, range(len(jobs)))):
-            st.models[(fold, actions[a])] = booster
+        for (fold, g, *_), booster in zip(jobs, pool.map(one, range(len(jobs)))):
+            st.models[(fold, g)] = booster
             bar.update(1)
         bar.close()
     # stage-2 out of fold: every track by the models of its video's fold
@@ -227,8 +253,8 @@ def fit_stack(al: Aligned, cfg: StackConfig | None = None, pp: PostprocessConfig
         X = track_features(p, float(b.fps[t]), cfg, _lab_code(labs, lab))
         fold = fold_of[(lab, int(b.video_id[t]))]
         for a in on:
-            m = st.models.get((fold, actions[a]))
-            probs[lo:hi, a] = m.predict(X[a], num_threads=1) if m is not None else _member_mean(p[:, :, a])
+            m = st.models.get((fold, _group(cfg, lab, actions[a])))
+            probs[lo:hi, a] = _predict(m, X[a], p[:, :, a], cfg) if m is not None else _member_mean(p[:, :, a])
     st.oof = Predictions(probs=probs.astype(np.float16), offsets=b.offsets, video_id=b.video_id, lab_id=b.lab_id,
                          agent_id=b.agent_id, target_id=b.target_id, actions=b.actions, labeled=b.labeled,
                          fps=b.fps, labels=b.labels)
@@ -261,9 +287,10 @@ def _apply_one(st: Stacked, al: Aligned) -> Predictions:
         for c in on:
             a = str(b.actions[c])
             j = st.actions.index(a) if a in st.actions else -1
-            keys = [(REFIT, a)] if st.cfg.test_models == "refit" else [(f, a) for f in folds]
+            g = _group(st.cfg, lab, a)
+            keys = [(REFIT, g)] if st.cfg.test_models == "refit" else [(f, g) for f in folds]
             ms = [st.models[key] for key in keys if key in st.models] if j >= 0 else []
-            probs[lo:hi, c] = (np.mean([m.predict(X[j], num_threads=1) for m in ms], axis=0) if ms
+            probs[lo:hi, c] = (np.mean([_predict(m, X[j], p[:, :, j], st.cfg) for m in ms], axis=0) if ms
                                else _member_mean(raw[:, :, c]))
     return Predictions(probs=probs.astype(np.float16), offsets=b.offsets, video_id=b.video_id, lab_id=b.lab_id,
                        agent_id=b.agent_id, target_id=b.target_id, actions=b.actions, labeled=b.labeled, fps=b.fps,

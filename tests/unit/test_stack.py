@@ -102,7 +102,10 @@ def test_stage2_out_of_fold_rows_never_come_from_a_model_that_saw_their_fold():
     # could score well; out of fold it must stay at chance
     rng = np.random.default_rng(3)
     m = member(rng, range(9), shuffle=True, video_tag=True)
-    st = stack.fit_stack(blend.align([m]), FAST, progress=False)
+    # free trees (no residual start, no monotone constraint) so that the positive control below can memorise
+    cfg = StackConfig(folds=3, n_estimators=40, num_leaves=15, min_child_samples=10, neg_hz=6.0, n_jobs=1,
+                      residual=False, monotone=False)
+    st = stack.fit_stack(blend.align([m]), cfg, progress=False)
     for (fold, action), seen in st.trained_on.items():
         if fold != stack.REFIT:
             assert not any(st.fold_of[v] == fold for v in seen), (fold, action)
