@@ -19,6 +19,7 @@
 # Prints killed / survived / no tests / timeout and the kill rate; docs/testing.md keeps the
 # numbers and the survivors judged equivalent.
 set -euo pipefail
+START=$PWD
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MODULE=${1:?usage: scripts/mutation.sh MODULE   (e.g. postprocess, metric, windows)}
@@ -34,7 +35,7 @@ case "$MODULE" in
   postprocess) TESTS="tests/unit/test_postprocess.py tests/unit/test_postprocess_behaviour.py tests/unit/test_postprocess_edges.py tests/unit/test_submit.py" ;;
   metric)      TESTS="tests/unit/test_metric.py tests/unit/test_metric_edges.py tests/unit/test_metric_io.py tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   windows)     TESTS="tests/unit/test_windows.py tests/unit/test_windows_edges.py tests/unit/training/test_augment.py tests/unit/test_norm.py" ;;
-  features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py" ;;
+  features)    TESTS="tests/unit/test_features.py tests/unit/test_feature_units.py tests/unit/test_features_edges.py tests/unit/test_features_assembly.py" ;;
   submit)      TESTS="tests/unit/test_submit.py tests/unit/test_postprocess_behaviour.py" ;;
   train)       TESTS="tests/integration/test_train.py tests/unit/training/test_components.py tests/unit/training/test_losses.py tests/unit/training/test_augment.py tests/integration/test_train_behaviour.py" ;;
   training/losses)   TESTS="tests/unit/training/test_losses.py tests/unit/training/test_components.py tests/unit/training/test_step.py tests/unit/training/test_step_accumulation.py" ;;
@@ -46,6 +47,12 @@ case "$MODULE" in
 esac
 TESTS=${MUTATION_TESTS:-$TESTS}  # e.g. the old tests only, for a "before" number
 
+# MUTANTS relative to where the script was started (the script cds into WORK before reading it; a
+# relative path used to find no file there and re-run every mutant)
+if [ -n "${MUTANTS:-}" ]; then
+  given=$MUTANTS
+  MUTANTS=$(cd "$START" && realpath -e "$given") || { echo "no such survivors file: $given" >&2; exit 2; }
+fi
 WORK=$ROOT/.mutation/${MUTATION_NAME:-${MODULE//\//_}}
 rm -rf "$WORK"
 mkdir -p "$WORK"
