@@ -19,7 +19,8 @@ A cell a member lacks (action not labelled there, or no track) is NaN, which Lig
 
 Fitting (:func:`fit_stack`): one model per action, pooled over labs, trained only on frames of tracks
 whose lab labels the action (an unlabelled action is not a negative), subsampled in time like the gbdt
-family (``pos_hz`` / ``neg_hz``). Stage 2 has its own k-fold by video (``windows.assign_folds``): fold f's
+family (``pos_hz`` / ``neg_hz``), boosted from the members' mean logit (``stack.residual``) with the own
+action's columns monotone (``stack.monotone``). Stage 2 has its own k-fold by video (``windows.assign_folds``): fold f's
 videos are predicted by the model trained on the other folds, giving a stage-2 out-of-fold file on which
 the per-(lab, action) thresholds are fitted. Test: one model per action refitted on every fit video
 (``stack.test_models=refit``), or the mean of the fold models (``folds``). A cell no model covers (an
