@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +93,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert worst <= ATOL_WEIGHTS, worst
 
 
+def _failure_text(text: str) -> str:
+    """A failed torchrun's output for the assertion: rank 0's and the launcher's lines first (a crashing
+    rank's traceback is long and would push what rank 0 said off the end), then the raw tail."""
+    own = [line for line in text.splitlines() if not re.match(r"\[rank[1-9]\d*\]", line)]
+    return "\n".join(own)[-2500:] + "\n--- raw tail ---\n" + text[-1500:]
+
+
 @pytest.fixture
 def cache(fake_cache):
     return fake_cache
@@ -110,7 +118,7 @@ def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path, cache, task):
     except subprocess.TimeoutExpired as err:  # say where it hung
         tail = (err.stdout or b"")[-3000:], (err.stderr or b"")[-3000:]
         raise AssertionError(f"torchrun still running after {HANG_S} s; output tail: {tail}") from None
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.returncode == 0, _failure_text(out.stdout + out.stderr)
     ddp = tmp_path / "runs" / "ddp"
     log = (ddp / "log.txt").read_text()
     assert "batch 8 x accum 1 x 2 process(es), lr 0.0015 x 2 (linear scaling)" in log
@@ -146,7 +154,7 @@ def test_sigterm_to_rank0_stops_every_rank_and_resumes_as_one_process(tmp_path, 
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, text[-3000:]
+    assert proc.returncode == 0, _failure_text(text)
     assert "stopped; resume with: mabe train --resume" in text
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     state = ckpt.load(run / "checkpoints" / "last.pt")
