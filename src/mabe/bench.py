@@ -988,9 +988,12 @@ def scale(
         res[name] = r
     # training: every tree and mode once per round, rounds interleaved (the load of a shared machine drifts);
     # the best windows/s and the largest peak RSS of the rounds are kept
+    # "always" stores float16, what auto picks on the real preset (its float32 features do not fit the limit;
+    # a share or the hard preset alone would fit and get float32)
+    always = ("train.features_in_memory=always", "train.storage_dtype=float16")
     runs = [(name, mode, extra) for name in trees for mode, extra in (
         {"": ()} if name == "before" else {"never": ("train.features_in_memory=never",),
-                                           "always": ("train.features_in_memory=always",)}).items()]
+                                           "always": always}).items()]
     start: dict = {}
     for name, mode, extra in runs if startup else ():
         sfx = f"_{mode}" if mode else ""
@@ -1015,7 +1018,7 @@ def scale(
         res[name][key] = _above(res[name][key], start.get((name, mode)), hard_frames, plan["frames"])
     if train_real:
         for mode, extra in (("never", ("train.features_in_memory=never",)),
-                            ("always", ("train.features_in_memory=always",))):
+                            ("always", always)):
             say(f"scale: train on the real share ({mode}) ...")
             res["after"][f"real_{mode}"] = _above(scale_train(here, work / "data", work / f"cache_after_w{workers[0]}",
                                                               work / f"runs_real_{mode}", steps, extra),

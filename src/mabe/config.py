@@ -166,9 +166,9 @@ class TrainConfig:
     data_path: Literal["auto", "gpu", "loader"] = "auto"  # auto = gpu-resident on CUDA
     # the features of the training / validation tracks: computed per batch from the cache's int16 positions
     # where the step runs (never; ~0.3 KB a video frame in memory), or once into a matrix in host memory
-    # (always; n_rows x F, float16 on the CPU with storage_dtype auto: 2 B a cell, the CPU speed of a
-    # stored-feature cache); auto = once when training on the CPU and both matrices together take at most
-    # features_memory_gb, in bytes of the dtype they are stored in (with the geometric augmentation on,
+    # (always; n_rows x F, on the CPU with storage_dtype auto float32 if it fits features_memory_gb, else
+    # float16: 2 B a cell; the CPU speed of a stored-feature cache); auto = once when training on the CPU
+    # and both matrices together take at most features_memory_gb, in bytes of the dtype they are stored in (with the geometric augmentation on,
     # augment.rotate_degrees etc.: the validation matrix only; training is per batch). 9 GB: the real
     # preset's float16 features (~46 M pair rows x 90, 7.7 GiB projected) fit, with 16 GB of host RAM in all
     features_in_memory: Literal["auto", "always", "never"] = "auto"
@@ -178,8 +178,10 @@ class TrainConfig:
     # process may use (divided among the ranks of one machine), so it never oversubscribes
     num_threads: int | None = None
     # dtype of the batches' features (computed per batch from the cache's int16 positions; auto: float32);
-    # of features computed once into host memory (features_in_memory): auto = float16 on the CPU (half
-    # the bytes, relative rounding <= 2**-11 of standardised features; cast to float32 per batch), float32
+    # of features computed once into host memory (features_in_memory): auto = on the CPU float32 where the
+    # set fits features_memory_gb in float32, else float16 (half the bytes, relative rounding <= 2**-11 of
+    # standardised features; cast to float32 per batch; hard seeds 0-2 moved the network +0.008 / -0.026 /
+    # -0.036 against float32, so precision is traded only where memory needs it), float32
     # for a GPU; a feature matrix resident on the device (e.g. `mabe bench`'s) is stored in it: auto keeps
     # the CPU's, picks fp16/bf16 on CUDA bf16
     storage_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -53,10 +53,12 @@ def _sigterm_at_micro(monkeypatch, n: int):
 def test_features_per_batch_train_as_features_computed_once(tmp_path, cache):
     """The two ways of serving the same features (per batch from positions, the default on a GPU or for
     large sets; once into host memory, the CPU default) give the same run, epoch for epoch, resume included:
-    float32 in memory the same numbers, float16 (the CPU default) the same losses within its rounding."""
+    float32 in memory the same numbers, float16 (the CPU's when float32 would not fit) the same losses within
+    its rounding."""
     once = T.train(_cfg(tmp_path, epochs=2, features_in_memory="always", storage_dtype="float32"),
                    tmp_path / "runs" / "once")
-    half = T.train(_cfg(tmp_path, epochs=2, features_in_memory="always"), tmp_path / "runs" / "half")
+    half = T.train(_cfg(tmp_path, epochs=2, features_in_memory="always", storage_dtype="float16"),
+                   tmp_path / "runs" / "half")
     per = T.train(_cfg(tmp_path, epochs=2, features_in_memory="never"), tmp_path / "runs" / "per")
     assert once["state"] == per["state"] == half["state"] == "finished"
     assert "computed per batch" in (tmp_path / "runs" / "per" / "log.txt").read_text()

@@ -26,13 +26,21 @@ def track_stats(ts: PositionTracks) -> dict:
     return norm_stats(ts.tensors(), ts.fcfg, ts.slots, mode=ts.mode, max_ratio=ts.max_ratio)
 
 
-def memory_dtype(cfg: Config, device: Any) -> np.dtype:
-    """The dtype of features computed once into host memory: float16 on the CPU with ``train.storage_dtype``
-    auto (half the bytes; the batches are cast to float32 for the model) or float16, else float32 (a GPU
-    store casts them itself, to ``storage_dtype``)."""
+def memory_dtype(cfg: Config, device: Any, n_cells: int | None = None) -> np.dtype:
+    """The dtype of ``n_cells`` feature values computed once into host memory. ``train.storage_dtype``
+    auto on the CPU: float32 when they fit ``train.features_memory_gb`` in float32, else float16 (half the
+    bytes, cast to float32 per batch), so precision is given up only where memory needs it; float16 when
+    asked for; else float32 (a GPU store casts them itself, to ``storage_dtype``). None: float16 on the CPU."""
     name = cfg.train.storage_dtype
     on_cpu = device is None or torch.device(device).type == "cpu"
-    return np.dtype(np.float16 if name == "float16" or (name == "auto" and on_cpu) else np.float32)
+    if name == "float16":
+        return np.dtype(np.float16)
+    if name == "auto" and on_cpu:
+        # float16 costs the network accuracy within noise (hard seeds 0-2: +0.008 / -0.026 / -0.036 against
+        # float32, benchmarks/RESULTS.md), so the sets that fit keep float32 and their results
+        fits = n_cells is not None and n_cells * 4 <= cfg.train.features_memory_gb * 2**30
+        return np.dtype(np.float32 if fits else np.float16)
+    return np.dtype(np.float32)
 
 
 def features_in_memory(cfg: Config, n_bytes: int, device: Any, augmented: bool | None = None) -> bool:
@@ -122,7 +130,7 @@ def load_tracksets(cfg: Config, stats: dict | None = None, say: Callable[[str], 
         f"{train_ts.n_rows:,} frames | val {len(val_videos)} videos, {val_ts.n_tracks} tracks, "
         f"{val_ts.n_rows:,} frames | {train_ts.n_features} features -> {train_ts.n_outputs} outputs "
         f"({cfg.task.mode})")
-    dtype = memory_dtype(cfg, device)
+    dtype = memory_dtype(cfg, device, (train_ts.n_rows + val_ts.n_rows) * train_ts.n_features)
     n_val = val_ts.n_rows * train_ts.n_features * dtype.itemsize
     n_bytes = train_ts.n_rows * train_ts.n_features * dtype.itemsize + n_val
     if features_in_memory(cfg, n_bytes, device):

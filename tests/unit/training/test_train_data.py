@@ -28,10 +28,12 @@ def test_features_in_memory_on_the_cpu_when_they_fit(tmp_path):
     assert not features_in_memory(_cfg(tmp_path, features_in_memory="never"), 1, "cpu")
 
 
-@pytest.mark.parametrize("storage, dtype, tol", [("auto", np.float16, 2e-3), ("float32", np.float32, 1e-4)])
+@pytest.mark.parametrize("storage, dtype, tol", [("float16", np.float16, 2e-3), ("auto", np.float32, 1e-4),
+                                                 ("float32", np.float32, 1e-4)])
 def test_in_memory_tracks_give_the_batches_of_the_per_batch_ones(tmp_path, fake_cache, storage, dtype, tol):
-    """On the CPU the features computed once are float16 by default (float32 when asked): the batches are
-    those of the per-batch path within float16's rounding (2**-11 relative; exact-ish in float32)."""
+    """On the CPU the features computed once are float32 when they fit the limit (auto), float16 when asked
+    (or when only float16 fits): the batches are those of the per-batch path within float16's rounding
+    (2**-11 relative; exact-ish in float32)."""
     said = []
     mem, mem_val, stats = load_tracksets(_cfg(tmp_path, features_in_memory="always", storage_dtype=storage),
                                          say=said.append)
@@ -79,6 +81,13 @@ def test_the_limit_counts_bytes_of_the_stored_dtype(tmp_path, fake_cache):
     ts, _, _ = load_tracksets(_cfg(tmp_path, features_memory_gb=limit, storage_dtype="float32"), say=lambda _: None)
     assert isinstance(ts, PositionTracks)
     assert memory_dtype(_cfg(tmp_path), "cpu") == np.float16 and memory_dtype(_cfg(tmp_path), "cuda") == np.float32
+    # a set whose float32 features fit the limit keeps float32 (and the results of the old code) ...
+    ts, val, _ = load_tracksets(_cfg(tmp_path), say=lambda _: None)
+    assert isinstance(ts, TrackSet) and ts.X.dtype == np.float32 and val.X.dtype == np.float32
+    cells = (per.n_rows + per_val.n_rows) * per.n_features
+    assert memory_dtype(_cfg(tmp_path, features_memory_gb=2 * fp32 / 2**30), "cpu", cells) == np.float32
+    # ... float16 only where float32 would not fit
+    assert memory_dtype(_cfg(tmp_path, features_memory_gb=limit), "cpu", cells) == np.float16
     assert memory_dtype(_cfg(tmp_path, storage_dtype="float16"), "cuda") == np.float16
     assert memory_dtype(_cfg(tmp_path, storage_dtype="bfloat16"), "cpu") == np.float32  # numpy has no bfloat16
 
