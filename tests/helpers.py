@@ -4,7 +4,8 @@
   fixture in conftest.py wraps it);
 - ``tiny_run``: the one small run configuration the whole-run tests start from (each test states only
   what differs);
-- ``metric_rows``: metrics.csv rows without the timing columns, for comparing runs.
+- ``metric_rows``: metrics.csv rows without the timing columns, for comparing runs;
+- ``make_predictions``: a predictions file's arrays from a few hand-made tracks (blend / stack tests).
 """
 
 from __future__ import annotations
@@ -139,3 +140,19 @@ def error_line(rc: int, err: str, command: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.startswith(f"mabe {command}: error: ")]
     assert len(lines) == 1, err
     return lines[0]
+
+
+def make_predictions(tracks, actions, with_labels=True):
+    """tracks: list of (lab, video, agent, target, probs (T, A), labels (T, A), labeled (A,)) -> Predictions
+    at 30 fps (probabilities float16, as a predictions file stores them)."""
+    from mabe.predictions import Predictions
+
+    return Predictions(
+        probs=np.concatenate([t[4] for t in tracks]).astype(np.float16),
+        offsets=np.concatenate([[0], np.cumsum([len(t[4]) for t in tracks])]).astype(np.int64),
+        video_id=np.array([t[1] for t in tracks], dtype=np.int64), lab_id=np.array([t[0] for t in tracks]),
+        agent_id=np.array([t[2] for t in tracks], dtype=np.int8), target_id=np.array([t[3] for t in tracks], dtype=np.int8),
+        actions=np.array(actions), labeled=np.array([t[6] for t in tracks], dtype=bool),
+        fps=np.full(len(tracks), 30.0),
+        labels=np.concatenate([t[5] for t in tracks]).astype(np.uint8) if with_labels else None,
+    )

@@ -244,14 +244,7 @@ def fit_stack(al: Aligned, cfg: StackConfig | None = None, pp: PostprocessConfig
         bar.close()
     # stage-2 out of fold: every track by the models of its video's fold
     probs = np.zeros(b.probs.shape, dtype=np.float32)
-    for t in range(b.n_tracks):
-        on = np.flatnonzero(b.labeled[t])
-        if not len(on):
-            continue
-        lo, hi = int(b.offsets[t]), int(b.offsets[t + 1])
-        lab = str(b.lab_id[t])
-        p = _track_probs(al, t, cols)
-        X = track_features(p, float(b.fps[t]), cfg, _lab_code(labs, lab))
+    for t, on, lo, hi, lab, p, X in _labelled_tracks(al, cols, cfg, labs):
         fold = fold_of[(lab, int(b.video_id[t]))]
         for a in on:
             m = st.models.get((fold, _group(cfg, lab, actions[a])))
@@ -267,6 +260,20 @@ def fit_stack(al: Aligned, cfg: StackConfig | None = None, pp: PostprocessConfig
     return st
 
 
+def _labelled_tracks(al: Aligned, cols: np.ndarray, cfg: StackConfig, labs: list[str]):
+    """Each track with a labelled action: (track, labelled columns, row range lo:hi, lab, the members'
+    probabilities (K, T, A') in stage-2 column order, its stage-2 features per action)."""
+    b = al.base
+    for t in range(b.n_tracks):
+        on = np.flatnonzero(b.labeled[t])
+        if not len(on):
+            continue
+        lab = str(b.lab_id[t])
+        p = _track_probs(al, t, cols)
+        yield (t, on, int(b.offsets[t]), int(b.offsets[t + 1]), lab, p,
+               track_features(p, float(b.fps[t]), cfg, _lab_code(labs, lab)))
+
+
 def _apply_one(st: Stacked, al: Aligned) -> Predictions:
     """One group of K aligned test members -> stage-2 probabilities on ``al.base``'s layout."""
     b = al.base
@@ -276,14 +283,7 @@ def _apply_one(st: Stacked, al: Aligned) -> Predictions:
     cols = np.array([idx.get(a, -1) for a in st.actions], dtype=np.int64)  # stage-2 column -> this file's
     folds = sorted({f for f, _ in st.models if f != REFIT})
     probs = np.zeros(b.probs.shape, dtype=np.float32)
-    for t in range(b.n_tracks):
-        on = np.flatnonzero(b.labeled[t])
-        if not len(on):
-            continue
-        lo, hi = int(b.offsets[t]), int(b.offsets[t + 1])
-        lab = str(b.lab_id[t])
-        p = _track_probs(al, t, cols)
-        X = track_features(p, float(b.fps[t]), st.cfg, _lab_code(st.labs, lab))
+    for _, on, lo, hi, lab, p, X in _labelled_tracks(al, cols, st.cfg, st.labs):
         raw = al.probs[:, lo:hi].astype(np.float32)
         for c in on:
             a = str(b.actions[c])

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from helpers import make_predictions, run_cli
 from mabe import blend, postprocess, predictions
 from mabe.config import PostprocessConfig
 from mabe.errors import MabeError
@@ -19,15 +19,7 @@ ACTIONS = ("attack", "sniff")
 
 def make(tracks, actions=ACTIONS, with_labels=True) -> Predictions:
     """tracks: list of (lab, video, agent, target, probs (T, A), labels (T, A), labeled (A,))."""
-    return Predictions(
-        probs=np.concatenate([t[4] for t in tracks]).astype(np.float16),
-        offsets=np.concatenate([[0], np.cumsum([len(t[4]) for t in tracks])]).astype(np.int64),
-        video_id=np.array([t[1] for t in tracks], dtype=np.int64), lab_id=np.array([t[0] for t in tracks]),
-        agent_id=np.array([t[2] for t in tracks], dtype=np.int8), target_id=np.array([t[3] for t in tracks], dtype=np.int8),
-        actions=np.array(actions), labeled=np.array([t[6] for t in tracks], dtype=bool),
-        fps=np.full(len(tracks), 30.0),
-        labels=np.concatenate([t[5] for t in tracks]).astype(np.uint8) if with_labels else None,
-    )
+    return make_predictions(tracks, actions, with_labels)
 
 
 def families(rng, videos=range(6), T=300, good_noise=0.45):

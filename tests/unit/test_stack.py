@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import error_line, run_cli
+from helpers import error_line, make_predictions, run_cli
 from mabe import blend, predictions, stack
 from mabe.config import StackConfig
 from mabe.errors import MabeError
@@ -21,15 +21,7 @@ FAST = StackConfig(folds=3, n_estimators=20, num_leaves=7, min_child_samples=20,
 
 def make(tracks, actions=ACTIONS, with_labels=True) -> Predictions:
     """tracks: list of (lab, video, agent, target, probs (T, A), labels (T, A), labeled (A,))."""
-    return Predictions(
-        probs=np.concatenate([t[4] for t in tracks]).astype(np.float16),
-        offsets=np.concatenate([[0], np.cumsum([len(t[4]) for t in tracks])]).astype(np.int64),
-        video_id=np.array([t[1] for t in tracks], dtype=np.int64), lab_id=np.array([t[0] for t in tracks]),
-        agent_id=np.array([t[2] for t in tracks], dtype=np.int8), target_id=np.array([t[3] for t in tracks], dtype=np.int8),
-        actions=np.array(actions), labeled=np.array([t[6] for t in tracks], dtype=bool),
-        fps=np.full(len(tracks), 30.0),
-        labels=np.concatenate([t[5] for t in tracks]).astype(np.uint8) if with_labels else None,
-    )
+    return make_predictions(tracks, actions, with_labels)
 
 
 def bouts(rng, T, n=4):
