@@ -72,10 +72,10 @@ def _cpu() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
-def make_split(out: Path, seed: int, preset: str = "hard") -> tuple[Path, Path]:
-    """``out/data`` (train = seed, test = other videos of seed + 1000) and ``out/solution`` (their labels)."""
+def make_split(out: Path, seed: int, preset: str = "hard", n_eval: int = 10) -> tuple[Path, Path]:
+    """``out/data`` (train = seed, test = ``n_eval`` other videos of seed + 1000) and ``out/solution`` (their labels)."""
     train = synth.write_dataset(out / "train_src", preset=preset, seed=seed, n_test=0, workers=2)
-    evals = synth.write_dataset(out / "solution", preset=preset, seed=seed + 1000, n_train=10, n_test=0, workers=2)
+    evals = synth.write_dataset(out / "solution", preset=preset, seed=seed + 1000, n_train=n_eval, n_test=0, workers=2)
     d = out / "data"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
@@ -324,6 +324,8 @@ def main() -> None:
     ap.add_argument("--source", choices=["synth", "indep"], default="synth",
                     help="synth: mabe synth --preset (train seed S, test seed S + 1000); indep: benchmarks/indep_data.py, "
                          "a generator that shares no code or parameters with mabe.synth")
+    ap.add_argument("--eval-videos", type=int, default=10,
+                    help="evaluation videos per seed (10: the issue's setup; more: less noise from rare (lab, action) cells)")
     ap.add_argument("--network", action="store_true", help="also the reference network (demo.yaml) and the blend")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     ap.add_argument("--json", type=Path, default=None)
@@ -355,9 +357,9 @@ def main() -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             import indep_data
 
-            d, sol = indep_data.write(base, seed)
+            d, sol = indep_data.write(base, seed, n_test=args.eval_videos)
         else:
-            d, sol = make_split(base, seed, args.preset)
+            d, sol = make_split(base, seed, args.preset, args.eval_videos)
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
         g, c, tag, ss = base / "gbdt", base / "cv_net", args.stack_tag, tuple(args.stack_set)
         todo.append(("stack_gbdt", run_stack, ([g / "oof_predictions.npz"], [[g / "test_predictions.npz"]],
