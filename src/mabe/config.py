@@ -217,6 +217,11 @@ class PostprocessConfig:
     grid_low: float = 0.05
     grid_high: float = 0.95
     grid_n: int = 19
+    # fit_thresholds: each (lab, action) threshold maximises the mean frame F1 over this many resamples of the
+    # lab's videos (drawn with replacement) instead of the F1 of the videos as they are: with ~5 videos a lab,
+    # the plain optimum often rides on one video's intervals (0 = the plain fit)
+    threshold_bootstrap: int = 64
+    threshold_seed: int = 0
     blend_step: float = 0.1  # `mabe blend`: step of the per-family weight grid on the simplex (must divide 1)
 
 

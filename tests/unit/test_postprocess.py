@@ -421,3 +421,75 @@ def test_a_threshold_below_the_old_floor_is_chosen_when_it_is_the_out_of_fold_op
     assert thrs[("A", "attack")] == thr and f1[("A", "attack")] == pytest.approx(1.0, abs=1e-3)
     with pytest.raises(ValueError, match="grid"):
         pp.threshold_grid(PostprocessConfig(grid_low=0.5, grid_high=0.2))
+
+
+# ----------------------------------------------------------------------------- resampled threshold fit
+
+
+def _one_big_video_lab():
+    """Lab A, 5 videos of "attack": video 0 has 100 positive frames at 0.9 and 60 negatives at 0.5, videos
+    1-4 have 10 positives each at 0.45 and negatives at 0.1. Pooled as they are, 0.6 wins (F1 0.833 vs
+    0.824 at 0.4); but 0.6 finds no positive in 4 of the 5 videos."""
+    tracks, labels = [], []
+    for v in range(5):
+        n_pos, hi, n_neg, lo = (100, 0.9, 60, 0.5) if v == 0 else (10, 0.45, 30, 0.1)
+        y = np.zeros((n_pos + n_neg, 3), dtype=np.uint8)
+        y[:n_pos, 0] = 1
+        p = np.zeros((n_pos + n_neg, 3))
+        p[:n_pos, 0], p[n_pos:, 0] = hi, lo
+        tracks.append(("A", 10 + v, 1, 2, p, [1, 0, 0]))
+        labels.append(y)
+    return make_preds(tracks, labels=labels)
+
+
+def test_the_resampled_fit_prefers_the_threshold_that_holds_across_videos():
+    preds = _one_big_video_lab()
+    grid = np.array([0.4, 0.6])
+    plain = pp.fit_thresholds(preds, PostprocessConfig(smooth_window=1, threshold_bootstrap=0), grid)
+    assert plain[("A", "attack")] == pytest.approx(0.6)
+    resampled, f1 = pp.fit_thresholds_f1(preds, PostprocessConfig(smooth_window=1), grid)
+    assert resampled[("A", "attack")] == pytest.approx(0.4)
+    assert 0.5 < f1[("A", "attack")] < 1.0  # the mean over resamples, not the pooled 0.824
+
+
+def test_the_resampled_fit_is_the_mean_f1_over_documented_video_draws_by_brute_force():
+    import zlib
+
+    rng = np.random.default_rng(3)
+    tracks, labels = [], []
+    for v in range(4):  # two tracks per video: a resample draws videos, not tracks
+        for agent in (1, 2):
+            T = 120
+            y = (rng.uniform(size=(T, 3)) < 0.2).astype(np.uint8)
+            p = np.clip(0.35 * y + rng.uniform(0, 0.7, (T, 3)), 0, 1)
+            tracks.append(("A", 100 + v, agent, 3 - agent, p, [1, 1, 0]))
+            labels.append(y)
+    preds = make_preds(tracks, labels=labels)
+    cfg = PostprocessConfig(smooth_window=1, threshold_bootstrap=7, threshold_seed=5)
+    grid = np.linspace(0.05, 0.95, 19)
+    thr, f1 = pp.fit_thresholds_f1(preds, cfg, grid)
+    draws = np.random.default_rng([5, zlib.crc32(b"A")]).multinomial(4, np.full(4, 0.25), size=7)
+    for a, action in enumerate(("attack", "rear")):
+        per_video = [(np.concatenate([preds.track(t)[0][:, a] for t in (2 * v, 2 * v + 1)]).astype(np.float32),
+                      np.concatenate([preds.track(t)[1][:, a] for t in (2 * v, 2 * v + 1)]) > 0) for v in range(4)]
+        curve = np.zeros(len(grid))
+        for d in draws:
+            p = np.concatenate([np.tile(per_video[v][0], d[v]) for v in range(4)])
+            y = np.concatenate([np.tile(per_video[v][1], d[v]) for v in range(4)])
+            curve += [brute_force_f1(p, y, g) for g in grid]
+        curve /= len(draws)
+        assert thr[("A", action)] == pytest.approx(grid[int(np.argmax(curve))])
+        assert f1[("A", action)] == pytest.approx(curve.max())
+    assert ("A", "sniff") not in thr
+    with pytest.raises(ValueError, match="threshold_bootstrap"):
+        pp.fit_thresholds(preds, PostprocessConfig(threshold_bootstrap=-1))
+
+
+def test_one_video_or_no_resampling_gives_the_plain_fit():
+    preds = _one_big_video_lab()
+    grid = np.array([0.4, 0.6])
+    first = preds.offsets[1]
+    single = make_preds([("A", 10, 1, 2, preds.probs[:first].astype(np.float64), [1, 0, 0])],
+                        labels=[preds.labels[:first]])
+    assert pp.fit_thresholds_f1(single, PostprocessConfig(smooth_window=1), grid) == \
+        pp.fit_thresholds_f1(single, PostprocessConfig(smooth_window=1, threshold_bootstrap=0), grid)
