@@ -11,7 +11,9 @@ Pipelines:
   (lab, action) on hand pair features (the 18 scalar pair features of ``mabe.features``) with rolling
   mean/std over 0.25, 1 and 2 s, trained on labelled triples only, probabilities smoothed (5 frames),
   one action per frame = the argmax over the labelled actions above 0.5 (no fitted thresholds).
-- ``gbdt``: ``scripts/recipe_cpu.sh`` (``mabe gbdt``): k-fold LightGBM, OOF thresholds.
+- ``gbdt``: ``scripts/recipe_cpu.sh --no-network`` (``mabe gbdt``): k-fold LightGBM, OOF thresholds.
+- ``recipe``: ``scripts/recipe_cpu.sh``, the whole CPU recipe: the gbdt, a 3-fold 5-epoch ``cpu_net`` and their
+  blend fitted on both out-of-fold files (what ``blend_cv`` builds step by step, timed as one job).
 - ``network`` (``--network``): the README's real-data recipe with ``configs/demo.yaml`` in pair mode.
 - ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
 - ``cpu_net`` (``--network``): ``configs/cpu_net.yaml`` (dilated TCN, 30 fps, EMA), thresholds fitted on its
@@ -184,6 +186,12 @@ def _mabe(*args: str, log: Path) -> None:
 
 
 def run_gbdt(d: Path, out: Path, extra: tuple[str, ...] = ()) -> Path:
+    """``scripts/recipe_cpu.sh --no-network``: the gbdt family alone."""
+    return run_recipe(d, out, ("--no-network", *extra))
+
+
+def run_recipe(d: Path, out: Path, extra: tuple[str, ...] = ()) -> Path:
+    """``scripts/recipe_cpu.sh DATA OUT``: the whole CPU recipe (gbdt, network k-fold, blend)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MABE_PYTHON=sys.executable)
     out.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}.log", "w") as fh:
@@ -360,7 +368,9 @@ def main() -> None:
             d, sol = indep_data.write(base, seed, n_test=args.eval_videos)
         else:
             d, sol = make_split(base, seed, args.preset, args.eval_videos)
-        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", tuple(a for o in args.gbdt_set for a in ("--set", o))))]
+        gsets = tuple(a for o in args.gbdt_set for a in ("--set", o))
+        todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", gsets)),
+                ("recipe", run_recipe, (d, base / "recipe", gsets))]
         g, c, tag, ss = base / "gbdt", base / "cv_net", args.stack_tag, tuple(args.stack_set)
         todo.append(("stack_gbdt", run_stack, ([g / "oof_predictions.npz"], [[g / "test_predictions.npz"]],
                                                base / f"stack_gbdt{tag}", ss)))
@@ -409,8 +419,9 @@ def main() -> None:
     summary = df.groupby("pipeline", sort=False).agg(score=("score", "mean"), score_sd=("score", "std"),
                                                       wall_s=("wall_s", "mean"), cpu_s=("cpu_s", "mean"))
     print(summary.to_string(float_format=lambda x: f"{x:.4f}"))
-    if "gbdt" in summary.index and "baseline" in summary.index:
-        print(f"gbdt - baseline: {summary.loc['gbdt', 'score'] - summary.loc['baseline', 'score']:+.4f}")
+    for name in ("gbdt", "recipe"):
+        if name in summary.index and "baseline" in summary.index:
+            print(f"{name} - baseline: {summary.loc[name, 'score'] - summary.loc['baseline', 'score']:+.4f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

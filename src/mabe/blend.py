@@ -83,6 +83,9 @@ def align(members: Sequence[Predictions], names: Sequence[str] | None = None, *,
     if common_only:
         dropped = [k for k in keys if not all(k in ix for ix in index)]
         keys = [k for k in keys if all(k in ix for ix in index)]
+        # a track no member labels holds nothing to fit (gbdt files carry every pair, a network's only the
+        # pairs with a labelled action): left out in silence
+        dropped = [k for k in dropped if any(k in ix and p.labeled[ix[k]].any() for p, ix in zip(members, index))]
         if dropped:
             warnings.warn(f"{what}: {len(dropped)} track(s) are not in every file ({_count_by_member(dropped, index, names)})"
                           f"; left out of the fit", stacklevel=2)

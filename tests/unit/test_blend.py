@@ -151,3 +151,19 @@ def test_fit_needs_labels(rng):
     al = blend.align([Predictions(**{**good.__dict__, "labels": None}), Predictions(**{**rand.__dict__, "labels": None})])
     with pytest.raises(MabeError, match="labels"):
         blend.fit_blend(al)
+
+
+def test_tracks_without_a_labelled_action_are_left_out_without_a_warning():
+    """`mabe gbdt` writes every pair, the network only pairs with a labelled action: the recipe's blend fit
+    warned about 44 such tracks on every run, though they hold nothing to fit or submit."""
+    on, off = np.ones(2, bool), np.zeros(2, bool)
+    z = np.zeros((5, 2))
+    a = make([("L", 1, 1, 2, z, z, on), ("L", 1, 2, 1, z, z, off)])
+    b = make([("L", 1, 1, 2, z, z, on)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        al = blend.align([a, b], common_only=True)
+    assert al.base.agent_id.tolist() == [1]
+    c = make([("L", 1, 1, 2, z, z, on), ("L", 1, 2, 1, z, z, on)])  # the same track labelled: still named
+    with pytest.warns(UserWarning, match="1 track"):
+        blend.align([c, b], common_only=True)
