@@ -14,6 +14,7 @@ Pipelines:
 - ``gbdt``: ``scripts/recipe_cpu.sh --no-network`` (``mabe gbdt``): k-fold LightGBM, OOF thresholds.
 - ``recipe``: ``scripts/recipe_cpu.sh``, the whole CPU recipe: the gbdt, a 3-fold 5-epoch ``cpu_net`` and their
   blend fitted on both out-of-fold files (what ``blend_cv`` builds step by step, timed as one job).
+- ``recipe_gbdt`` / ``recipe_net``: the recipe's two parts alone, scored from its outputs (no extra training).
 - ``network`` (``--network``): the README's real-data recipe with ``configs/demo.yaml`` in pair mode.
 - ``blend`` (with ``--network``): mean of the gbdt and network test probabilities, the gbdt's OOF thresholds.
 - ``cpu_net`` (``--network``): ``configs/cpu_net.yaml`` (dilated TCN, 30 fps, EMA), thresholds fitted on its
@@ -252,6 +253,16 @@ def run_product_blend(gbdt_out: Path, net_outs: list[Path], out: Path, weights: 
     return out / "submission.csv"
 
 
+def recipe_part(out: Path, part: str) -> Path:
+    """A submission of one part of a finished ``recipe`` row: its gbdt alone (``submission_gbdt.csv``) or its
+    network alone (the k-fold's test mean with the thresholds fitted on its out-of-fold file)."""
+    if part == "gbdt":
+        return out / "submission_gbdt.csv"
+    _mabe("submit", str(out / "net" / "test_predictions.npz"), "--thresholds", str(out / "net" / "runs" / "cv" / "thresholds.json"),
+          "--out", str(out / "net" / "submission.csv"), log=out / "net" / "log.txt")
+    return out / "net" / "submission.csv"
+
+
 def run_cv_network(d: Path, out: Path, config: str = "cpu_net.yaml", folds: int = 3, sets: tuple[str, ...] = ()) -> Path:
     """``mabe cv`` (K fold runs, out-of-fold file + thresholds), ``mabe predict`` of the cv dir (mean of the
     folds) on test, ``mabe submit --thresholds`` with the out-of-fold thresholds."""
@@ -370,7 +381,9 @@ def main() -> None:
             d, sol = make_split(base, seed, args.preset, args.eval_videos)
         gsets = tuple(a for o in args.gbdt_set for a in ("--set", o))
         todo = [("baseline", run_baseline, (d, base / "baseline")), ("gbdt", run_gbdt, (d, base / "gbdt", gsets)),
-                ("recipe", run_recipe, (d, base / "recipe", gsets))]
+                ("recipe", run_recipe, (d, base / "recipe", gsets)),
+                # its two parts, scored from its own outputs: the blend must beat each
+                ("recipe_gbdt", recipe_part, (base / "recipe", "gbdt")), ("recipe_net", recipe_part, (base / "recipe", "net"))]
         g, c, tag, ss = base / "gbdt", base / "cv_net", args.stack_tag, tuple(args.stack_set)
         todo.append(("stack_gbdt", run_stack, ([g / "oof_predictions.npz"], [[g / "test_predictions.npz"]],
                                                base / f"stack_gbdt{tag}", ss)))
